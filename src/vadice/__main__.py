@@ -1,0 +1,5 @@
+import sys
+
+from vadice.cli import main
+
+sys.exit(main())

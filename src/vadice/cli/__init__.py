@@ -1,0 +1,70 @@
+"""The ``vadice`` command line: argument parsing, progress and exit codes only.
+
+Each command group lives in its own module exposing ``register(subparsers)``;
+a command sets ``func`` (taking the parsed namespace, returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vadice import __version__
+from vadice.io import InputError
+
+# Order here is the order in `vadice --help`.
+COMMAND_MODULES = (
+    "vadice.cli.data",        # synth, convert, stats
+    "vadice.cli.nnunet",      # nnunet-path, plan, train
+    "vadice.cli.predict",     # predict
+    "vadice.cli.evaluate",    # evaluate, compare
+    "vadice.cli.experiment",  # experiment, report, demo
+)
+
+
+class UsageError(Exception):
+    """Wrong combination of arguments; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vadice",
+        description="Volume-aware Dice training and evaluation for head-and-neck GTVp/GTVn segmentation on MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"vadice {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # command group not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, UsageError, FileExistsError) as exc:
+        print(f"vadice {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vadice {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Safe NIfTI input/output.
+
+Reading goes through nibabel rather than SimpleITK because SimpleITK silently
+zero-fills a truncated ``.nii.gz`` and turns NaN voxels into 0 (see
+docs/data.md); nibabel raises on truncation and keeps NaN, so one read gives
+both the data and an integrity check. Writing goes through SimpleITK, which
+keeps the ITK geometry (spacing, origin, direction) that planning systems and
+nnU-Net expect, and always lands atomically (temporary name, then rename).
+
+Arrays are returned in (z, y, x) order; :class:`Geometry` keeps ITK's (x, y, z)
+order and offers ``spacing_zyx`` for array-order work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+# Matches the tolerance nnU-Net's own integrity check uses for spacing/origin/direction.
+GEOMETRY_ATOL = 1e-4
+
+
+class InputError(ValueError):
+    """Bad input. ``str(err)`` is one line: ``<file>: <problem>``."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if path is not None else problem)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """ITK image geometry, all tuples in (x, y, z) order as SimpleITK reports them."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]  # row-major 3x3
+
+    @property
+    def spacing_zyx(self) -> tuple[float, ...]:
+        return tuple(reversed(self.spacing))
+
+    @property
+    def shape_zyx(self) -> tuple[int, ...]:
+        return tuple(reversed(self.size))
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing))
+
+    @classmethod
+    def of_sitk(cls, image: sitk.Image) -> "Geometry":
+        return cls(
+            size=tuple(int(s) for s in image.GetSize()),
+            spacing=tuple(float(s) for s in image.GetSpacing()),
+            origin=tuple(float(s) for s in image.GetOrigin()),
+            direction=tuple(float(s) for s in image.GetDirection()),
+        )
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def differences(self, other: "Geometry", atol: float = GEOMETRY_ATOL) -> list[str]:
+        """Human-readable list of what differs (empty when the grids match)."""
+        out = []
+        if self.size != other.size:
+            out.append(f"size {other.size} != {self.size}")
+        for name in ("spacing", "origin", "direction"):
+            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=atol):
+                out.append(f"{name} {_fmt(getattr(other, name))} != {_fmt(getattr(self, name))}")
+        return out
+
+    def to_dict(self) -> dict:
+        return {k: list(getattr(self, k)) for k in ("size", "spacing", "origin", "direction")}
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def _geometry_from_nibabel(img: nib.Nifti1Image) -> Geometry:
+    # nibabel's affine maps voxel (i, j, k) to RAS+ mm; ITK works in LPS+, so flip x and y.
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    rot = affine[:3, :3]
+    spacing = np.linalg.norm(rot, axis=0)
+    spacing_safe = np.where(spacing > 0, spacing, 1.0)
+    direction = rot / spacing_safe
+    return Geometry(
+        size=tuple(int(s) for s in img.shape[:3]),
+        spacing=tuple(float(s) for s in spacing),
+        origin=tuple(float(s) for s in affine[:3, 3]),
+        direction=tuple(float(s) for s in direction.reshape(-1)),
+    )
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_nifti(path: str | os.PathLike, *, check_finite: bool = True) -> tuple[np.ndarray, Geometry]:
+    """Read a 3-D NIfTI file fully and check it.
+
+    Args:
+      path: ``.nii`` or ``.nii.gz`` file.
+      check_finite: reject NaN/Inf voxels (float images only).
+
+    Returns:
+      ``(array, geometry)``: array in (z, y, x) order with the file's dtype
+      (scaled when the header carries a slope), and its :class:`Geometry`.
+
+    Raises:
+      InputError: missing file, not NIfTI, truncated or corrupt data, not 3-D,
+        or non-finite voxels. The message names the file and the problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if not path.is_file():
+        raise InputError(path, "not a regular file")
+    if not is_nifti(path):
+        raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for garbage headers
+        raise InputError(path, f"unreadable NIfTI header ({_short(exc)})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, "not a NIfTI-1/2 image")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(path, f"expected a 3-D image, got {len(img.shape)}-D shape {tuple(img.shape)}")
+    if min(shape) < 1:
+        raise InputError(path, f"empty image shape {tuple(shape)}")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        raise InputError(path, f"truncated or corrupt image data ({_short(exc)})") from None
+    data = data.reshape(shape, order="F")
+    if check_finite and data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(path, f"{bad} non-finite voxels (NaN/Inf)")
+    # nibabel gives (x, y, z) in Fortran order; the transpose is a C-contiguous (z, y, x) view.
+    return data.T, _geometry_from_nibabel(img)
+
+
+def read_geometry(path: str | os.PathLike) -> Geometry:
+    """Geometry from the header only (no voxel data read)."""
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except Exception as exc:
+        raise InputError(path, f"unreadable NIfTI header ({_short(exc)})") from None
+    return _geometry_from_nibabel(img)
+
+
+def read_mask(
+    path: str | os.PathLike,
+    allowed_labels: Sequence[int] | None = (0, 1, 2),
+) -> tuple[np.ndarray, Geometry]:
+    """Read a label map and check it holds integer labels within ``allowed_labels``.
+
+    Returns:
+      ``(labels, geometry)`` with labels as uint8 (z, y, x).
+
+    Raises:
+      InputError: as :func:`read_nifti`, plus non-integer values or labels
+        outside ``allowed_labels``.
+    """
+    data, geom = read_nifti(path)
+    if data.dtype.kind == "f":
+        if not np.array_equal(data, np.round(data)):
+            raise InputError(path, "mask has non-integer values (e.g. "
+                             f"{_first_non_integer(data):g}); expected integer labels")
+    elif data.dtype.kind not in "iub":
+        raise InputError(path, f"mask has unsupported dtype {data.dtype}")
+    values = np.unique(data)
+    if allowed_labels is not None:
+        stray = [v for v in values.tolist() if int(v) not in set(allowed_labels)]
+        if stray:
+            raise InputError(
+                path,
+                f"unexpected label value(s) {', '.join(f'{v:g}' for v in stray)}; "
+                f"allowed {sorted(set(allowed_labels))}",
+            )
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise InputError(path, "labels must lie in 0..255")
+    return data.astype(np.uint8, copy=False), geom
+
+
+def _first_non_integer(data: np.ndarray) -> float:
+    flat = data.reshape(-1)
+    idx = np.flatnonzero(flat != np.round(flat))
+    return float(flat[idx[0]])
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """(z, y, x) array plus geometry -> SimpleITK image."""
+    if tuple(array.shape) != geometry.shape_zyx:
+        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape_zyx}")
+    return geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+
+
+def write_nifti(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
+    """Write ``array`` (z, y, x) with ``geometry`` to ``path`` atomically."""
+    return write_sitk(to_sitk(array, geometry), path)
+
+
+def write_sitk(image: sitk.Image, path: str | os.PathLike) -> Path:
+    """Write a SimpleITK image atomically (temporary sibling, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, useCompression=str(path).endswith(".gz"))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a binary file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Build a new directory under a temporary sibling name; rename it into place on success.
+
+    On any exception the temporary directory is removed and ``final`` is left
+    untouched. ``final`` must not exist yet.
+    """
+    final = Path(final)
+    if final.exists():
+        raise FileExistsError(f"{final}: already exists")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Refuse an output path that exists and is not a directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output path exists and is a file, not a directory")
+    return path

@@ -1,0 +1,92 @@
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from vadice.io import (
+    Geometry,
+    InputError,
+    atomic_dir,
+    read_mask,
+    read_nifti,
+    write_nifti,
+)
+
+GEOM = Geometry(size=(6, 5, 4), spacing=(0.5, 0.6, 2.0), origin=(10.0, -3.0, 7.5),
+                direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+
+
+def test_roundtrip_keeps_geometry_and_matches_simpleitk(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    path = write_nifti(data, GEOM, tmp_path / "img.nii.gz")
+    arr, geom = read_nifti(path)
+    np.testing.assert_array_equal(arr, data)
+    assert geom.differences(GEOM) == []
+    ref = sitk.ReadImage(str(path))
+    assert Geometry.of_sitk(ref).differences(geom) == []
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ref), arr)
+    assert geom.spacing_zyx == pytest.approx((2.0, 0.6, 0.5))
+
+
+def test_truncated_gzip_is_rejected(tmp_path):
+    data = np.random.default_rng(0).random((20, 30, 30)).astype(np.float32)
+    path = write_nifti(data, Geometry((30, 30, 20), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                       tmp_path / "img.nii.gz")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_nifti(path)
+
+
+def test_nan_and_2d_and_missing(tmp_path):
+    data = np.zeros((3, 4, 5), np.float32)
+    data[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii.gz")
+    with pytest.raises(InputError, match="non-finite"):
+        read_nifti(tmp_path / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 5), np.float32), np.eye(4)), tmp_path / "flat.nii.gz")
+    with pytest.raises(InputError, match="3-D"):
+        read_nifti(tmp_path / "flat.nii.gz")
+    with pytest.raises(InputError, match="not found"):
+        read_nifti(tmp_path / "nope.nii.gz")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(InputError, match="not a NIfTI"):
+        read_nifti(tmp_path / "x.txt")
+    (tmp_path / "junk.nii.gz").write_bytes(gzip.compress(b"not a header"))
+    with pytest.raises(InputError, match=r"junk\.nii\.gz: "):
+        read_nifti(tmp_path / "junk.nii.gz")
+
+
+def test_mask_checks(tmp_path):
+    m = np.zeros((3, 4, 5), np.float32)
+    m[0, 0, 0] = 0.5
+    nib.save(nib.Nifti1Image(m, np.eye(4)), tmp_path / "half.nii.gz")
+    with pytest.raises(InputError, match="non-integer"):
+        read_mask(tmp_path / "half.nii.gz")
+    m[0, 0, 0] = 3
+    nib.save(nib.Nifti1Image(m, np.eye(4)), tmp_path / "three.nii.gz")
+    with pytest.raises(InputError, match="unexpected label value"):
+        read_mask(tmp_path / "three.nii.gz")
+    labels, _ = read_mask(tmp_path / "three.nii.gz", allowed_labels=(0, 3))
+    assert labels.dtype == np.uint8 and labels.max() == 3
+
+
+def test_error_message_is_one_line_naming_file(tmp_path):
+    err = InputError(tmp_path / "a.nii.gz", "bad thing")
+    assert str(err) == f"{tmp_path / 'a.nii.gz'}: bad thing"
+    assert "\n" not in str(err)
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("boom")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_dir(final) as tmp:
+        (tmp / "done.txt").write_text("x")
+    assert (final / "done.txt").exists()
