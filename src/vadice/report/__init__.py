@@ -1,0 +1,20 @@
+"""Figures and the self-contained HTML report (floor 2: imports only vadice.io and vadice.lesions).
+
+``overlay``: contour PNGs of GTVp/GTVn on the slice of largest tumour burden.
+``plots``: report figures as PNG bytes and the nnU-Net training-log parser.
+``html``: :class:`ReportInputs` and :func:`write_report` (one offline ``report.html``).
+"""
+
+from vadice.report.html import SECTIONS, ReportInputs, best_and_worst_cases, write_report
+from vadice.report.overlay import overlay_png, pick_slice
+from vadice.report.plots import parse_training_log
+
+__all__ = [
+    "SECTIONS",
+    "ReportInputs",
+    "best_and_worst_cases",
+    "overlay_png",
+    "parse_training_log",
+    "pick_slice",
+    "write_report",
+]
