@@ -80,7 +80,10 @@ class ReportInputs:
         a second log file).
       overlays: ``[(caption, PNG path), ...]`` for Best and worst cases.
       seed_spread: optional ``{label: {metric: {setup: {"min", "max", "sd", "n_seeds"}}}}``
-        shown next to each difference in the comparison table.
+        shown next to each difference in the comparison table: for the first
+        set-up the spread of its value over seeds, for the others the spread
+        of their per-seed difference to the first (what ``vadice experiment``
+        writes).
       manifest: optional run manifest (versions, commit, seeds, ...).
     """
 
@@ -719,7 +722,7 @@ pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .8em; }
 {% if comparison_rows %}
 <p>Each set-up against <b>{{ baseline }}</b> (the first). Δ = set-up − {{ baseline }}. 95 % CI: patient-level
 bootstrap interval of Δ (cohort metrics). p: Wilcoxon signed-rank on paired per-case values; Holm p: adjusted
-across all tests of the table{% if has_spread %}; seed spread: the metric across seeds of that set-up (SD, min–max){% endif %}.
+across all tests of the table{% if has_spread %}; seed spread: for the first set-up its value across seeds, for the others their Δ computed seed by seed (SD, min–max){% endif %}.
 <span class="sig">Bold red</span> = Holm-adjusted p &lt; 0.05.</p>
 <table>
 <tr><th>label</th><th>metric</th><th>kind</th><th>set-up</th><th>value</th><th>Δ vs {{ baseline }}</th>
