@@ -1,0 +1,228 @@
+"""Lesion statistics of a dataset: HNTS-MRG source folder or nnU-Net raw dataset.
+
+A lesion is a connected component of one label (26-connectivity by default),
+found by :func:`vadice.lesions.label_lesions`, the same definition as the
+published HNTS-MRG statistics (../shared/reference/hntsmrg.md) and the rest of
+vadice. Quantiles use numpy's default (linear interpolation).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vadice.data.hntsmrg import FILE_ENDING, LABELS, discover, source_files
+from vadice.data.validate import read_checked_mask
+from vadice.io import InputError, write_bytes, write_text
+from vadice.lesions import check_connectivity, label_lesions
+
+LABEL_NAMES = {v: k for k, v in LABELS.items() if v}
+LABELS_FG = tuple(sorted(LABEL_NAMES))
+STATS_JSON = "lesion_stats.json"
+STATS_PNG = "lesion_volumes.png"
+_SOURCE_GROUPS = {"preRT": "preRT_mask", "midRT": "midRT_mask"}
+
+
+def find_masks(path: str | os.PathLike) -> tuple[str, dict[str, list[tuple[str, Path]]]]:
+    """Label maps of a dataset, grouped.
+
+    Returns:
+      ``(layout, groups)``: layout ``"hntsmrg"`` (groups ``preRT``, ``midRT``;
+      ``"hntsmrg-case"`` for a single ``<id>/`` case folder)
+      or ``"nnunet"`` (group ``labelsTr``, or ``preRT``/``midRT`` when the case
+      names end in the timepoint); each group a list of ``(case, mask path)``.
+
+    Raises:
+      InputError: not a folder, or neither layout.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(path, "not a folder (expected an HNTS-MRG folder or an nnU-Net dataset folder)")
+    labels_tr = path / "labelsTr"
+    if labels_tr.is_dir():
+        files = sorted(p for p in labels_tr.iterdir() if p.name.endswith(FILE_ENDING) and not p.name.startswith("."))
+        if not files:
+            raise InputError(labels_tr, f"no {FILE_ENDING} label files")
+        groups: dict[str, list[tuple[str, Path]]] = {}
+        for p in files:
+            case = p.name[: -len(FILE_ENDING)]
+            tp = next((t for t in _SOURCE_GROUPS if case.endswith("_" + t)), "labelsTr")
+            groups.setdefault(tp, []).append((case, p))
+        if "labelsTr" in groups and len(groups) > 1:  # mixed naming: keep one group
+            groups = {"labelsTr": [c for g in groups.values() for c in g]}
+        return "nnunet", groups
+    if (path / "preRT").is_dir() or (path / "midRT").is_dir():  # one case folder, e.g. <id>/
+        groups = {}
+        for tp in _SOURCE_GROUPS:
+            found = sorted((path / tp).glob(f"*_{tp}_mask{FILE_ENDING}")) if (path / tp).is_dir() else []
+            if found:
+                groups[tp] = [(p.name[: -len(f"_{tp}_mask{FILE_ENDING}")], p) for p in found]
+        if not groups:
+            raise InputError(path, "no <id>_preRT_mask.nii.gz / <id>_midRT_mask.nii.gz in preRT/ or midRT/")
+        return "hntsmrg-case", groups
+    cases, _ = discover(path)
+    groups = {}
+    for tp, key in _SOURCE_GROUPS.items():
+        found = [(str(cid), source_files(folder, cid)[key]) for cid, folder in cases.items()]
+        found = [(c, p) for c, p in found if p.exists()]
+        if found:
+            groups[tp] = found
+    if not groups:
+        raise InputError(path, "no mask files found (expected <id>/preRT/<id>_preRT_mask.nii.gz ...)")
+    return "hntsmrg", groups
+
+
+def _case_lesions(case: str, mask_path: Path, connectivity: int) -> dict:
+    data, info = read_checked_mask(mask_path)
+    _, lesions = label_lesions(data, info.geometry.spacing_zyx, labels=LABELS_FG, connectivity=connectivity)
+    return {"case": case, "file": str(mask_path),
+            "lesions": [{"label": l.label, "lesion": l.lesion_id, "voxels": l.voxels, "volume_ml": l.volume_ml,
+                         "centroid_zyx": list(l.centroid)} for l in lesions]}
+
+
+
+def summarise_volumes(volumes_ml: list[float]) -> dict:
+    """Quantiles and small-lesion counts of a list of lesion volumes (ml)."""
+    v = np.asarray(volumes_ml, dtype=float)
+    if v.size == 0:
+        return {"n": 0, "min": None, "q25": None, "median": None, "q75": None, "max": None,
+                "fraction_lt_1ml": None, "count_lt_0_5ml": 0}
+    q = np.percentile(v, [0, 25, 50, 75, 100])
+    return {"n": int(v.size), "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]), "q75": float(q[3]),
+            "max": float(q[4]), "fraction_lt_1ml": float(np.mean(v < 1.0)), "count_lt_0_5ml": int(np.sum(v < 0.5))}
+
+
+def dataset_statistics(path: str | os.PathLike, connectivity: int = 26, progress: bool = True,
+                       workers: int = 1) -> dict:
+    """Per-label lesion statistics of every mask of a dataset.
+
+    Args:
+      path: HNTS-MRG training folder (statistics per timepoint preRT, midRT)
+        or nnU-Net raw dataset folder (its ``labelsTr``).
+      connectivity: 6, 18 or 26.
+      progress: progress bar.
+      workers: masks read in parallel threads.
+
+    Returns:
+      dict with ``source``, ``layout``, ``connectivity`` and ``groups``: per
+      group ``n_cases``, ``empty_cases`` (no foreground at all), ``cases``
+      (per case: lesion list with label, lesion id, voxels, volume_ml,
+      centroid_zyx) and ``labels``: per label name ``cases_with_label``,
+      ``components_total``, ``components_per_case`` (count -> number of cases,
+      zero included), ``components_per_positive_case`` (mean) and ``volumes_ml``
+      (n, min, q25, median, q75, max, fraction_lt_1ml, count_lt_0_5ml).
+
+    Raises:
+      InputError: unknown layout or an invalid mask (names the file).
+    """
+    connectivity = check_connectivity(connectivity)
+    layout, groups = find_masks(path)
+    jobs = [(g, case, p) for g, items in groups.items() for case, p in items]
+    bar = tqdm(total=len(jobs), desc="stats", unit="mask", disable=not progress)
+
+    def one(job):
+        res = _case_lesions(job[1], job[2], connectivity)
+        bar.update()
+        return res
+
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        results = list(pool.map(one, jobs))
+    bar.close()
+
+    out = {"source": str(Path(path).resolve()), "layout": layout, "connectivity": connectivity, "groups": {}}
+    for g in groups:
+        per_case = [r for (grp, _, _), r in zip(jobs, results) if grp == g]
+        summary = {"n_cases": len(per_case),
+                   "empty_cases": [r["case"] for r in per_case if not r["lesions"]],
+                   "labels": {}, "cases": per_case}
+        for label, name in LABEL_NAMES.items():
+            counts = [sum(1 for l in r["lesions"] if l["label"] == label) for r in per_case]
+            vols = [l["volume_ml"] for r in per_case for l in r["lesions"] if l["label"] == label]
+            positive = [c for c in counts if c]
+            summary["labels"][name] = {
+                "label": label,
+                "cases_with_label": len(positive),
+                "components_total": int(sum(counts)),
+                "components_per_case": {str(k): v for k, v in sorted(Counter(counts).items())},
+                "components_per_positive_case": float(np.mean(positive)) if positive else None,
+                "volumes_ml": summarise_volumes(vols),
+            }
+        out["groups"][g] = summary
+    return out
+
+
+def _fmt(v, digits=2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def format_statistics(stats: dict) -> str:
+    """Readable table of :func:`dataset_statistics` output."""
+    lines = [f"{stats['source']} ({stats['layout']}, {stats['connectivity']}-connectivity; volumes in ml)"]
+    head = (f"{'group':<9} {'label':<5} {'cases':>9} {'lesions':>7} {'per+case':>8} {'min':>6} {'q25':>6} "
+            f"{'median':>6} {'q75':>6} {'max':>6} {'<1ml':>6} {'<0.5ml':>6}")
+    lines += [head, "-" * len(head)]
+    for g, s in stats["groups"].items():
+        for name, lab in s["labels"].items():
+            v = lab["volumes_ml"]
+            frac = "-" if v["fraction_lt_1ml"] is None else f"{100 * v['fraction_lt_1ml']:.0f}%"
+            lines.append(
+                f"{g:<9} {name:<5} {lab['cases_with_label']:>4}/{s['n_cases']:<4} {lab['components_total']:>7} "
+                f"{_fmt(lab['components_per_positive_case']):>8} {_fmt(v['min']):>6} {_fmt(v['q25']):>6} "
+                f"{_fmt(v['median']):>6} {_fmt(v['q75']):>6} {_fmt(v['max']):>6} {frac:>6} {v['count_lt_0_5ml']:>6}")
+        lines.append(f"{g:<9} empty masks: {len(s['empty_cases'])}/{s['n_cases']}"
+                     + (f" ({', '.join(s['empty_cases'][:10])}{' ...' if len(s['empty_cases']) > 10 else ''})"
+                        if s["empty_cases"] else ""))
+        for name, lab in s["labels"].items():
+            dist = ", ".join(f"{k}:{n}" for k, n in lab["components_per_case"].items())
+            lines.append(f"{g:<9} {name} lesions per case {{{dist}}}")
+    return "\n".join(lines)
+
+
+def write_statistics(stats: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``lesion_stats.json`` and ``lesion_volumes.png`` (log-volume histograms) atomically.
+
+    Returns:
+      the two paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "output path exists and is not a folder")
+    json_path = write_text(out_dir / STATS_JSON, json.dumps(stats, indent=1))
+
+    groups = list(stats["groups"])
+    fig, axes = plt.subplots(len(groups), len(LABEL_NAMES), figsize=(5 * len(LABEL_NAMES), 3.2 * len(groups)),
+                             squeeze=False)
+    bins = np.logspace(-2, 2.2, 36)
+    for i, g in enumerate(groups):
+        s = stats["groups"][g]
+        for j, (label, name) in enumerate(LABEL_NAMES.items()):
+            ax = axes[i, j]
+            vols = [l["volume_ml"] for r in s["cases"] for l in r["lesions"] if l["label"] == label]
+            if vols:
+                ax.hist(np.clip(vols, bins[0], bins[-1]), bins=bins, color="C0" if label == 1 else "C1")
+                ax.axvline(np.median(vols), color="k", lw=1, label=f"median {np.median(vols):.2f} ml")
+                ax.legend(fontsize=8)
+            ax.axvline(1.0, color="grey", ls="--", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_title(f"{g} {name}: {len(vols)} lesions, {s['labels'][name]['cases_with_label']}/{s['n_cases']} "
+                         "cases", fontsize=9)
+            ax.set_xlabel("lesion volume (ml)")
+            ax.set_ylabel("lesions")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    png_path = write_bytes(out_dir / STATS_PNG, buf.getvalue())
+    return json_path, png_path

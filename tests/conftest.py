@@ -1,0 +1,24 @@
+"""Shared fixtures.
+
+``small_cohort``: a 5-case synthetic HNTS-MRG cohort (size "small", seed 1: two empty mid-RT masks, one case without GTVp,
+one without nodes, mixed fat suppression, one case whose pre-RT and mid-RT spacings differ), built once per test session
+(per xdist worker). Treat it as read-only; copy it (``shutil.copytree``) before changing anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SMALL_COHORT_CASES = 5
+SMALL_COHORT_SEED = 1
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """Folder ``<id>/preRT``, ``<id>/midRT`` + ``cohort.json`` (see vadice.data.synth)."""
+    from vadice.data.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("small_cohort") / "cohort"
+    return generate_cohort(out, SMALL_COHORT_CASES, SMALL_COHORT_SEED, size="small", progress=False)

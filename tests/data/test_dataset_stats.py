@@ -1,0 +1,131 @@
+"""``vadice stats``: reproduces the generator's lesion table; cross-checked against scipy on real masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from vadice.cli import main
+from vadice.data.dataset_stats import dataset_statistics, summarise_volumes, write_statistics
+from vadice.data.hntsmrg import convert
+from vadice.io import read_nifti
+
+CASE2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hntsmrg_case2"
+
+
+def _table(cohort):
+    return json.loads((cohort / "cohort.json").read_text())
+
+
+@pytest.mark.parametrize("timepoint", ["preRT", "midRT"])
+def test_stats_reproduce_the_generator_table(small_cohort, timepoint):
+    stats = dataset_statistics(small_cohort, progress=False)
+    table = _table(small_cohort)
+    group = stats["groups"][timepoint]
+    assert group["n_cases"] == len(table["cases"])
+    truth = [l for l in table["lesions"] if l["timepoint"] == timepoint]
+    for case in group["cases"]:
+        expected = [l for l in truth if str(l["case"]) == case["case"]]
+        assert len(case["lesions"]) == len(expected)
+        for got, want in zip(case["lesions"], expected):
+            assert (got["label"], got["lesion"], got["voxels"]) == (want["label"], want["lesion"], want["voxels"])
+            assert got["volume_ml"] == pytest.approx(want["volume_ml"], rel=1e-9)
+            np.testing.assert_allclose(got["centroid_zyx"], want["centroid_zyx"], atol=1e-9)
+    for name, label in (("GTVp", 1), ("GTVn", 2)):
+        lab = group["labels"][name]
+        vols = [l["volume_ml"] for l in truth if l["label"] == label]
+        assert lab["components_total"] == len(vols)
+        assert lab["cases_with_label"] == len({l["case"] for l in truth if l["label"] == label})
+        if vols:
+            assert lab["volumes_ml"]["median"] == pytest.approx(float(np.median(vols)))
+            assert lab["volumes_ml"]["fraction_lt_1ml"] == pytest.approx(float(np.mean(np.array(vols) < 1)))
+        assert sum(lab["components_per_case"].values()) == group["n_cases"]
+    empty = {str(c["id"]) for c in table["cases"]} - {str(l["case"]) for l in truth}
+    assert set(group["empty_cases"]) == empty
+
+
+def test_stats_on_converted_dataset_match_the_source(small_cohort, tmp_path):
+    dataset = convert(small_cohort, 1, 61, out=tmp_path, include_midrt=True, progress=False)
+    from_source = dataset_statistics(small_cohort, progress=False)
+    from_dataset = dataset_statistics(dataset, progress=False)
+    assert from_dataset["layout"] == "nnunet"
+    assert set(from_dataset["groups"]) == {"preRT", "midRT"}
+    for tp in ("preRT", "midRT"):
+        assert from_dataset["groups"][tp]["labels"] == from_source["groups"][tp]["labels"]
+
+
+def _scipy_components(mask, label, structure):
+    return ndimage.label(mask == label, structure=structure)
+
+
+@pytest.mark.skipif(not CASE2.exists(), reason="shared HNTS-MRG case 2 masks not available")
+@pytest.mark.parametrize("connectivity", [26, 6])
+def test_stats_on_real_case_2_agree_with_scipy(connectivity):
+    stats = dataset_statistics(CASE2, connectivity=connectivity, progress=False)
+    assert stats["layout"] == "hntsmrg-case"
+    structure = ndimage.generate_binary_structure(3, 3 if connectivity == 26 else 1)
+    for tp in ("preRT", "midRT"):
+        mask, geom = read_nifti(CASE2 / tp / f"2_{tp}_mask.nii.gz")
+        voxel_ml = geom.voxel_volume_mm3 / 1000.0
+        group = stats["groups"][tp]
+        for name, label in (("GTVp", 1), ("GTVn", 2)):
+            comps, n = _scipy_components(mask, label, structure)
+            sizes = np.sort(np.bincount(comps.ravel())[1:] * voxel_ml)
+            got = np.sort([l["volume_ml"] for l in group["cases"][0]["lesions"] if l["label"] == label])
+            assert len(got) == n > 0
+            np.testing.assert_allclose(got, sizes, rtol=1e-12)
+            assert group["labels"][name]["volumes_ml"]["count_lt_0_5ml"] == int(np.sum(sizes < 0.5))
+
+
+def test_summary_quantiles_match_numpy():
+    rng = np.random.default_rng(0)
+    v = rng.lognormal(0.7, 1.5, 57)
+    s = summarise_volumes(v.tolist())
+    assert [s["min"], s["q25"], s["median"], s["q75"], s["max"]] == pytest.approx(
+        np.percentile(v, [0, 25, 50, 75, 100]).tolist())
+    assert s["fraction_lt_1ml"] == pytest.approx(np.mean(v < 1)) and s["count_lt_0_5ml"] == int(np.sum(v < 0.5))
+    assert summarise_volumes([])["median"] is None
+
+
+def test_cli_stats_prints_table_and_writes_json_and_png(small_cohort, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "st"
+    assert main(["stats", str(small_cohort), "--out", str(out), "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "median" in text and "GTVn" in text and "preRT" in text and str(out) in text
+    stats = json.loads((out / "lesion_stats.json").read_text())
+    assert set(stats["groups"]) == {"preRT", "midRT"}
+    png = (out / "lesion_volumes.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*"))
+    # Default output folder: ./vadice_stats/<name>.
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "stats", str(small_cohort)]) == 0
+    assert (tmp_path / "vadice_stats" / small_cohort.name / "lesion_stats.json").exists()
+
+
+def test_cli_stats_bad_input(tmp_path, capsys):
+    bad = tmp_path / "d" / "4" / "preRT"
+    bad.mkdir(parents=True)
+    mask = np.zeros((3, 4, 5), np.uint8)
+    mask[1, 1, 1] = 3
+    from vadice.io import Geometry, write_nifti
+
+    write_nifti(mask, Geometry((5, 4, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                bad / "4_preRT_mask.nii.gz")
+    assert main(["-q", "stats", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "4_preRT_mask.nii.gz" in err and "label value(s) 3" in err
+    assert not (tmp_path / "o").exists()
+    assert main(["-q", "stats", str(tmp_path / "nothing")]) == 2
+
+
+def test_write_statistics_refuses_a_file_as_folder(tmp_path):
+    (tmp_path / "f").write_text("x")
+    from vadice.io import InputError
+
+    with pytest.raises(InputError):
+        write_statistics({"groups": {}}, tmp_path / "f")
