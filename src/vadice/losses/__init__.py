@@ -1,0 +1,19 @@
+"""Framework-agnostic PyTorch losses (no nnunetv2 import at this layer)."""
+
+from vadice.losses.va_dice import (
+    PRESETS,
+    VolumeAwareDiceCELoss,
+    VolumeAwareDiceLoss,
+    loss_from_preset,
+    median_lesion_volumes,
+    softmax_dim1,
+)
+
+__all__ = [
+    "PRESETS",
+    "VolumeAwareDiceCELoss",
+    "VolumeAwareDiceLoss",
+    "loss_from_preset",
+    "median_lesion_volumes",
+    "softmax_dim1",
+]
