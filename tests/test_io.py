@@ -90,3 +90,27 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     with atomic_dir(final) as tmp:
         (tmp / "done.txt").write_text("x")
     assert (final / "done.txt").exists()
+
+
+def test_label_values_matches_unique():
+    rng = np.random.default_rng(3)
+    for dtype in (np.uint8, np.int16, np.int64, np.uint16):
+        data = rng.integers(0, 5, size=(7, 8, 9)).astype(dtype)
+        from vadice.io import label_values
+
+        assert label_values(data).tolist() == np.unique(data).tolist()
+    assert label_values(np.array([-3, 7, -3], np.int32)).tolist() == [-3, 7]
+
+
+def test_written_files_follow_umask(tmp_path):
+    import os
+
+    from vadice.io import copy_file, write_text
+
+    old = os.umask(0o022)
+    try:
+        a = write_text(tmp_path / "a.txt", "x")
+        b = copy_file(a, tmp_path / "b.txt")
+    finally:
+        os.umask(old)
+    assert (a.stat().st_mode & 0o777) == 0o644 == (b.stat().st_mode & 0o777)
