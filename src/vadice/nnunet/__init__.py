@@ -1,0 +1,28 @@
+"""nnU-Net integration (the only part of vadice that imports nnunetv2).
+
+Kept import-light on purpose: ``vadice nnunet-path`` and the CLI must not pay
+for importing torch/nnunetv2. Import the submodules for the real work:
+``vadice.nnunet.instances`` (lesion preprocessing) and
+``vadice.nnunet.trainers`` (the trainers nnU-Net finds via ``nnUNet_extTrainer``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Which nnU-Net trainer implements each loss preset (see docs/nnunet.md).
+TRAINER_FOR_LOSS = {
+    "baseline": "nnUNetTrainer",
+    "dual": "nnUNetTrainerVADual",
+    "selective-ln": "nnUNetTrainerVASelectiveLN",
+}
+# nnU-Net's own trainer with only the schedule and seed settable: short baseline runs.
+BUDGET_TRAINER = "nnUNetTrainerBudget"
+# Volume-aware trainer whose options come from a JSON file (VADICE_VA_CONFIG or vadice_va.json).
+GENERIC_VA_TRAINER = "nnUNetTrainerVA"
+VA_TRAINERS = ("nnUNetTrainerVA", "nnUNetTrainerVADual", "nnUNetTrainerVASelectiveLN")
+
+
+def trainer_dir() -> Path:
+    """Directory to put in ``nnUNet_extTrainer`` so plain nnU-Net finds the vadice trainers."""
+    return Path(__file__).resolve().parent

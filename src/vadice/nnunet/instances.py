@@ -1,0 +1,504 @@
+"""Whole-case lesion ids carried through nnU-Net's training pipeline.
+
+The volume-aware loss weights a lesion by its volume in the whole case, not by
+what is left of it in an augmented patch (patches are cropped at lesion borders
+and rescaled by 0.7-1.4). So lesions are labelled once per case on nnU-Net's
+*preprocessed* segmentation (the array the network is trained on), and the
+instance map travels with the segmentation as a second channel: nnU-Net's own
+data loader crops it, the same spatial transform moves it (nearest neighbour,
+see :class:`LesionSpatialTransform`), mirroring flips it and deep supervision
+downsamples it (nearest-exact). No connected-component labelling runs during
+training; weights are looked up by id on the training device.
+
+On-disk layout (next to nnU-Net's folders, never inside them)::
+
+    <nnUNet_preprocessed>/<Dataset>/vadice_lesions/<data_identifier>/
+        <case>_inst.b2nd    int16 (1, *shape) instance map, chunked like nnU-Net's seg
+        lesions.json        lesion table (see :func:`preprocess_instances`)
+
+nnU-Net's folders are off limits because ``nnUNetDatasetBlosc2.get_identifiers``
+lists every ``*.b2nd`` that does not end in ``_seg.b2nd`` as a case and
+``infer_dataset_class`` refuses a folder holding a ``.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import blosc2
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from nnunetv2.training.dataloading.nnunet_dataset import (
+    comp_blosc2_params,
+    infer_dataset_class,
+    nnUNetDatasetBlosc2,
+    nnUNetDatasetNumpy,
+)
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from tqdm import tqdm
+
+from vadice.io import InputError, write_text
+from vadice.lesions import check_connectivity, label_lesions
+
+log = logging.getLogger(__name__)
+
+LESION_DIR = "vadice_lesions"
+TABLE_NAME = "lesions.json"
+INST_SUFFIX = "_inst.b2nd"
+TABLE_VERSION = 1
+# ids share the int16 array nnU-Net's data loader casts segmentations to
+MAX_LESIONS_PER_CASE = int(np.iinfo(np.int16).max)
+
+
+def lesion_folder(preprocessed_dataset_folder: str | os.PathLike, data_identifier: str) -> Path:
+    """Folder holding the instance maps and lesion table of one configuration."""
+    return Path(preprocessed_dataset_folder) / LESION_DIR / data_identifier
+
+
+def lesion_folder_of(nnunet_case_folder: str | os.PathLike) -> Path:
+    """Lesion folder belonging to nnU-Net's ``<dataset>/<data_identifier>`` case folder."""
+    folder = Path(nnunet_case_folder)
+    return lesion_folder(folder.parent, folder.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# preprocessing
+
+
+@dataclass(frozen=True)
+class _Job:
+    case: str
+    case_folder: str
+    out_folder: str
+    spacing: tuple[float, ...]  # configuration spacing (array order); 2-D configs lack the first axis
+    transpose_forward: tuple[int, ...]
+    labels: tuple[int, ...]
+    connectivity: int
+    patch_size: tuple[int, ...]
+
+
+def _seg_source(case_folder: Path, case: str) -> Path:
+    for name in (f"{case}_seg.b2nd", f"{case}.npz", f"{case}_seg.npy"):
+        if (case_folder / name).is_file():
+            return case_folder / name
+    raise InputError(case_folder / f"{case}_seg.b2nd", "preprocessed segmentation not found")
+
+
+def _signature(path: Path) -> dict:
+    st = path.stat()
+    return {"file": path.name, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _case_spacing(job: _Job, properties: dict, ndim: int) -> tuple[float, ...]:
+    spacing = list(job.spacing)
+    if len(spacing) < ndim:
+        # 2-D configurations keep each case's own slice spacing (nnU-Net's DefaultPreprocessor does the same)
+        original = [properties["spacing"][i] for i in job.transpose_forward]
+        spacing = original[: ndim - len(spacing)] + spacing
+    return tuple(float(s) for s in spacing)
+
+
+def _label_case(job: _Job) -> tuple[str, dict]:
+    case_folder = Path(job.case_folder)
+    source = _seg_source(case_folder, job.case)
+    dataset = infer_dataset_class(str(case_folder))(str(case_folder), [job.case])
+    _, seg, _, properties = dataset.load_case(job.case)
+    seg = np.asarray(seg[:])
+    if seg.ndim != 4 or seg.shape[0] != 1:
+        raise InputError(source, f"expected a (1, z, y, x) segmentation, got shape {seg.shape}")
+    spacing = _case_spacing(job, properties, seg.ndim - 1)
+    # nnU-Net marks voxels outside the nonzero mask with -1: not a foreground label, so never a lesion
+    instances, lesions = label_lesions(seg[0], spacing, labels=job.labels, connectivity=job.connectivity)
+    if len(lesions) > MAX_LESIONS_PER_CASE:
+        raise InputError(source, f"{len(lesions)} lesions, more than the {MAX_LESIONS_PER_CASE} int16 ids allow")
+    inst = np.ascontiguousarray(instances[None].astype(np.int16))
+    blocks, chunks = comp_blosc2_params(inst.shape, job.patch_size, inst.itemsize)
+    final = Path(job.out_folder) / f"{job.case}{INST_SUFFIX}"
+    partial = final.with_name(f"{job.case}_inst.partial.b2nd")
+    partial.unlink(missing_ok=True)
+    blosc2.asarray(inst, urlpath=str(partial), chunks=chunks, blocks=blocks,
+                   cparams={"codec": blosc2.Codec.LZ4HC, "clevel": 5, "nthreads": 1})
+    os.replace(partial, final)
+    entry = {
+        "spacing_mm": list(spacing),
+        "shape": list(inst.shape[1:]),
+        "source": _signature(source),
+        "lesions": {
+            str(les.lesion_id): {"label": les.label, "voxels": les.voxels, "volume_mm3": les.volume_mm3}
+            for les in lesions
+        },
+    }
+    return job.case, entry
+
+
+def _medians(cases: dict, labels: Iterable[int]) -> dict:
+    out = {}
+    for label in labels:
+        vols = [l["volume_mm3"] for c in cases.values() for l in c["lesions"].values() if l["label"] == label]
+        out[str(label)] = float(np.median(vols)) if vols else None
+    return out
+
+
+def _write_table(folder: Path, header: dict, cases: dict) -> None:
+    table = dict(header)
+    table["median_volume_mm3"] = _medians(cases, header["labels"])
+    table["cases"] = {k: cases[k] for k in sorted(cases)}
+    write_text(folder / TABLE_NAME, json.dumps(table, indent=1) + "\n")
+
+
+def preprocess_instances(
+    preprocessed_dataset_folder: str | os.PathLike,
+    configuration: str = "3d_fullres",
+    plans_identifier: str = "nnUNetResEncUNetMPlans",
+    connectivity: int = 26,
+    num_processes: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Labels lesions once per case on nnU-Net's preprocessed segmentations.
+
+    Lesions are 26-connected (default) components of each foreground label,
+    with volumes in mm³ from the configuration's target spacing in array
+    order (nnU-Net transposes arrays by ``transpose_forward`` and resamples
+    to that spacing; 2-D configurations keep each case's slice spacing).
+    Resumable: a case whose instance map exists and whose table entry matches
+    the current segmentation file (size and mtime) is skipped, so rerunning
+    after nnU-Net re-preprocesses relabels exactly the changed cases.
+
+    The table ``lesions.json`` holds ``version``, ``plans_identifier``,
+    ``configuration``, ``data_identifier``, ``connectivity``, ``labels``,
+    ``median_volume_mm3`` ({label: median over all cases, null if none}) and
+    ``cases`` ({case: {spacing_mm, shape, source, lesions: {id: {label,
+    voxels, volume_mm3}}}}).
+
+    Args:
+      preprocessed_dataset_folder: ``$nnUNet_preprocessed/DatasetXXX_Name``.
+      configuration: plans configuration, e.g. ``3d_fullres``.
+      plans_identifier: plans file name without ``.json``.
+      connectivity: 6, 18 or 26.
+      num_processes: worker processes (1: in this process).
+      progress: show a tqdm bar.
+
+    Returns:
+      The lesion folder ``<dataset>/vadice_lesions/<data_identifier>``.
+
+    Raises:
+      InputError: missing plans / dataset.json / preprocessed cases, region-based
+        labels, a case that cannot be read.
+      ValueError: bad connectivity or num_processes.
+    """
+    connectivity = check_connectivity(connectivity)
+    if int(num_processes) < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    base = Path(preprocessed_dataset_folder)
+    plans_file = base / f"{plans_identifier}.json"
+    if not plans_file.is_file():
+        raise InputError(plans_file, "plans file not found (run nnU-Net planning first)")
+    dataset_json_file = base / "dataset.json"
+    if not dataset_json_file.is_file():
+        raise InputError(dataset_json_file, "dataset.json not found in the preprocessed dataset folder")
+    plans_manager = PlansManager(str(plans_file))
+    if configuration not in plans_manager.available_configurations:
+        raise InputError(plans_file, f"no configuration {configuration!r} "
+                                     f"(has {', '.join(plans_manager.available_configurations)})")
+    cm = plans_manager.get_configuration(configuration)
+    label_manager = plans_manager.get_label_manager(json.loads(dataset_json_file.read_text()))
+    if label_manager.has_regions:
+        raise InputError(dataset_json_file, "region-based labels are not supported by the volume-aware loss")
+    labels = tuple(int(l) for l in label_manager.foreground_labels if l != label_manager.ignore_label)
+
+    case_folder = base / cm.data_identifier
+    if not case_folder.is_dir():
+        raise InputError(case_folder, f"preprocessed data not found (run nnU-Net preprocessing of {configuration})")
+    try:
+        cases = sorted(infer_dataset_class(str(case_folder)).get_identifiers(str(case_folder)))
+    except (AssertionError, KeyError) as exc:
+        raise InputError(case_folder, f"not an nnU-Net preprocessed folder ({exc})") from None
+    if not cases:
+        raise InputError(case_folder, "no preprocessed cases")
+
+    out = lesion_folder(base, cm.data_identifier)
+    out.mkdir(parents=True, exist_ok=True)
+    header = {
+        "version": TABLE_VERSION,
+        "plans_identifier": plans_identifier,
+        "configuration": configuration,
+        "data_identifier": cm.data_identifier,
+        "connectivity": connectivity,
+        "labels": list(labels),
+    }
+    done: dict = {}
+    table_file = out / TABLE_NAME
+    if table_file.is_file():
+        try:
+            old = json.loads(table_file.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if all(old.get(k) == v for k, v in header.items()):
+            done = old.get("cases", {})
+
+    def up_to_date(case: str) -> bool:
+        entry = done.get(case)
+        return (entry is not None and (out / f"{case}{INST_SUFFIX}").is_file()
+                and entry.get("source") == _signature(_seg_source(case_folder, case)))
+
+    kept = {c: done[c] for c in cases if up_to_date(c)}
+    todo = [c for c in cases if c not in kept]
+    jobs = [_Job(c, str(case_folder), str(out), tuple(cm.spacing), tuple(plans_manager.transpose_forward),
+                 labels, connectivity, tuple(cm.patch_size)) for c in todo]
+    results = dict(kept)
+    if kept and not todo:
+        log.info("lesion instances up to date for %d cases in %s", len(kept), out)
+    with tqdm(total=len(cases), initial=len(kept), desc="Labelling lesions", disable=not progress) as bar:
+        if num_processes == 1 or len(jobs) <= 1:
+            for job in jobs:
+                case, entry = _label_case(job)
+                results[case] = entry
+                bar.update()
+                _write_table(out, header, results)
+        else:
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+                for i, (case, entry) in enumerate(pool.imap_unordered(_label_case, jobs)):
+                    results[case] = entry
+                    bar.update()
+                    if i % 16 == 0:
+                        _write_table(out, header, results)
+    # cases nnU-Net no longer has are dropped from the table; their files are removed
+    for stale in set(done) - set(cases):
+        (out / f"{stale}{INST_SUFFIX}").unlink(missing_ok=True)
+    _write_table(out, header, results)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the lesion table, as the trainer uses it
+
+
+@dataclass(frozen=True)
+class LesionTable:
+    """Per-case lesion volumes, ready to become a padded (N, K+1) lookup table."""
+
+    folder: Path
+    connectivity: int
+    labels: tuple[int, ...]
+    volumes: dict[str, np.ndarray]       # case -> float64 (K+1,), index 0 = 0
+    lesion_labels: dict[str, np.ndarray]  # case -> int64 (K+1,), index 0 = 0
+
+    def padded(self, cases: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
+        """``(table, row)``: float32 (len(cases), Kmax+1) volumes in mm³ and case -> row index."""
+        missing = [c for c in cases if c not in self.volumes]
+        if missing:
+            raise InputError(self.folder / TABLE_NAME, f"no lesion entry for {len(missing)} case(s), e.g. "
+                             f"{missing[0]!r}: run vadice.nnunet.instances.preprocess_instances again")
+        width = max([len(self.volumes[c]) for c in cases] + [1])
+        table = np.zeros((len(cases), width), dtype=np.float32)
+        for i, c in enumerate(cases):
+            table[i, : len(self.volumes[c])] = self.volumes[c]
+        return table, {c: i for i, c in enumerate(cases)}
+
+    def median_volumes(self, cases: Sequence[str], labels: Iterable[int]) -> dict[int, float | None]:
+        """Median lesion volume per label over the given cases (``None`` if the label has no lesion)."""
+        out = {}
+        for label in labels:
+            vols = np.concatenate([self.volumes[c][self.lesion_labels[c] == label] for c in cases] or [np.zeros(0)])
+            out[int(label)] = float(np.median(vols)) if vols.size else None
+        return out
+
+
+def load_lesion_table(folder: str | os.PathLike) -> LesionTable:
+    """Reads ``lesions.json`` of a lesion folder.
+
+    Raises:
+      InputError: missing or malformed table.
+    """
+    folder = Path(folder)
+    path = folder / TABLE_NAME
+    if not path.is_file():
+        raise InputError(path, "lesion table not found: run vadice.nnunet.instances.preprocess_instances "
+                               "after nnU-Net preprocessing")
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("version") != TABLE_VERSION:
+            raise ValueError(f"table version {raw.get('version')!r}, expected {TABLE_VERSION}")
+        volumes, lesion_labels = {}, {}
+        for case, entry in raw["cases"].items():
+            ids = [int(k) for k in entry["lesions"]]
+            n = max(ids, default=0)
+            vol = np.zeros(n + 1, dtype=np.float64)
+            lab = np.zeros(n + 1, dtype=np.int64)
+            for k, les in entry["lesions"].items():
+                vol[int(k)] = float(les["volume_mm3"])
+                lab[int(k)] = int(les["label"])
+            volumes[case], lesion_labels[case] = vol, lab
+        return LesionTable(folder, int(raw["connectivity"]), tuple(int(l) for l in raw["labels"]),
+                           volumes, lesion_labels)
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"malformed lesion table ({exc})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# carrying ids through nnU-Net's data loader
+
+
+class SegWithInstances:
+    """Lazy 2-channel view: nnU-Net's segmentation with the instance map stacked as channel 1.
+
+    nnU-Net's data loader only asks for ``.shape`` and one ``[c, z0:z1, y0:y1,
+    x0:x1]`` crop per sample (``crop_and_pad_nd``), so only the chunks of both
+    blosc2 arrays under the crop are decompressed, not the whole case.
+    """
+
+    def __init__(self, seg, instances):
+        if tuple(seg.shape[1:]) != tuple(instances.shape[1:]):
+            raise ValueError(f"segmentation {tuple(seg.shape)} and instance map {tuple(instances.shape)} "
+                             f"differ in shape: rerun preprocess_instances")
+        self.seg = seg
+        self.instances = instances
+        self.shape = (seg.shape[0] + instances.shape[0], *seg.shape[1:])
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(np.int16)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+        spatial = (slice(None),) + tuple(key[1:])
+        both = np.concatenate([np.asarray(self.seg[spatial]).astype(np.int16, copy=False),
+                               np.asarray(self.instances[spatial]).astype(np.int16, copy=False)])
+        return both[key[0]] if key else both
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+class _LesionChannel:
+    """Mixin for nnU-Net datasets: ``load_case`` returns the segmentation with the ids as channel 1."""
+
+    def load_case(self, identifier):
+        data, seg, seg_prev, properties = super().load_case(identifier)
+        path = lesion_folder_of(self.source_folder) / f"{identifier}{INST_SUFFIX}"
+        if not path.is_file():
+            raise InputError(path, "lesion instance map not found: run "
+                                   "vadice.nnunet.instances.preprocess_instances after nnU-Net preprocessing")
+        mmap = {} if os.name == "nt" else {"mmap_mode": "r"}
+        inst = blosc2.open(urlpath=str(path), mode="r", dparams={"nthreads": 1}, **mmap)
+        return data, SegWithInstances(seg, inst), seg_prev, properties
+
+
+class LesionDatasetBlosc2(_LesionChannel, nnUNetDatasetBlosc2):
+    pass
+
+
+class LesionDatasetNumpy(_LesionChannel, nnUNetDatasetNumpy):
+    pass
+
+
+def lesion_dataset_class(dataset_class: type) -> type:
+    """The instance-carrying variant of an nnU-Net dataset class."""
+    for base, variant in ((nnUNetDatasetBlosc2, LesionDatasetBlosc2), (nnUNetDatasetNumpy, LesionDatasetNumpy)):
+        if issubclass(dataset_class, _LesionChannel):
+            return dataset_class
+        if issubclass(dataset_class, base):
+            return variant
+    raise TypeError(f"unsupported nnU-Net dataset class {dataset_class.__name__}")
+
+
+# ----------------------------------------------------------------------------------------------
+# augmentation
+
+
+@contextmanager
+def _mode_seg(transform: SpatialTransform, mode: str):
+    old = transform.mode_seg
+    transform.mode_seg = mode
+    try:
+        yield
+    finally:
+        transform.mode_seg = old
+
+
+def _fill_from_neighbours(ids: torch.Tensor, labels: torch.Tensor, lut: torch.Tensor,
+                          orphans: torch.Tensor, rounds: int = 3) -> None:
+    """In place: give orphan voxels the id of an adjacent lesion of their own label (max id in a 3^n box)."""
+    pool = torch.nn.functional.max_pool3d if ids.ndim == 4 else torch.nn.functional.max_pool2d
+    for _ in range(rounds):
+        cand = pool(ids[None].float(), kernel_size=3, stride=1, padding=1)[0].to(ids.dtype)
+        take = orphans & (cand > 0) & (lut[cand.long().clamp_(0, len(lut) - 1)] == labels)
+        ids[take] = cand[take]
+        orphans &= ~take
+        if not orphans.any():
+            return
+
+
+class LesionSpatialTransform(SpatialTransform):
+    """nnU-Net's SpatialTransform for a segmentation whose second half of channels are lesion ids.
+
+    Label channels go through the parent unchanged (nnU-Net's interpolated
+    one-hot argmax), id channels through nearest neighbour, so ids are never
+    invented and never averaged. The two samplings can disagree on a thin
+    shell at lesion borders; there ids are made consistent with the labels:
+    an id whose lesion has another label is dropped, and a foreground voxel
+    left without an id takes the id of an adjacent lesion of its label. After
+    this, wherever id > 0 the label equals that lesion's label.
+
+    The id/label correspondence is read from the input crop itself (each id
+    has one label), so the transform needs no lesion table. With
+    ``Convert3DTo2DTransform`` (dummy 2-D augmentation) channels become
+    (channel, z) pairs in channel-major order, so the halves still hold
+    labels and ids.
+    """
+
+    @classmethod
+    def from_transform(cls, transform: SpatialTransform) -> "LesionSpatialTransform":
+        """Same parameters as an existing SpatialTransform (so nnU-Net's augmentation stays identical)."""
+        new = cls.__new__(cls)
+        new.__dict__.update(transform.__dict__)
+        return new
+
+    def _apply_to_segmentation(self, segmentation: torch.Tensor, **params) -> torch.Tensor:
+        n = segmentation.shape[0]
+        if n % 2:
+            raise ValueError(f"expected label and id channels in equal number, got {n} segmentation channels")
+        labels_in, ids_in = segmentation[: n // 2], segmentation[n // 2:]
+        labels = super()._apply_to_segmentation(labels_in, **params)
+        with _mode_seg(self, "nearest"):
+            ids = super()._apply_to_segmentation(ids_in, **params)
+        if params["grid"] is None:  # a plain crop keeps labels and ids aligned
+            return torch.cat((labels, ids))
+        ids = ids.clamp_min(0)
+        fg = ids_in > 0
+        lut = torch.zeros(int(ids_in.max().clamp_min(0)) + 1, dtype=labels.dtype)
+        lut[ids_in[fg].long()] = labels_in[fg].to(labels.dtype)
+        ids[lut[ids.long().clamp_(0, len(lut) - 1)] != labels] = 0
+        orphans = (labels > 0) & (ids == 0) & (lut.max() > 0)
+        if orphans.any():
+            _fill_from_neighbours(ids, labels, lut, orphans)
+        return torch.cat((labels, ids))
+
+
+def lesion_training_transforms(transforms):
+    """nnU-Net's training transforms with its SpatialTransform(s) swapped for :class:`LesionSpatialTransform`."""
+    steps = getattr(transforms, "transforms", None)
+    if steps is None:
+        raise TypeError(f"expected a ComposeTransforms, got {type(transforms).__name__}")
+    swapped = 0
+    for i, t in enumerate(steps):
+        if type(t) is SpatialTransform:
+            steps[i] = LesionSpatialTransform.from_transform(t)
+            swapped += 1
+    if swapped != 1:
+        raise RuntimeError(f"expected exactly one SpatialTransform in nnU-Net's training transforms, found {swapped}")
+    return transforms

@@ -1,0 +1,324 @@
+"""nnU-Net trainers: volume-aware Dice (dual / selective-ln / configurable) and a budget baseline.
+
+Plain nnU-Net finds these classes through ``nnUNet_extTrainer`` (set it to
+``vadice nnunet-path``). nnU-Net imports this file by path as a top-level
+module, so everything here uses absolute ``vadice`` imports, and classes that
+must pickle into data-loader workers live in :mod:`vadice.nnunet.instances`.
+
+- ``nnUNetTrainerBudget``: nnU-Net's nnUNetTrainer, loss untouched; only the
+  schedule and seed can be set (environment variables below). For short
+  baseline runs; full-length baselines use nnU-Net's own ``nnUNetTrainer``.
+- ``nnUNetTrainerVADual`` (VA on labels 1 and 2), ``nnUNetTrainerVASelectiveLN``
+  (VA on label 2 only): fixed presets of :mod:`vadice.losses`.
+- ``nnUNetTrainerVA``: options from a JSON file named by ``VADICE_VA_CONFIG``,
+  else ``vadice_va.json`` next to the plans; defaults to the dual preset.
+
+Environment (read in ``__init__``; unset means nnU-Net's default):
+``VADICE_EPOCHS``, ``VADICE_ITERS_PER_EPOCH``, ``VADICE_VAL_ITERS``,
+``VADICE_SEED``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from vadice.losses import PRESETS, VolumeAwareDiceCELoss
+from vadice.nnunet.instances import (
+    lesion_dataset_class,
+    lesion_folder,
+    lesion_training_transforms,
+    load_lesion_table,
+)
+
+ENV_EPOCHS = "VADICE_EPOCHS"
+ENV_ITERS = "VADICE_ITERS_PER_EPOCH"
+ENV_VAL_ITERS = "VADICE_VAL_ITERS"
+ENV_SEED = "VADICE_SEED"
+ENV_VA_CONFIG = "VADICE_VA_CONFIG"
+OPTIONS_FILE = "vadice_va.json"       # next to the plans, read by nnUNetTrainerVA
+PROVENANCE_FILE = "vadice_va.json"    # in the fold's output folder, written by every VA trainer
+
+VA_OPTION_KEYS = ("preset", "va_labels", "gamma", "mode", "v_ref", "v_min_mm3", "r_min", "r_max")
+
+
+def _env_int(name: str, minimum: int) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"environment variable {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices).
+
+    nnU-Net's single-threaded augmenter (``nnUNet_n_proc_DA=0``) draws from
+    the global NumPy/torch generators, so runs repeat; its multi-process
+    augmenter seeds its workers itself and does not.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class nnUNetTrainerBudget(nnUNetTrainer):
+    """nnU-Net's trainer with the schedule and seed taken from the environment; loss untouched."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        epochs, iters, val_iters = _env_int(ENV_EPOCHS, 1), _env_int(ENV_ITERS, 1), _env_int(ENV_VAL_ITERS, 1)
+        seed = _env_int(ENV_SEED, 0)
+        if epochs is not None:
+            self.num_epochs = epochs
+        if iters is not None:
+            self.num_iterations_per_epoch = iters
+        if val_iters is not None:
+            self.num_val_iterations_per_epoch = val_iters
+        if seed is not None:
+            seed_everything(seed + self.local_rank)
+        self.vadice_seed = seed
+        self.print_to_log_file(
+            f"vadice schedule: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, "
+            f"{self.num_val_iterations_per_epoch} validation iterations, seed {seed}")
+
+
+def read_va_options(path: str | os.PathLike | None) -> dict:
+    """Options of :class:`nnUNetTrainerVA` from a JSON file (``None``: the dual preset's defaults).
+
+    Keys (all optional): ``preset`` ("dual", "selective-ln", "baseline"),
+    ``va_labels``, ``gamma``, ``mode`` ("mass"/"absolute"), ``v_ref`` (mm³,
+    number or {label: mm³}; absolute mode defaults to the median lesion volume
+    per label over the fold's training cases), ``v_min_mm3``, ``r_min``,
+    ``r_max`` (null = unbounded).
+
+    Raises:
+      ValueError: unreadable file, unknown key or preset (the loss validates values).
+    """
+    if path is None:
+        raw = {}
+    else:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read VA options ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: VA options must be a JSON object")
+        unknown = sorted(set(raw) - set(VA_OPTION_KEYS))
+        if unknown:
+            raise ValueError(f"{path}: unknown VA option(s) {unknown}; known: {list(VA_OPTION_KEYS)}")
+    preset = raw.get("preset", "dual")
+    if preset not in PRESETS:
+        raise ValueError(f"{path}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    options = {**PRESETS[preset], **{k: v for k, v in raw.items() if k != "preset"}}
+    if isinstance(options.get("v_ref"), dict):
+        options["v_ref"] = {int(k): v for k, v in options["v_ref"].items()}
+    if "va_labels" in options:
+        options["va_labels"] = tuple(options["va_labels"])
+    return options
+
+
+class nnUNetTrainerVA(nnUNetTrainerBudget):
+    """nnU-Net trainer with the volume-aware Dice + CE loss on whole-case lesion volumes.
+
+    Requires :func:`vadice.nnunet.instances.preprocess_instances` to have run
+    for the plans and configuration. Options: see :func:`read_va_options`.
+    """
+
+    va_preset: str | None = None  # fixed preset in subclasses; None: read the options file
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        self._vadice_continuing = bool(plans.get("continue_training", False))
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_cascaded:
+            raise NotImplementedError(f"{type(self).__name__} does not support cascaded configurations")
+        if self.label_manager.has_regions:
+            raise NotImplementedError(f"{type(self).__name__} needs integer labels, not region-based training")
+        self.va_options, self.va_options_source = self._read_options()
+        self._lesion_folder = (lesion_folder(self.preprocessed_dataset_folder_base,
+                                             self.configuration_manager.data_identifier)
+                               if self.preprocessed_dataset_folder_base is not None else None)
+        self._va_volumes = None   # (N cases, Kmax+1) float32 on the device
+        self._va_rows = None      # case -> row
+        self.va_v_ref = None
+        self.print_to_log_file(f"vadice VA loss options ({self.va_options_source}): {self.va_options}")
+
+    # ------------------------------------------------------------------ options
+
+    def _read_options(self) -> tuple[dict, str]:
+        if self.va_preset is not None:
+            return dict(PRESETS[self.va_preset]), f"preset {self.va_preset}"
+        path = os.environ.get(ENV_VA_CONFIG, "").strip() or None
+        if path is None and self.preprocessed_dataset_folder_base is not None:
+            candidate = Path(self.preprocessed_dataset_folder_base) / OPTIONS_FILE
+            path = str(candidate) if candidate.is_file() else None
+        return read_va_options(path), (path or "defaults (dual preset)")
+
+    # -------------------------------------------------------------- lesion table
+
+    def _load_lesion_table(self):
+        table = load_lesion_table(self._lesion_folder)
+        tr_keys, val_keys = self.do_split()
+        cases = sorted(set(tr_keys) | set(val_keys))
+        volumes, rows = table.padded(cases)
+        self._va_volumes = torch.from_numpy(volumes).to(self.device)
+        self._va_rows = rows
+        if self.va_options.get("mode") == "absolute" and self.va_options.get("v_ref") is None:
+            labels = self.va_options["va_labels"]
+            medians = table.median_volumes(tr_keys, labels)
+            missing = [l for l, v in medians.items() if v is None]
+            if missing:
+                raise ValueError(f"absolute mode: no lesion of label(s) {missing} in the training cases of fold "
+                                 f"{self.fold}, so no reference volume; set v_ref in the VA options")
+            self.va_v_ref = medians
+        else:
+            self.va_v_ref = self.va_options.get("v_ref")
+        return table
+
+    def _build_loss(self):
+        table = self._load_lesion_table()
+        kwargs = {k: v for k, v in self.va_options.items() if k != "v_ref"}
+        loss = VolumeAwareDiceCELoss(
+            weight_ce=1, weight_dice=1, ignore_label=self.label_manager.ignore_label,
+            batch_dice=self.configuration_manager.batch_dice, do_bg=False, smooth=1e-5, ddp=self.is_ddp,
+            v_ref=self.va_v_ref, **kwargs)
+        if self._do_i_compile():
+            # as nnU-Net: compile the Dice part only; it sees tensors only (ids and volume table)
+            loss.dc = torch.compile(loss.dc)
+        if self.enable_deep_supervision:
+            weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
+            if self.is_ddp and not self._do_i_compile():
+                weights[-1] = 1e-6  # nnU-Net's workaround: DDP complains about unused parameters at weight 0
+            else:
+                weights[-1] = 0
+            loss = DeepSupervisionVALoss(loss, weights / weights.sum())
+        self._write_provenance(table)
+        return loss
+
+    def _write_provenance(self, table) -> None:
+        record = {
+            "trainer": type(self).__name__,
+            "options_source": self.va_options_source,
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.va_options.items()
+                        if k != "v_ref"},
+            "v_ref_mm3": ({str(k): v for k, v in self.va_v_ref.items()} if isinstance(self.va_v_ref, dict)
+                          else self.va_v_ref),
+            "batch_dice": bool(self.configuration_manager.batch_dice),
+            "lesion_folder": str(self._lesion_folder),
+            "connectivity": table.connectivity,
+        }
+        if self.local_rank != 0 or self.output_folder is None:
+            return
+        path = Path(self.output_folder) / PROVENANCE_FILE
+        if self._vadice_continuing and path.is_file():
+            old = json.loads(path.read_text())
+            changed = sorted(k for k in ("trainer", "options", "v_ref_mm3", "connectivity") if old.get(k) != record[k])
+            if changed:
+                raise RuntimeError(f"{path}: resuming with different VA settings ({', '.join(changed)}); "
+                                   f"was {[old.get(k) for k in changed]}, now {[record[k] for k in changed]}")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------- data
+
+    def initialize(self):
+        super().initialize()
+        self.dataset_class = lesion_dataset_class(self.dataset_class)
+
+    @staticmethod
+    def get_training_transforms(*args, **kwargs):
+        return lesion_training_transforms(nnUNetTrainer.get_training_transforms(*args, **kwargs))
+
+    def lesion_inputs(self, batch: dict):
+        """Splits ``batch['target']`` into labels and lesion ids; looks up the batch's volume table.
+
+        Returns:
+          ``(labels, ids, volumes)``: labels and ids as lists per deep-supervision
+          scale (or tensors without deep supervision), (B, 1, *S) each, on the
+          CPU; volumes a (B, Kmax+1) float32 tensor in mm³ on the device.
+        """
+        target = batch["target"]
+        split = lambda t: (t[:, :1], t[:, 1:2])  # noqa: E731
+        if isinstance(target, list):
+            if target[0].shape[1] != 2:
+                raise RuntimeError(f"expected label and lesion-id channels, got {target[0].shape[1]} target channels")
+            labels, ids = map(list, zip(*(split(t) for t in target)))
+        else:
+            if target.shape[1] != 2:
+                raise RuntimeError(f"expected label and lesion-id channels, got {target.shape[1]} target channels")
+            labels, ids = split(target)
+        rows = torch.as_tensor([self._va_rows[k] for k in batch["keys"]], dtype=torch.long)
+        volumes = self._va_volumes[rows.to(self._va_volumes.device, non_blocking=True)]
+        return labels, ids, volumes
+
+    @contextmanager
+    def _lesions_bound(self, batch: dict):
+        # nnU-Net's own train/validation step then runs unchanged (AMP, grad scaler, clipping, pseudo Dice)
+        # on a 1-channel target, with this batch's ids and volumes bound to the loss.
+        labels, ids, volumes = self.lesion_inputs(batch)
+        if isinstance(ids, list):
+            ids = [i.to(self.device, non_blocking=True) for i in ids]
+        else:
+            ids = ids.to(self.device, non_blocking=True)
+        loss = self.loss
+        self.loss = functools.partial(loss, instances=ids, volumes=volumes)
+        try:
+            yield {**batch, "target": labels}
+        finally:
+            self.loss = loss
+
+    def train_step(self, batch: dict) -> dict:
+        with self._lesions_bound(batch) as plain:
+            return super().train_step(plain)
+
+    def validation_step(self, batch: dict) -> dict:
+        with self._lesions_bound(batch) as plain:
+            return super().validation_step(plain)
+
+
+class DeepSupervisionVALoss(torch.nn.Module):
+    """nnU-Net's DeepSupervisionWrapper for a loss that also takes per-scale ids and one volume table."""
+
+    def __init__(self, loss: torch.nn.Module, weights):
+        super().__init__()
+        self.loss = loss
+        self.weights = tuple(float(w) for w in weights)
+
+    def forward(self, net_output, target, instances=None, volumes=None):
+        if not (len(net_output) == len(target) == len(self.weights)):
+            raise ValueError(f"deep supervision: {len(net_output)} outputs, {len(target)} targets, "
+                             f"{len(self.weights)} weights")
+        if instances is None:
+            instances = [None] * len(target)
+        return sum(w * self.loss(o, t, i, volumes)
+                   for w, o, t, i in zip(self.weights, net_output, target, instances) if w != 0)
+
+
+class nnUNetTrainerVADual(nnUNetTrainerVA):
+    """VA Dice on both labels (GTVp 1 and GTVn 2), mass mode, gamma 1: the "dual mask" set-up."""
+
+    va_preset = "dual"
+
+
+class nnUNetTrainerVASelectiveLN(nnUNetTrainerVA):
+    """VA Dice on lymph nodes only (label 2): the "selective LN mask" set-up."""
+
+    va_preset = "selective-ln"

@@ -1,0 +1,169 @@
+"""Lesion ids through nnU-Net's data pipeline: lazy 2-channel crops and augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+blosc2 = pytest.importorskip("blosc2")
+pytest.importorskip("nnunetv2")
+
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
+
+from vadice.lesions import label_components  # noqa: E402
+from vadice.nnunet.instances import (  # noqa: E402
+    LesionSpatialTransform,
+    SegWithInstances,
+    lesion_training_transforms,
+)
+
+
+def _blob(shape, center, radii):
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii)) <= 1
+
+
+def _case(seed: int, shape=(20, 40, 40)):
+    """Label map with a large label-1 lesion and several label-2 lesions, some touching each other."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros(shape, np.int16)
+    lab[_blob(shape, (10, 20, 14), (6, 9, 8))] = 1
+    for _ in range(rng.integers(2, 6)):
+        c = (rng.integers(2, shape[0] - 2), rng.integers(2, shape[1] - 2), rng.integers(2, shape[2] - 2))
+        r = rng.uniform(1.2, 4.0)
+        lab[_blob(shape, c, (r, r, r)) & (lab == 0)] = 2
+    ids, _ = label_components(lab, (1, 2), 26)
+    return lab, ids.astype(np.int16)
+
+
+def _transforms(patch, dummy_2d=False):
+    rotation = (-np.pi / 6, np.pi / 6)
+    return nnUNetTrainer.get_training_transforms(
+        patch, rotation, [[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]], (0, 1, 2), dummy_2d,
+        use_mask_for_norm=[False], is_cascaded=False, foreground_labels=[1, 2], regions=None, ignore_label=None)
+
+
+def _run(transforms, image, seg, seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    out = transforms(image=image.clone(), segmentation=seg.clone())
+    return out["image"], out["segmentation"]
+
+
+# ------------------------------------------------------------------------------------------ crops
+
+
+def test_seg_with_instances_crops_like_stacked_array(tmp_path):
+    lab, ids = _case(0)
+    seg = blosc2.asarray(np.ascontiguousarray(lab[None].astype(np.int8)), urlpath=str(tmp_path / "s.b2nd"),
+                         chunks=(1, 10, 20, 20), blocks=(1, 5, 10, 10))
+    inst = blosc2.asarray(np.ascontiguousarray(ids[None]), urlpath=str(tmp_path / "i.b2nd"),
+                          chunks=(1, 10, 20, 20), blocks=(1, 5, 10, 10))
+    lazy = SegWithInstances(seg, inst)
+    stacked = np.concatenate([lab[None], ids[None]]).astype(np.int16)
+    assert lazy.shape == stacked.shape
+    np.testing.assert_array_equal(np.asarray(lazy), stacked)
+    np.testing.assert_array_equal(lazy[:, 3:9, 5:30, 0:7], stacked[:, 3:9, 5:30, 0:7])
+    np.testing.assert_array_equal(lazy[1], stacked[1])
+    # nnU-Net's own crop (with padding past the border, as its data loader does)
+    for bbox in ([[-4, 12], [30, 50], [0, 40]], [[5, 15], [-10, 10], [35, 60]]):
+        got = crop_and_pad_nd(lazy, bbox, -1, cast_cropped_to=np.int16)
+        want = crop_and_pad_nd(stacked, bbox, -1, cast_cropped_to=np.int16)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_seg_with_instances_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="differ in shape"):
+        SegWithInstances(np.zeros((1, 4, 4, 4)), np.zeros((1, 4, 4, 5)))
+
+
+# ----------------------------------------------------------------------------------- augmentation
+
+
+def test_only_the_spatial_transform_is_swapped():
+    plain = _transforms((16, 32, 32))
+    ours = lesion_training_transforms(_transforms((16, 32, 32)))
+    kinds = [type(t) for t in ours.transforms]
+    assert kinds.count(LesionSpatialTransform) == 1
+    assert [k.__name__ for k in kinds if k is not LesionSpatialTransform] == \
+        [type(t).__name__ for t in plain.transforms if type(t).__name__ != "SpatialTransform"]
+    swapped = next(t for t in ours.transforms if isinstance(t, LesionSpatialTransform))
+    original = next(t for t in plain.transforms if type(t).__name__ == "SpatialTransform")
+    assert swapped.__dict__.keys() == original.__dict__.keys()
+    assert swapped.mode_seg == original.mode_seg and swapped.patch_size == original.patch_size
+
+
+def _check_ids(labels_in, ids_in, labels_out, ids_out):
+    lesion_label = {int(k): int(labels_in[ids_in == k][0]) for k in torch.unique(ids_in) if k > 0}
+    for k in torch.unique(ids_out).tolist():
+        if k == 0:
+            continue
+        assert k in lesion_label, f"id {k} invented"
+        assert set(torch.unique(labels_out[ids_out == k]).tolist()) == {lesion_label[k]}
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), dummy_2d=st.booleans())
+def test_augmented_ids_are_nearest_neighbour_and_consistent_with_labels(seed, dummy_2d):
+    lab, ids = _case(seed % 50)
+    image = torch.from_numpy(np.random.default_rng(seed).normal(size=(1, *lab.shape)).astype(np.float32))
+    seg = torch.from_numpy(np.stack([lab, ids])).to(torch.int16)
+    patch = (16, 32, 32)
+    # rotation and scaling always on, so the interpolating path is exercised
+    ours = lesion_training_transforms(_transforms(patch, dummy_2d))
+    for t in ours.transforms:
+        if isinstance(t, LesionSpatialTransform):
+            t.p_rotation, t.p_scaling = 1.0, 1.0
+    img_out, seg_out = _run(ours, image, seg, seed)
+    assert isinstance(seg_out, list) and len(seg_out) == 3
+    for scale in seg_out:
+        assert scale.shape[0] == 2 and scale.dtype == torch.int16
+        assert scale.min() >= 0  # the -1 padding was removed from both channels
+        _check_ids(seg[0], seg[1], scale[0], scale[1])
+    # where the label channel says foreground at full resolution, an id is (almost) always present
+    full = seg_out[0]
+    fg = full[0] > 0
+    if fg.any():
+        assert (full[1][fg] > 0).float().mean() > 0.98
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_label_channel_and_image_identical_to_nnunet(seed):
+    """Carrying ids must not change nnU-Net's augmentation of image and labels."""
+    lab, ids = _case(seed)
+    image = torch.from_numpy(np.random.default_rng(seed).normal(size=(1, *lab.shape)).astype(np.float32))
+    seg2 = torch.from_numpy(np.stack([lab, ids])).to(torch.int16)
+    patch = (16, 32, 32)
+    plain, ours = _transforms(patch), lesion_training_transforms(_transforms(patch))
+    for pipeline in (plain, ours):
+        for t in pipeline.transforms:
+            if type(t).__name__ in ("SpatialTransform", "LesionSpatialTransform"):
+                t.p_rotation, t.p_scaling = 1.0, 1.0
+    img_a, seg_a = _run(plain, image, seg2[:1], seed)
+    img_b, seg_b = _run(ours, image, seg2, seed)
+    torch.testing.assert_close(img_a, img_b)
+    for a, b in zip(seg_a, seg_b):
+        torch.testing.assert_close(a[0], b[0])
+
+
+def test_plain_crop_keeps_ids_exactly():
+    lab, ids = _case(7)
+    seg = torch.from_numpy(np.stack([lab, ids])).to(torch.int16)
+    t = LesionSpatialTransform.from_transform(
+        next(t for t in _transforms((16, 32, 32)).transforms if type(t).__name__ == "SpatialTransform"))
+    t.p_rotation = t.p_scaling = t.p_elastic_deform = 0.0
+    torch.manual_seed(0)
+    out = t(image=torch.zeros((1, *lab.shape)), segmentation=seg.clone())["segmentation"]
+    z0, y0, x0 = [(s - p) // 2 for s, p in zip(lab.shape, (16, 32, 32))]
+    torch.testing.assert_close(out, seg[:, z0:z0 + 16, y0:y0 + 32, x0:x0 + 32])
+
+
+def test_odd_channel_count_is_rejected():
+    t = LesionSpatialTransform.from_transform(
+        next(t for t in _transforms((8, 8, 8)).transforms if type(t).__name__ == "SpatialTransform"))
+    with pytest.raises(ValueError, match="label and id channels"):
+        t(image=torch.zeros((1, 8, 8, 8)), segmentation=torch.zeros((3, 8, 8, 8), dtype=torch.int16))

@@ -1,0 +1,331 @@
+"""Lesion preprocessing on real nnU-Net output, and the trainers built in-process (no training loop)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nnunetv2")
+from scipy import ndimage  # noqa: E402
+
+from vadice.io import Geometry, InputError, write_nifti  # noqa: E402
+
+DATASET_ID = 987
+NAME = f"Dataset{DATASET_ID:03d}_VadiceUnit"
+
+
+def _blob(shape, center, radii):
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii)) <= 1
+
+
+def write_tiny_raw_dataset(raw: Path, name: str, n_cases: int = 5, shape=(16, 56, 56), seed: int = 0) -> Path:
+    """nnU-Net raw dataset: one T2-like channel, a primary tumour (1) and 2-3 nodes (2) per case."""
+    rng = np.random.default_rng(seed)
+    folder = raw / name
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    geo = Geometry(size=tuple(reversed(shape)), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
+                   direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    for i in range(n_cases):
+        lab = np.zeros(shape, np.uint8)
+        lab[_blob(shape, (8, 28 + rng.integers(-4, 4), 18), (4, 9, 8))] = 1
+        for _ in range(rng.integers(2, 4)):
+            r = rng.uniform(1.5, 4.5)
+            c = (rng.integers(4, shape[0] - 4), rng.integers(8, shape[1] - 8), rng.integers(32, shape[2] - 6))
+            lab[_blob(shape, c, (max(r / 2, 1.0), r, r)) & (lab == 0)] = 2
+        img = rng.normal(100, 10, shape).astype(np.float32) + 60 * (lab == 1) + 40 * (lab == 2)
+        write_nifti(img, geo, folder / "imagesTr" / f"case{i:02d}_0000.nii.gz")
+        write_nifti(lab, geo, folder / "labelsTr" / f"case{i:02d}.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T2"}, "labels": {"background": 0, "GTVp": 1, "GTVn": 2},
+        "numTraining": n_cases, "file_ending": ".nii.gz"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nnunet_env(tmp_path_factory):
+    """A tiny dataset planned (reduced CPU plans) and preprocessed by nnU-Net, env vars pointing at it."""
+    root = tmp_path_factory.mktemp("nnunet")
+    env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
+           "nnUNet_results": str(root / "res"), "nnUNet_n_proc_DA": "1", "nnUNet_compile": "f",
+           "nnUNet_def_n_proc": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    old.update({k: os.environ.get(k) for k in ("VADICE_VA_CONFIG", "VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH",
+                                                "VADICE_VAL_ITERS", "VADICE_SEED")})
+    for k in ("VADICE_VA_CONFIG", "VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED"):
+        os.environ.pop(k, None)
+    os.environ.update(env)  # nnU-Net 2.8 reads its roots from the environment on each use
+    try:
+        write_tiny_raw_dataset(root / "raw", NAME)
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+            extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
+        from vadice.nnunet.planners import vadiceCPUSmallPlanner
+
+        extract_fingerprint_dataset(DATASET_ID, num_processes=1, verbose=False, show_progress_bar=False)
+        _, plans_id = plan_experiment_dataset(DATASET_ID, vadiceCPUSmallPlanner)
+        preprocess_dataset(DATASET_ID, plans_id, ("3d_fullres",), [1], verbose=False, show_progress_bar=False)
+        # single-threaded augmentation from here (0 would break planning: torch.set_num_threads(0))
+        os.environ["nnUNet_n_proc_DA"] = "0"
+        yield {"root": root, "pre": root / "pre" / NAME, "plans_id": plans_id}
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def lesions(nnunet_env):
+    from vadice.nnunet.instances import preprocess_instances
+
+    folder = preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
+    return folder
+
+
+# ------------------------------------------------------------------------------- preprocessing
+
+
+def _preprocessed_seg(pre: Path, case: str) -> np.ndarray:
+    import blosc2
+
+    return np.asarray(blosc2.open(str(pre / "nnUNetPlans_3d_fullres" / f"{case}_seg.b2nd"))[:])[0]
+
+
+def test_lesion_table_matches_independent_labelling(nnunet_env, lesions):
+    import blosc2
+
+    table = json.loads((lesions / "lesions.json").read_text())
+    plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
+    spacing = plans["configurations"]["3d_fullres"]["spacing"]
+    assert table["connectivity"] == 26 and table["labels"] == [1, 2]
+    assert sorted(table["cases"]) == [f"case{i:02d}" for i in range(5)]
+    all_vols = {1: [], 2: []}
+    for case, entry in table["cases"].items():
+        seg = _preprocessed_seg(nnunet_env["pre"], case)
+        inst = np.asarray(blosc2.open(str(lesions / f"{case}_inst.b2nd"))[:])[0]
+        assert inst.shape == seg.shape and inst.dtype == np.int16
+        assert entry["spacing_mm"] == pytest.approx(spacing)
+        # scipy, full 3x3x3 structure, one label at a time
+        want = []
+        for label in (1, 2):
+            comps, n = ndimage.label(seg == label, structure=np.ones((3, 3, 3)))
+            want += sorted(np.bincount(comps.ravel())[1:].tolist())
+            for k in range(1, n + 1):
+                ids = np.unique(inst[comps == k])
+                assert len(ids) == 1 and ids[0] > 0  # one lesion, one id
+                les = entry["lesions"][str(ids[0])]
+                assert les["label"] == label and les["voxels"] == (comps == k).sum()
+                assert les["volume_mm3"] == pytest.approx((comps == k).sum() * np.prod(spacing))
+                all_vols[label].append(les["volume_mm3"])
+        assert len(want) == len(entry["lesions"])
+        assert ((inst > 0) == (seg > 0)).all()
+    for label in (1, 2):
+        assert table["median_volume_mm3"][str(label)] == pytest.approx(np.median(all_vols[label]))
+
+
+def test_preprocess_instances_is_resumable(nnunet_env, lesions):
+    from vadice.nnunet.instances import preprocess_instances
+
+    files = {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")}
+    preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")} == files
+    # nnU-Net rewrote one case: only that one is relabelled
+    seg_file = nnunet_env["pre"] / "nnUNetPlans_3d_fullres" / "case01_seg.b2nd"
+    os.utime(seg_file, ns=(seg_file.stat().st_atime_ns, seg_file.stat().st_mtime_ns + 10**9))
+    preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")}
+    assert [k for k in files if after[k] != files[k]] == ["case01_inst.b2nd"]
+    # nnU-Net's own folder is untouched: it still infers its dataset class
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetBlosc2
+
+    cls = infer_dataset_class(str(nnunet_env["pre"] / "nnUNetPlans_3d_fullres"))
+    assert cls is nnUNetDatasetBlosc2
+    assert sorted(cls.get_identifiers(str(nnunet_env["pre"] / "nnUNetPlans_3d_fullres"))) == \
+        [f"case{i:02d}" for i in range(5)]
+
+
+def test_preprocess_instances_errors(nnunet_env, tmp_path):
+    from vadice.nnunet.instances import preprocess_instances
+
+    with pytest.raises(InputError, match="plans file not found"):
+        preprocess_instances(nnunet_env["pre"], "3d_fullres", "NoSuchPlans", progress=False)
+    with pytest.raises(InputError, match="no configuration"):
+        preprocess_instances(nnunet_env["pre"], "3d_lowres_x", nnunet_env["plans_id"], progress=False)
+    with pytest.raises(ValueError, match="connectivity"):
+        preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], connectivity=8)
+
+
+# ------------------------------------------------------------------------------------ trainers
+
+
+def _trainer(nnunet_env, cls_name: str, patch=None):
+    from vadice.nnunet import trainers
+
+    plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
+    plans["continue_training"] = False
+    if patch is not None:
+        plans["configurations"]["3d_fullres"]["patch_size"] = list(patch)
+    dataset_json = json.loads((nnunet_env["pre"] / "dataset.json").read_text())
+    return getattr(trainers, cls_name)(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+
+
+def test_schedule_and_seed_from_environment(nnunet_env, monkeypatch):
+    monkeypatch.setenv("VADICE_EPOCHS", "3")
+    monkeypatch.setenv("VADICE_ITERS_PER_EPOCH", "7")
+    monkeypatch.setenv("VADICE_VAL_ITERS", "2")
+    monkeypatch.setenv("VADICE_SEED", "5")
+    tr = _trainer(nnunet_env, "nnUNetTrainerBudget")
+    assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (3, 7, 2)
+    assert set(tr.my_init_kwargs) == {"plans", "configuration", "fold", "dataset_json", "device"}
+    a = torch.rand(3)
+    _trainer(nnunet_env, "nnUNetTrainerBudget")
+    assert torch.equal(a, torch.rand(3))
+    for var in ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED"):
+        monkeypatch.delenv(var)
+    tr = _trainer(nnunet_env, "nnUNetTrainerBudget")
+    assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (1000, 250, 50)
+    monkeypatch.setenv("VADICE_EPOCHS", "zero")
+    with pytest.raises(ValueError, match="VADICE_EPOCHS"):
+        _trainer(nnunet_env, "nnUNetTrainerBudget")
+
+
+def test_budget_trainer_keeps_nnunet_loss(nnunet_env, lesions):
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    tr = _trainer(nnunet_env, "nnUNetTrainerBudget")
+    tr.initialize()
+    assert isinstance(tr.loss, DeepSupervisionWrapper) and isinstance(tr.loss.loss, DC_and_CE_loss)
+
+
+@pytest.mark.parametrize("name, labels", [("nnUNetTrainerVADual", (1, 2)), ("nnUNetTrainerVASelectiveLN", (2,))])
+def test_preset_trainers_build_va_loss(nnunet_env, lesions, name, labels):
+    from vadice.nnunet.trainers import DeepSupervisionVALoss
+
+    tr = _trainer(nnunet_env, name)
+    tr.initialize()
+    assert isinstance(tr.loss, DeepSupervisionVALoss)
+    dc = tr.loss.loss.dc
+    assert dc.va_labels == labels and dc.mode == "mass" and dc.batch_dice == tr.configuration_manager.batch_dice
+    # nnU-Net's deep-supervision weights: 1/2^i, last 0, normalised
+    n = len(tr._get_deep_supervision_scales())
+    w = np.array([1 / 2 ** i for i in range(n)])
+    w[-1] = 0
+    assert tr.loss.weights == pytest.approx(tuple(w / w.sum()))
+    record = json.loads((Path(tr.output_folder) / "vadice_va.json").read_text())
+    assert record["trainer"] == name and record["options"]["va_labels"] == list(labels)
+
+
+def test_generic_trainer_reads_options_file_and_absolute_reference(nnunet_env, lesions, tmp_path, monkeypatch):
+    from vadice.nnunet.instances import load_lesion_table
+
+    cfg = tmp_path / "va.json"
+    cfg.write_text(json.dumps({"preset": "selective-ln", "mode": "absolute", "gamma": 0.5, "r_max": 4}))
+    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
+    tr = _trainer(nnunet_env, "nnUNetTrainerVA")
+    tr.initialize()
+    dc = tr.loss.loss.dc
+    assert (dc.va_labels, dc.mode, dc.gamma, dc.r_max) == ((2,), "absolute", 0.5, 4.0)
+    tr_keys, _ = tr.do_split()
+    table = load_lesion_table(lesions)
+    vols = np.concatenate([table.volumes[c][table.lesion_labels[c] == 2] for c in tr_keys])
+    assert dc.v_ref[2] == pytest.approx(np.median(vols))
+    cfg.write_text(json.dumps({"gama": 1}))
+    with pytest.raises(ValueError, match="unknown VA option"):
+        _trainer(nnunet_env, "nnUNetTrainerVA")
+
+
+def test_va_baseline_path_equals_nnunet_loss(nnunet_env, lesions, tmp_path, monkeypatch):
+    """With M = ∅ the whole VA path (ids, volumes, deep supervision) gives nnU-Net's DC+CE value."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    cfg = tmp_path / "va.json"
+    cfg.write_text(json.dumps({"preset": "baseline"}))
+    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
+    tr = _trainer(nnunet_env, "nnUNetTrainerVA", patch=(16, 32, 32))
+    tr.initialize()
+    reference = nnUNetTrainer._build_loss(tr)
+    dl, _ = tr.get_dataloaders()
+    batch = next(dl)
+    labels, ids, volumes = tr.lesion_inputs(batch)
+    torch.manual_seed(0)
+    outputs = [torch.randn(l.shape[0], 3, *l.shape[2:], requires_grad=True) for l in labels]
+    ours = tr.loss(outputs, labels, instances=ids, volumes=volumes)
+    theirs = reference(outputs, [l.clone() for l in labels])
+    torch.testing.assert_close(ours, theirs)
+    g_ours = torch.autograd.grad(ours, outputs[0])[0]
+    g_theirs = torch.autograd.grad(reference(outputs, [l.clone() for l in labels]), outputs[0])[0]
+    torch.testing.assert_close(g_ours, g_theirs)
+
+
+def test_batches_carry_whole_case_volumes(nnunet_env, lesions, monkeypatch):
+    """Ids in a training batch index the case table; a lesion cut by the patch keeps its case volume and weight."""
+    monkeypatch.setenv("VADICE_SEED", "3")
+    tr = _trainer(nnunet_env, "nnUNetTrainerVADual", patch=(12, 24, 24))
+    tr.initialize()
+    dl, _ = tr.get_dataloaders()
+    table = json.loads((lesions / "lesions.json").read_text())["cases"]
+    from vadice.losses import VolumeAwareDiceLoss
+
+    absolute = VolumeAwareDiceLoss(va_labels=(1, 2), mode="absolute", v_ref=1000.0, v_min_mm3=1.0,
+                                   r_min=None, r_max=None)
+    cut_seen = 0
+    for _ in range(6):
+        batch = next(dl)
+        labels, ids, volumes = tr.lesion_inputs(batch)
+        assert len(labels) == len(ids) == len(tr._get_deep_supervision_scales())
+        assert all(l.shape[1] == 1 and i.shape[1] == 1 for l, i in zip(labels, ids))
+        for b, case in enumerate(batch["keys"]):
+            entry = table[case]["lesions"]
+            lab, inst = labels[0][b, 0], ids[0][b, 0]
+            for k in torch.unique(inst[inst > 0]).tolist():
+                assert volumes[b, k].item() == pytest.approx(entry[str(k)]["volume_mm3"])
+                assert set(torch.unique(lab[inst == k]).tolist()) == {entry[str(k)]["label"]}
+                if (inst == k).sum().item() < 0.7 * entry[str(k)]["voxels"]:
+                    cut_seen += 1
+        # through the loss: absolute mode without clipping makes the weight of a lesion's voxels
+        # v_ref / V_k, so each voxel shows which volume the loss saw for its lesion
+        w = absolute.voxel_weights(labels[0], ids[0], volumes)
+        for b, case in enumerate(batch["keys"]):
+            inst = ids[0][b, 0]
+            for k in torch.unique(inst[inst > 0]).tolist():
+                v = max(table[case]["lesions"][str(k)]["volume_mm3"], 1.0)
+                torch.testing.assert_close(w[b, 0][inst == k], torch.full(((inst == k).sum().item(),), 1000.0 / v))
+        out = tr.train_step(batch)
+        assert np.isfinite(out["loss"])
+    assert cut_seen > 0, "no lesion was cut by the patch border in 6 batches"
+    val = tr.validation_step(next(tr.get_dataloaders()[1]))
+    assert np.isfinite(val["loss"]) and val["tp_hard"].shape == (2,)
+
+
+def test_missing_lesion_table_is_a_clear_error(nnunet_env, lesions, tmp_path):
+    table = lesions / "lesions.json"
+    backup = tmp_path / "lesions.json"
+    table.rename(backup)
+    try:
+        tr = _trainer(nnunet_env, "nnUNetTrainerVADual")
+        with pytest.raises(InputError, match="preprocess_instances"):
+            tr.initialize()
+    finally:
+        backup.rename(table)
+
+
+def test_trainer_dir_is_found_by_nnunet(monkeypatch):
+    from vadice.nnunet import TRAINER_FOR_LOSS, trainer_dir
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    assert (trainer_dir() / "trainers.py").is_file()
+    assert TRAINER_FOR_LOSS["dual"] == "nnUNetTrainerVADual"
+    # exactly how nnU-Net searches nnUNet_extTrainer: the folder's modules imported by file name
+    cls = recursive_find_python_class(str(trainer_dir()), "nnUNetTrainerVASelectiveLN", None,
+                                      base_folder=str(trainer_dir()), cleanup_imports_from_base_folder=True)
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    assert cls is not None and issubclass(cls, nnUNetTrainer) and cls.va_preset == "selective-ln"
