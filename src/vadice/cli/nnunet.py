@@ -1,0 +1,160 @@
+"""`vadice nnunet-path`, `vadice plan`, `vadice train`: thin wrappers over vadice.nnunet.runner.
+
+nnU-Net and torch are imported only when a command runs, so `vadice --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+from vadice.nnunet import TRAINER_FOR_LOSS, trainer_dir
+
+log = logging.getLogger(__name__)
+
+# Kept here (not imported from vadice.nnunet.planners) so building the parser does not import
+# nnunetv2; tests check they match planners.PRESETS.
+PRESET_CHOICES = ("resenc-m", "cpu-small")
+DEVICE_CHOICES = ("cuda", "cpu", "mps")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _fold(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return _non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"fold must be a non-negative integer or 'all', got {text!r}") from None
+
+
+def _add_roots(p: argparse.ArgumentParser, which: tuple[str, ...]) -> None:
+    for name in which:
+        var = {"raw": "nnUNet_raw", "preprocessed": "nnUNet_preprocessed", "results": "nnUNet_results"}[name]
+        p.add_argument(f"--{name}", metavar="DIR", help=f"nnU-Net {name} root (default: ${var})")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "nnunet-path", help="print the directory to put in nnUNet_extTrainer",
+        description="Print the directory holding vadice's nnU-Net trainers. Put it in nnUNet_extTrainer so that "
+                    "plain nnUNetv2_train / nnUNetv2_predict find nnUNetTrainerVADual, "
+                    "nnUNetTrainerVASelectiveLN, nnUNetTrainerVA and nnUNetTrainerBudget.")
+    p.add_argument("--export", action="store_true",
+                   help="print a shell line: export nnUNet_extTrainer=DIR (keeps an existing value)")
+    p.set_defaults(func=cmd_nnunet_path)
+
+    p = subparsers.add_parser(
+        "plan", help="nnU-Net planning and preprocessing, plus lesion preprocessing",
+        description="Fingerprint (with nnU-Net's dataset integrity check), plan and preprocess an nnU-Net raw "
+                    "dataset for 3d_fullres, then label lesions for the volume-aware trainers. Rerunning skips "
+                    "finished steps. DATASET is an id (101), a name (Dataset101_HNTS) or the raw dataset folder.")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default="resenc-m",
+                   help="resenc-m: nnU-Net ResEnc M planner (GPU, default); cpu-small: 8..80 features, "
+                        "patch <= 32x64x64, batch 2 (CPU demos and tests; not ResEnc M)")
+    p.add_argument("--num-processes", type=_positive_int, default=2, metavar="N",
+                   help="worker processes (default 2)")
+    p.add_argument("--no-verify", action="store_true", help="skip nnU-Net's dataset integrity check")
+    _add_roots(p, ("raw", "preprocessed"))
+    p.set_defaults(func=cmd_plan)
+
+    p = subparsers.add_parser(
+        "train", help="train one set-up and fold through nnU-Net",
+        description="Train through nnU-Net's nnUNetv2_train entry point: the baseline with nnU-Net's own "
+                    "nnUNetTrainer (nnUNetTrainerBudget when a budget or seed is given), dual / selective-ln with "
+                    "vadice's volume-aware trainers. Prints the equivalent plain nnUNetv2_train command. A finished "
+                    "fold is not retrained.")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--loss", choices=tuple(TRAINER_FOR_LOSS), required=True)
+    p.add_argument("--fold", type=_fold, required=True, help="0-4 or 'all'")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default="resenc-m", help="plans made by `vadice plan`")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="cuda", help="default cuda")
+    p.add_argument("--iterations", type=_positive_int, metavar="N",
+                   help="total training iterations (split evenly over --epochs, default 1 epoch)")
+    p.add_argument("--epochs", type=_positive_int, metavar="E", help="epochs (nnU-Net default 1000)")
+    p.add_argument("--val-iterations", type=_positive_int, metavar="N",
+                   help="validation iterations per epoch (nnU-Net default 50)")
+    p.add_argument("--seed", type=_non_negative_int, metavar="S", help="seed Python/NumPy/torch")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (nnU-Net --c)")
+    p.add_argument("--num-gpus", type=_positive_int, default=1, metavar="G",
+                   help="nnU-Net multi-GPU (DDP) training on G GPUs (-num_gpus)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="torch CPU threads for training (default: nnU-Net's, one per core; use 1 on a busy machine)")
+    p.add_argument("--log", metavar="FILE", help="training log (default <fold folder>/vadice_train.log)")
+    _add_roots(p, ("raw", "preprocessed", "results"))
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_nnunet_path(args) -> int:
+    path = str(trainer_dir())
+    if args.export:
+        # `eval "$(vadice nnunet-path --export)"` must keep other trainer directories already set
+        print(f'export nnUNet_extTrainer={shlex.quote(path)}"${{nnUNet_extTrainer:+:$nnUNet_extTrainer}}"')
+    else:
+        print(path)
+    return 0
+
+
+def _import_runner():
+    # numexpr (pulled in by nnU-Net's dependencies) logs its thread count at INFO on import
+    logging.getLogger("numexpr").setLevel(logging.WARNING)
+    from vadice.nnunet import runner
+
+    return runner
+
+
+def cmd_plan(args) -> int:
+    runner = _import_runner()
+
+    result = runner.plan(args.dataset, preset=args.preset, num_processes=args.num_processes,
+                         verify=not args.no_verify, progress=not args.quiet, raw=args.raw,
+                         preprocessed=args.preprocessed)
+    done = ", ".join(result.steps_run) if result.steps_run else "nothing to do (all steps up to date)"
+    print(f"{result.dataset_name}: plans {result.plans_identifier} ({args.preset}) in {result.preprocessed_folder}")
+    print(f"  ran: {done}; nnU-Net output: {result.log_file}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    runner = _import_runner()
+
+    try:
+        result = runner.train(
+            args.dataset, loss=args.loss, fold=args.fold, preset=args.preset, device=args.device,
+            iterations=args.iterations, epochs=args.epochs, val_iterations=args.val_iterations, seed=args.seed,
+            resume=args.resume, num_gpus=args.num_gpus, results_dir=args.results, log_file=args.log,
+            progress=not args.quiet, echo=args.verbose, raw=args.raw, preprocessed=args.preprocessed,
+            threads=args.threads)
+    except runner.NNUNetError as exc:
+        print(f"vadice train: error: {exc}", file=sys.stderr)
+        return 1
+    print("equivalent plain nnU-Net command:")
+    print(f"  {result.command}")
+    if result.skipped:
+        print(f"already trained, nothing done: {result.fold_dir}")
+    else:
+        print(f"trained in {result.seconds:.0f} s: {result.checkpoint}")
+    print(f"log: {result.log_file}")
+    return 0

@@ -1,0 +1,158 @@
+"""`vadice nnunet-path`, `vadice plan`, `vadice train`: wiring, output and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vadice.cli import main
+from vadice.cli import nnunet as cli_nnunet
+from vadice.nnunet import runner, trainer_dir
+from vadice.nnunet.planners import PRESETS
+
+NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for var in NNUNET_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def _raw_dataset(root: Path, dataset_id: int = 42) -> Path:
+    folder = root / "nnUNet_raw" / f"Dataset{dataset_id:03d}_Cli"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T2"}, "labels": {"background": 0, "GTVp": 1, "GTVn": 2},
+        "numTraining": 0, "file_ending": ".nii.gz"}))
+    return folder
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_cli_choices_match_the_library():
+    assert set(cli_nnunet.PRESET_CHOICES) == set(PRESETS)
+    assert set(cli_nnunet.DEVICE_CHOICES) == set(runner.DEVICES)
+
+
+def test_nnunet_path_prints_trainer_dir(capsys):
+    assert main(["nnunet-path"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert Path(out) == trainer_dir() and (Path(out) / "trainers.py").is_file()
+
+
+def test_nnunet_path_export_keeps_existing_value(capsys, tmp_path):
+    assert main(["nnunet-path", "--export"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("export nnUNet_extTrainer=")
+    # evaluate it in a real shell, with and without a previous value
+    for previous, expected in ((None, str(trainer_dir())), ("/x/y", f"{trainer_dir()}{os.pathsep}/x/y")):
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        if previous:
+            env["nnUNet_extTrainer"] = previous
+        shown = subprocess.run(["sh", "-c", f'{line}; printf %s "$nnUNet_extTrainer"'], env=env,
+                               capture_output=True, text=True, check=True).stdout
+        assert shown == expected
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan", "42", "--preset", "resenc-l"],
+    ["train", "42", "--loss", "focal", "--fold", "0"],
+    ["train", "42", "--loss", "dual", "--fold", "first"],
+    ["train", "42", "--loss", "dual", "--fold", "0", "--device", "tpu"],
+    ["train", "42", "--loss", "dual", "--fold", "0", "--iterations", "0"],
+    ["train", "42", "--loss", "dual"],
+])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_train_before_plan_says_what_to_run(tmp_path, capsys):
+    folder = _raw_dataset(tmp_path)
+    assert main(["train", str(folder), "--loss", "dual", "--fold", "0", "--preset", "cpu-small",
+                 "--device", "cpu"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("vadice train: error: ")
+    assert f"run `vadice plan {folder} --preset cpu-small` first" in line
+
+
+def test_unknown_dataset_and_unset_root_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    assert main(["train", "42", "--loss", "baseline", "--fold", "0", "--device", "cpu"]) == 2
+    assert "nnUNet_raw is not set" in _one_error_line(capsys)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
+    assert main(["plan", "42"]) == 2
+    assert "unknown dataset 42: no Dataset042_* folder in nnUNet_raw=" in _one_error_line(capsys)
+
+
+def test_train_on_missing_cuda_is_one_line_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    folder = _raw_dataset(tmp_path)
+    assert main(["train", str(folder), "--loss", "baseline", "--fold", "all"]) == 2
+    assert "--device cuda: CUDA is not available" in _one_error_line(capsys)
+
+
+def _fake_result(tmp_path, skipped=False) -> runner.TrainResult:
+    fold_dir = tmp_path / "m" / "fold_0"
+    return runner.TrainResult(42, "Dataset042_Cli", "dual", "nnUNetTrainerVADual", "vadiceCPUSmallPlans",
+                              "3d_fullres", 0, fold_dir.parent, fold_dir, fold_dir / "checkpoint_final.pth",
+                              "nnUNetv2_train 42 3d_fullres 0 -tr nnUNetTrainerVADual", fold_dir / "vadice_train.log",
+                              skipped=skipped, seconds=12.0)
+
+
+def test_train_passes_options_and_prints_plain_command(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake_train(dataset, **kwargs):
+        seen.update(kwargs, dataset=dataset)
+        return _fake_result(tmp_path)
+
+    monkeypatch.setattr(runner, "train", fake_train)
+    assert main(["-q", "train", "42", "--loss", "dual", "--fold", "all", "--preset", "cpu-small", "--device", "cpu",
+                 "--iterations", "20", "--epochs", "2", "--val-iterations", "1", "--seed", "3", "--resume",
+                 "--results", str(tmp_path / "r")]) == 0
+    assert seen == dict(dataset="42", loss="dual", fold="all", preset="cpu-small", device="cpu", iterations=20,
+                        epochs=2, val_iterations=1, seed=3, resume=True, num_gpus=1, results_dir=str(tmp_path / "r"),
+                        log_file=None, progress=False, echo=False, raw=None, preprocessed=None, threads=None)
+    out = capsys.readouterr().out
+    assert "nnUNetv2_train 42 3d_fullres 0 -tr nnUNetTrainerVADual" in out
+    assert "checkpoint_final.pth" in out
+
+
+def test_train_failure_is_one_line_exit_1(monkeypatch, capsys):
+    def failing(dataset, **kwargs):
+        raise runner.NNUNetError("nnU-Net training failed (exit code 1): RuntimeError: boom; full log: /x/log")
+
+    monkeypatch.setattr(runner, "train", failing)
+    assert main(["train", "42", "--loss", "baseline", "--fold", "0", "--device", "cpu"]) == 1
+    assert _one_error_line(capsys) == ("vadice train: error: nnU-Net training failed (exit code 1): "
+                                       "RuntimeError: boom; full log: /x/log")
+
+
+def test_plan_passes_options(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake_plan(dataset, **kwargs):
+        seen.update(kwargs, dataset=dataset)
+        return runner.PlanResult(42, "Dataset042_Cli", "vadiceCPUSmallPlans", "3d_fullres", tmp_path, "0" * 64,
+                                 (), tmp_path / "vadice_plan.log")
+
+    monkeypatch.setattr(runner, "plan", fake_plan)
+    assert main(["plan", "Dataset042_Cli", "--preset", "cpu-small", "--num-processes", "3", "--no-verify"]) == 0
+    assert seen == dict(dataset="Dataset042_Cli", preset="cpu-small", num_processes=3, verify=False, progress=True,
+                        raw=None, preprocessed=None)
+    assert "nothing to do" in capsys.readouterr().out
