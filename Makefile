@@ -8,12 +8,12 @@ DEMO_OUT ?= demo_out
 
 venv: $(STAMP)
 
-# Reinstall only when the dependency list changes; torch/torchvision are pinned as a
-# CPU pair through constraints-cpu.txt so nnunetv2 cannot swap torch for a CUDA build.
-$(STAMP): pyproject.toml constraints-cpu.txt
+# Reinstall only when the dependency list changes; torch/torchvision are pinned as a matching
+# pair through constraints.txt so nnunetv2 cannot swap torch for another build.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
 test: $(STAMP)

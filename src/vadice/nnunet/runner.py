@@ -50,7 +50,7 @@ LOSSES = tuple(TRAINER_FOR_LOSS)
 DEVICES = ("cuda", "cpu", "mps")
 PLAN_STATE_FILE = "vadice_plan_state.json"
 TRAIN_SETTINGS_FILE = "vadice_train.json"
-BUDGET_ENV = ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED")
+BUDGET_ENV = ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED", "VADICE_VAL_MIRRORING")
 
 _PATH_VARS = {"raw": "nnUNet_raw", "preprocessed": "nnUNet_preprocessed", "results": "nnUNet_results"}
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_\S+$")
@@ -542,13 +542,15 @@ def _positive(name: str, value) -> int | None:
 
 
 def budget_env(iterations: int | None = None, epochs: int | None = None, val_iterations: int | None = None,
-               seed: int | None = None) -> dict[str, str]:
+               seed: int | None = None, val_mirroring: bool = True) -> dict[str, str]:
     """Map a training budget onto the ``VADICE_*`` variables our trainers read.
 
     ``iterations`` is the total number of training iterations: with ``epochs`` E it is
     split into E epochs of iterations/E (it must divide evenly); alone it is one epoch
     of ``iterations``. ``epochs`` alone keeps nnU-Net's 250 iterations per epoch.
     nnU-Net's learning-rate schedule (poly decay) is per epoch, so the split matters.
+    ``val_mirroring=False`` skips test-time mirroring in the final validation (up to 8x
+    faster inference; for short budgets, applied to every set-up alike).
     """
     iterations = _positive("iterations", iterations)
     epochs = _positive("epochs", epochs)
@@ -568,6 +570,8 @@ def budget_env(iterations: int | None = None, epochs: int | None = None, val_ite
         env["VADICE_VAL_ITERS"] = str(val_iterations)
     if seed is not None:
         env["VADICE_SEED"] = str(seed)
+    if not val_mirroring:
+        env["VADICE_VAL_MIRRORING"] = "0"
     return env
 
 
@@ -639,7 +643,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
           iterations: int | None = None, epochs: int | None = None, val_iterations: int | None = None,
           seed: int | None = None, resume: bool = False, num_gpus: int = 1, results_dir=None,
           log_file=None, progress: bool = True, echo: bool = False, *, raw=None,
-          preprocessed=None, threads: int | None = None) -> TrainResult:
+          preprocessed=None, threads: int | None = None, val_mirroring: bool = True) -> TrainResult:
     """Train one set-up and fold through nnU-Net's own ``nnUNetv2_train`` entry point.
 
     The trainer is nnU-Net's ``nnUNetTrainer`` for the baseline without a budget,
@@ -658,7 +662,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
         fold: 0-4 (nnU-Net 5-fold split, or splits_final.json) or 'all'.
         preset: plans preset used by :func:`plan`.
         device: 'cuda', 'cpu' or 'mps'.
-        iterations, epochs, val_iterations, seed: budget (see :func:`budget_env`).
+        iterations, epochs, val_iterations, seed, val_mirroring: budget (see :func:`budget_env`).
         resume: continue an interrupted run from its latest checkpoint.
         num_gpus: nnU-Net DDP training on this many GPUs (``-num_gpus``).
         results_dir: overrides ``nnUNet_results`` (one per seed/budget keeps runs apart).
@@ -686,7 +690,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
             fold = int(fold)
         else:
             raise InputError(None, f"fold must be a non-negative integer or 'all', got {fold!r}")
-    budget = budget_env(iterations, epochs, val_iterations, seed)
+    budget = budget_env(iterations, epochs, val_iterations, seed, val_mirroring)
     threads = _positive("threads", threads)
     trainer = _trainer_for(loss, bool(budget))
     if not isinstance(num_gpus, int) or isinstance(num_gpus, bool):

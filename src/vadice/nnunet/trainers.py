@@ -43,6 +43,7 @@ ENV_EPOCHS = "VADICE_EPOCHS"
 ENV_ITERS = "VADICE_ITERS_PER_EPOCH"
 ENV_VAL_ITERS = "VADICE_VAL_ITERS"
 ENV_SEED = "VADICE_SEED"
+ENV_VAL_MIRRORING = "VADICE_VAL_MIRRORING"
 ENV_VA_CONFIG = "VADICE_VA_CONFIG"
 OPTIONS_FILE = "vadice_va.json"       # next to the plans, read by nnUNetTrainerVA
 PROVENANCE_FILE = "vadice_va.json"    # in the fold's output folder, written by every VA trainer
@@ -92,9 +93,25 @@ class nnUNetTrainerBudget(nnUNetTrainer):
         if seed is not None:
             seed_everything(seed + self.local_rank)
         self.vadice_seed = seed
+        # Test-time mirroring multiplies the final validation's inference by up to 8; short
+        # budgets (CPU demo, GPU smoke run) switch it off for every set-up alike.
+        self.vadice_val_mirroring = _env_int(ENV_VAL_MIRRORING, 0) != 0
         self.print_to_log_file(
             f"vadice schedule: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, "
-            f"{self.num_val_iterations_per_epoch} validation iterations, seed {seed}")
+            f"{self.num_val_iterations_per_epoch} validation iterations, seed {seed}"
+            + ("" if self.vadice_val_mirroring else ", final validation without test-time mirroring"))
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.vadice_val_mirroring:
+            return super().perform_actual_validation(save_probabilities)
+        # nnU-Net reads the axes when it builds the validation predictor; restore them
+        # afterwards so checkpoints keep nnU-Net's own setting for later inference.
+        axes = self.inference_allowed_mirroring_axes
+        self.inference_allowed_mirroring_axes = None
+        try:
+            return super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
 
 
 def read_va_options(path: str | os.PathLike | None) -> dict:

@@ -1,0 +1,135 @@
+"""``vadice experiment``, ``vadice report`` and ``vadice demo``."""
+
+from __future__ import annotations
+
+import argparse
+
+from vadice.cli import UsageError
+from vadice.cli.options import add_device, parse_folds, parse_int_list
+
+SLURM_HINT = ("cluster: run one unit per job with --unit SETUP:FOLD (see docs/experiment.md for a SLURM array "
+              "script), then --collect once")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="train the three loss set-ups over folds and seeds, evaluate and compare them",
+        description="For each set-up (baseline, dual, selective-ln), fold and seed: train through nnU-Net "
+        "(resuming finished or interrupted parts), keep the fold's out-of-fold predictions, then evaluate "
+        "every set-up on the pooled predictions, compare them against the baseline (paired by case and seed) "
+        "and write report.html.",
+        epilog="examples:\n  vadice experiment 101 --out runs/task1 --folds 0,1,2,3,4 --seeds 0,1,2\n"
+        "  vadice experiment 101 --out runs/task1 --unit dual:3      # one unit (e.g. a SLURM array task)\n"
+        "  vadice experiment 101 --out runs/task1 --collect          # evaluate + compare + report\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dataset", metavar="DATASET", help="nnU-Net dataset id, name (Dataset101_X) or raw folder")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; resumable)")
+    p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds (default 0,1,2,3,4)")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    p.add_argument("--setups", default="baseline,dual,selective-ln",
+                   help="comma-separated set-ups, baseline first (default all three)")
+    p.add_argument("--preset", choices=("resenc-m", "cpu-small"), default="resenc-m",
+                   help="network plan: real ResEnc M (GPU) or the reduced CPU preset")
+    add_device(p)
+    p.add_argument("--iterations", type=int, help="training iterations per unit (default: nnU-Net's 1000x250)")
+    p.add_argument("--epochs", type=int, help="epochs per unit (with --iterations: iterations spread over them)")
+    p.add_argument("--val-iterations", type=int, help="validation iterations per epoch (default nnU-Net's 50)")
+    p.add_argument("--no-val-mirroring", action="store_true",
+                   help="out-of-fold predictions without test-time mirroring (faster; for short budgets)")
+    p.add_argument("--num-gpus", type=int, default=1, help="GPUs per unit (nnU-Net -num_gpus)")
+    p.add_argument("--unit", action="append", metavar="SETUP:FOLD[:SEED]",
+                   help="run only this unit (repeatable); no evaluation. " + SLURM_HINT)
+    p.add_argument("--collect", action="store_true",
+                   help="only evaluate, compare and report; fails listing the units still missing")
+    p.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance in mm (default 2)")
+    p.add_argument("--workers", type=int, default=1, help="processes for the evaluation")
+    p.add_argument("--pair-by", choices=("case", "case-seed"), default="case",
+                   help="Wilcoxon pairing with several seeds: 'case' averages each case over seeds first "
+                   "(patients are the independent units; default), 'case-seed' pairs (case, seed) units")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.set_defaults(func=run_experiment)
+
+    r = sub.add_parser("report", help="write the self-contained report.html of an experiment run folder",
+                       description="Render RUN_DIR/report.html: settings, comparison table with CIs and "
+                       "adjusted p-values, per-case plots, size-stratified sensitivity, training curves, "
+                       "best and worst cases. Needs a collected run (vadice experiment … --collect).")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--out", metavar="HTML", help="output file (default RUN_DIR/report.html)")
+    r.set_defaults(func=run_report)
+
+    d = sub.add_parser("demo", help="the whole pipeline on a small synthetic cohort, on the CPU (~15 min)",
+                       description="Synthetic cohort (small) -> Task 1 conversion -> cpu-small plan -> the three "
+                       "set-ups on one fold for a fixed iteration budget -> predict -> evaluate -> compare -> "
+                       "report. A CPU-minute training illustrates the pipeline, not the method.")
+    d.add_argument("--out", default="demo_out", metavar="DIR", help="demo folder (default ./demo_out)")
+    d.add_argument("--cases", type=int, default=None, help="synthetic cases (default: the demo's own)")
+    d.add_argument("--iterations", type=int, default=None, help="training iterations per set-up")
+    d.add_argument("--seed", type=int, default=0, help="cohort and training seed")
+    d.set_defaults(func=run_demo)
+
+
+def _settings(args):
+    from vadice.experiment import ExperimentSettings
+
+    setups = tuple(s.strip() for s in args.setups.split(",") if s.strip())
+    if args.iterations is not None and args.iterations < 1:
+        raise UsageError("--iterations must be >= 1")
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError("--epochs must be >= 1")
+    if args.val_iterations is not None and args.val_iterations < 1:
+        raise UsageError("--val-iterations must be >= 1")
+    return ExperimentSettings(
+        dataset=str(args.dataset), preset=args.preset, folds=parse_folds(args.folds),
+        seeds=parse_int_list(args.seeds, "--seeds"), setups=setups, device=args.device,
+        iterations=args.iterations, epochs=args.epochs, val_iterations=args.val_iterations,
+        val_mirroring=not args.no_val_mirroring, num_gpus=args.num_gpus,
+    )
+
+
+def run_experiment(args) -> int:
+    from vadice.experiment import Experiment, parse_unit
+
+    if args.unit and args.collect:
+        raise UsageError("--unit and --collect exclude each other")
+    settings = _settings(args)
+    exp = Experiment.open(args.out, settings, progress=not args.quiet)
+    if args.collect:
+        missing = exp.missing()
+        if missing:
+            print(f"{len(missing)} unit(s) not finished:")
+            for unit in missing:
+                print(f"  --unit {unit.setup}:{unit.fold}:{unit.seed}")
+            return 1
+    else:
+        units = None
+        if args.unit:
+            units = [u for text in args.unit for u in parse_unit(text, settings)]
+        exp.run_units(units)
+        if args.unit:
+            print(f"unit(s) done: {', '.join(args.unit)}; when all are done: vadice experiment … --collect")
+            return 0
+    result = exp.collect(tolerances=(args.tolerance,), workers=args.workers, pair_by=args.pair_by)
+    print(result["comparison"]["markdown"])
+    if not args.no_report:
+        from vadice.experiment import build_report
+
+        path = build_report(exp.run_dir)
+        print(f"report: {path}")
+    return 0
+
+
+def run_report(args) -> int:
+    from vadice.experiment import build_report
+
+    path = build_report(args.run_dir, out=args.out)
+    print(f"report: {path}")
+    return 0
+
+
+def run_demo(args) -> int:
+    from vadice.demo import run_demo as demo
+
+    demo(args.out, cases=args.cases, iterations=args.iterations, seed=args.seed, progress=not args.quiet)
+    return 0

@@ -1,0 +1,420 @@
+"""The study: three loss set-ups x folds x seeds, trained, predicted, evaluated, compared.
+
+A *unit* is one set-up on one fold with one seed. Each unit trains through
+nnU-Net (resuming an interrupted run with ``--c``), and its out-of-fold
+predictions are nnU-Net's own final validation exports (full-resolution,
+original geometry, no post-processing), copied into ``predictions/``. A unit
+is finished when its marker ``units/<setup>__fold<F>__seed<S>.json`` exists;
+markers are written last, so a killed run redoes at most the unit it was in.
+
+Run folder::
+
+    RUN_DIR/manifest.json              versions, commit, arguments, plans hash, checkpoints
+    RUN_DIR/nnUNet_results/seed_<S>/   nnU-Net results root of each seed
+    RUN_DIR/units/*.json               finished units (checkpoint sha256, times, command)
+    RUN_DIR/predictions/<setup>/seed_<S>/<case>.nii.gz   pooled out-of-fold predictions
+    RUN_DIR/gt/<case>.nii.gz           the matching ground truth (links into labelsTr)
+    RUN_DIR/evaluation/<setup>/seed_<S>/   cases.csv, lesions.csv, summary.json
+    RUN_DIR/comparison/                comparison.{json,md,csv} (pairs by case and seed)
+    RUN_DIR/report.html
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from vadice import __version__
+import numpy as np
+
+from vadice.io import InputError, check_output_dir, copy_file, sha256_file, write_text
+
+log = logging.getLogger(__name__)
+
+SETUPS = ("baseline", "dual", "selective-ln")
+
+# Settings that must not change between invocations on one run folder: they define the study.
+_FIXED_SETTINGS = ("dataset", "preset", "iterations", "epochs", "val_iterations", "val_mirroring", "folds", "seeds",
+                   "setups")
+
+
+@dataclass(frozen=True)
+class Unit:
+    setup: str
+    fold: int | str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.setup}__fold{self.fold}__seed{self.seed}"
+
+    def __str__(self) -> str:
+        return f"{self.setup}:{self.fold} (seed {self.seed})"
+
+
+@dataclass
+class ExperimentSettings:
+    dataset: str
+    preset: str = "resenc-m"
+    folds: tuple = (0, 1, 2, 3, 4)
+    seeds: tuple = (0,)
+    setups: tuple = SETUPS
+    device: str = "cuda"
+    iterations: int | None = None
+    epochs: int | None = None
+    val_iterations: int | None = None
+    val_mirroring: bool = True
+    num_gpus: int = 1
+
+    def units(self) -> list[Unit]:
+        return [Unit(s, f, seed) for seed in self.seeds for f in self.folds for s in self.setups]
+
+    def fixed(self) -> dict:
+        d = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k in _FIXED_SETTINGS}
+
+
+def parse_unit(text: str, settings: ExperimentSettings) -> list[Unit]:
+    """``dual:3`` -> that set-up and fold for every seed; ``dual:3:1`` -> one seed."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in settings.setups:
+        raise InputError(None, f"--unit {text!r}: expected SETUP:FOLD[:SEED] with SETUP in {', '.join(settings.setups)}")
+    fold = parts[1] if parts[1] == "all" else _int(parts[1], f"--unit {text!r}: fold")
+    if fold not in settings.folds:
+        raise InputError(None, f"--unit {text!r}: fold {fold} is not among --folds {list(settings.folds)}")
+    seeds = settings.seeds if len(parts) == 2 else (_int(parts[2], f"--unit {text!r}: seed"),)
+    if not set(seeds) <= set(settings.seeds):
+        raise InputError(None, f"--unit {text!r}: seed not among --seeds {list(settings.seeds)}")
+    return [Unit(parts[0], fold, s) for s in seeds]
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(None, f"{what} must be an integer, got {text!r}") from None
+
+
+class Experiment:
+    """One run folder. Create with :meth:`open`, then :meth:`run_units` and :meth:`collect`."""
+
+    def __init__(self, run_dir: Path, settings: ExperimentSettings, progress: bool = True):
+        self.run_dir = run_dir
+        self.settings = settings
+        self.progress = progress
+        self.plan = None
+
+    # ---- set-up -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, run_dir: str | os.PathLike, settings: ExperimentSettings, progress: bool = True) -> "Experiment":
+        run_dir = check_output_dir(run_dir)
+        for setup in settings.setups:
+            if setup not in SETUPS:
+                raise InputError(None, f"unknown set-up {setup!r}; choose from {', '.join(SETUPS)}")
+        if not settings.setups or settings.setups[0] != "baseline":
+            raise InputError(None, "set-ups must start with 'baseline' (differences are taken against it)")
+        if not settings.seeds or not settings.folds:
+            raise InputError(None, "at least one fold and one seed are needed")
+        manifest = run_dir / "manifest.json"
+        if manifest.exists():
+            old = json.loads(manifest.read_text()).get("settings", {})
+            new = settings.fixed()
+            diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+            if diffs:
+                raise InputError(manifest, "run folder was started with other settings (" + "; ".join(diffs)
+                                 + "); use a new --out folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return cls(run_dir, settings, progress)
+
+    def prepare(self):
+        """Plan and preprocess the dataset for the preset (idempotent)."""
+        from vadice.nnunet import runner
+
+        self.plan = runner.plan(self.settings.dataset, preset=self.settings.preset, progress=self.progress)
+        self.write_manifest()
+        return self.plan
+
+    # ---- units --------------------------------------------------------------------------
+    def marker(self, unit: Unit) -> Path:
+        return self.run_dir / "units" / f"{unit.key}.json"
+
+    def is_done(self, unit: Unit) -> bool:
+        return self.marker(unit).is_file()
+
+    def results_root(self, seed: int) -> Path:
+        return self.run_dir / "nnUNet_results" / f"seed_{seed}"
+
+    def prediction_dir(self, setup: str, seed: int) -> Path:
+        return self.run_dir / "predictions" / setup / f"seed_{seed}"
+
+    def run_units(self, units: Iterable[Unit] | None = None) -> list[Unit]:
+        """Train and predict every unfinished unit; returns the units run now."""
+        from vadice.nnunet import runner
+
+        if self.plan is None:
+            self.prepare()
+        todo = [u for u in (units or self.settings.units()) if not self.is_done(u)]
+        done_now = []
+        for i, unit in enumerate(todo, 1):
+            log.info("[%d/%d] training %s", i, len(todo), unit)
+            start = time.time()
+            result = runner.train(
+                self.settings.dataset, loss=unit.setup, fold=unit.fold, preset=self.settings.preset,
+                device=self.settings.device, iterations=self.settings.iterations, epochs=self.settings.epochs,
+                val_iterations=self.settings.val_iterations, val_mirroring=self.settings.val_mirroring,
+                seed=unit.seed, resume=True, num_gpus=self.settings.num_gpus,
+                results_dir=self.results_root(unit.seed),
+                log_file=self.run_dir / "logs" / f"{unit.key}.log", progress=self.progress,
+            )
+            validation = Path(result.fold_dir) / "validation"
+            preds = sorted(validation.glob("*.nii.gz"))
+            if not preds:
+                raise InputError(validation, f"{unit}: nnU-Net wrote no validation predictions")
+            for path in preds:
+                copy_file(path, self.prediction_dir(unit.setup, unit.seed) / path.name)
+            info = {
+                "unit": asdict(unit), "seconds": round(time.time() - start, 1),
+                "model_dir": str(result.model_dir), "fold_dir": str(result.fold_dir),
+                "checkpoint": str(result.checkpoint), "checkpoint_sha256": sha256_file(result.checkpoint),
+                "cases": [strip_suffix(p.name) for p in preds], "command": result.command,
+            }
+            write_text(self.marker(unit), json.dumps(info, indent=2))
+            done_now.append(unit)
+        self.write_manifest()
+        return done_now
+
+    def missing(self, units: Iterable[Unit] | None = None) -> list[Unit]:
+        return [u for u in (units or self.settings.units()) if not self.is_done(u)]
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def collect(self, tolerances=(2.0,), connectivity: int = 26, workers: int = 1, pair_by: str = "case") -> dict:
+        """Evaluate every set-up and seed on the pooled out-of-fold predictions, compare, report."""
+        from vadice.metrics.compare import compare_runs
+        from vadice.metrics.evaluate import evaluate_folders
+
+        missing = self.missing()
+        if missing:
+            raise InputError(self.run_dir, f"{len(missing)} unit(s) unfinished: "
+                             + ", ".join(str(u) for u in missing[:10]) + (" …" if len(missing) > 10 else ""))
+        cases = self._pooled_cases()
+        gt_dir = self._link_ground_truth(cases)
+        evaluations: dict[str, dict[int, Path]] = {}
+        for setup in self.settings.setups:
+            for seed in self.settings.seeds:
+                out = self.run_dir / "evaluation" / setup / f"seed_{seed}"
+                evaluate_folders(gt_dir, self.prediction_dir(setup, seed), out, tolerances=tuple(tolerances),
+                                 connectivity=connectivity, workers=workers, progress=self.progress)
+                evaluations.setdefault(setup, {})[seed] = out
+        comparison = compare_seeded(evaluations, self.settings.setups, self.run_dir / "comparison",
+                                    pair_by=pair_by)
+        self.write_manifest()
+        return {"evaluations": evaluations, "comparison": comparison}
+
+    def _pooled_cases(self) -> list[str]:
+        per_setup = {}
+        for unit in self.settings.units():
+            info = json.loads(self.marker(unit).read_text())
+            per_setup.setdefault((unit.setup, unit.seed), set()).update(info["cases"])
+        sets = list(per_setup.values())
+        if any(s != sets[0] for s in sets):
+            raise InputError(self.run_dir, "set-ups/seeds predicted different case sets; the folds differ")
+        return sorted(sets[0])
+
+    def _link_ground_truth(self, cases: Sequence[str]) -> Path:
+        from vadice.nnunet import runner
+
+        labels = runner.resolve_dataset(self.settings.dataset).raw_dir / "labelsTr"
+        gt_dir = self.run_dir / "gt"
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            src = labels / f"{case}.nii.gz"
+            if not src.is_file():
+                raise InputError(src, "ground truth for a predicted case is missing")
+            dst = gt_dir / src.name
+            if not dst.exists():
+                copy_file(src, dst)
+        return gt_dir
+
+    # ---- provenance ---------------------------------------------------------------------
+    def write_manifest(self) -> Path:
+        units = {}
+        for unit in self.settings.units():
+            if self.is_done(unit):
+                info = json.loads(self.marker(unit).read_text())
+                units[unit.key] = {k: info[k] for k in ("checkpoint", "checkpoint_sha256", "seconds", "command")}
+        manifest = {
+            "vadice": __version__,
+            "git_commit": git_commit(),
+            "versions": package_versions(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "settings": self.settings.fixed(),
+            "device": self.settings.device,
+            "num_gpus": self.settings.num_gpus,
+            "plans": None if self.plan is None else {
+                "identifier": self.plan.plans_identifier, "sha256": self.plan.plans_sha256,
+                "configuration": self.plan.configuration,
+            },
+            "units": units,
+            "cpu_preset": self.settings.preset != "resenc-m",
+        }
+        path = self.run_dir / "manifest.json"
+        if path.exists():  # keep what an earlier invocation recorded (e.g. plans of a --unit run)
+            old = json.loads(path.read_text())
+            if manifest["plans"] is None:
+                manifest["plans"] = old.get("plans")
+        return write_text(path, json.dumps(manifest, indent=2))
+
+
+def strip_suffix(name: str) -> str:
+    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name
+
+
+def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str], out_dir: Path,
+                   pair_by: str = "case") -> dict:
+    """Compare set-ups against the first, pooling seeds, and measure the seed-to-seed spread.
+
+    ``pair_by="case"`` averages each case's per-case metric over seeds before the
+    Wilcoxon test (patients are the independent units; n = cases);
+    ``"case-seed"`` pairs (case, seed) units. Either way the bootstrap
+    resamples patients with all their seeds. The spread is, per label and
+    metric, the range and SD over seeds of each set-up's difference to the
+    baseline (of the value itself for the baseline).
+
+    Returns:
+      ``{"result": compare_runs output, "seed_spread": {...}, "markdown": str}``.
+    """
+    from vadice.metrics.compare import compare_runs
+
+    seeds = sorted(next(iter(evaluations.values())))
+    groups = [[evaluations[s][seed] for seed in seeds] for s in setups]
+    pair_key = ("case", "seed") if pair_by == "case-seed" else ("case",)
+    result = compare_runs(groups, names=list(setups), out_dir=out_dir, pair_key=pair_key)
+    per_seed = [compare_runs([[evaluations[s][seed]] for s in setups], names=list(setups), n_boot=1)
+                for seed in seeds]
+    spread: dict = {}
+    for rows in zip(*(r["rows"] for r in per_seed)):
+        label, metric = rows[0]["label"], rows[0]["metric"]
+        for i, setup in enumerate(setups):
+            key = "values" if i == 0 else "diff"
+            values = np.array([r[key][setup] if r[key][setup] is not None else np.nan for r in rows], float)
+            values = values[np.isfinite(values)]
+            if values.size:
+                spread.setdefault(label, {}).setdefault(metric, {})[setup] = {
+                    "min": float(values.min()), "max": float(values.max()),
+                    "sd": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
+                    "n_seeds": int(values.size), "of": "value" if i == 0 else "difference to " + setups[0],
+                }
+    write_text(out_dir / "seed_spread.json", json.dumps(json_safe(spread), indent=2))
+    markdown = (out_dir / "comparison.md").read_text()
+    return {"result": result, "seed_spread": spread, "markdown": markdown}
+
+
+def json_safe(obj):
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def model_dir_from(path: str | os.PathLike, setup: str | None = None, seed: int = 0) -> Path:
+    """A trained model folder, given either itself or an experiment run folder plus a set-up."""
+    path = Path(path)
+    if (path / "manifest.json").is_file() and (path / "units").is_dir():
+        if setup is None:
+            raise InputError(path, "this is an experiment run folder: choose a model with --setup")
+        for marker in sorted((path / "units").glob(f"{setup}__fold*__seed{seed}.json")):
+            return Path(json.loads(marker.read_text())["model_dir"])
+        raise InputError(path, f"no finished unit for set-up {setup!r} and seed {seed}")
+    if setup is not None:
+        raise InputError(path, "--setup only applies to an experiment run folder")
+    if not path.is_dir():
+        raise InputError(path, "model folder not found")
+    return path
+
+
+def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                 notes: Sequence[str] = (), overlays_per_setup: int = 1) -> Path:
+    """Write ``report.html`` for a collected run folder."""
+    from vadice.io import read_mask, read_nifti
+    from vadice.report import ReportInputs, best_and_worst_cases, overlay_png, write_report
+
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    comparison_path = run_dir / "comparison" / "comparison.json"
+    if not manifest_path.is_file():
+        raise InputError(run_dir, "not an experiment run folder (no manifest.json)")
+    if not comparison_path.is_file():
+        raise InputError(comparison_path, "missing: collect the run first (vadice experiment … --collect)")
+    manifest = json.loads(manifest_path.read_text())
+    settings = manifest["settings"]
+    setups, seeds = settings["setups"], settings["seeds"]
+    evaluations = {s: {seed: run_dir / "evaluation" / s / f"seed_{seed}" for seed in seeds} for s in setups}
+    logs: dict[str, list] = {}
+    for marker in sorted((run_dir / "units").glob("*.json")):
+        info = json.loads(marker.read_text())
+        unit = info["unit"]
+        for log_file in sorted(Path(info["fold_dir"]).glob("training_log_*.txt")):
+            logs.setdefault(unit["setup"], []).append((f"fold {unit['fold']}, seed {unit['seed']}", log_file))
+    spread_path = run_dir / "comparison" / "seed_spread.json"
+    seed_spread = json.loads(spread_path.read_text()) if spread_path.is_file() else None
+
+    from vadice.nnunet.runner import resolve_dataset
+
+    images = resolve_dataset(settings["dataset"]).raw_dir / "imagesTr"
+    overlays = []
+    seed = seeds[0]
+    for setup in setups:
+        best, worst = best_and_worst_cases(evaluations[setup][seed], label="GTVn", k=overlays_per_setup)
+        for kind, picks in (("best", best), ("worst", worst)):
+            for case, dsc in picks:
+                png = run_dir / "overlays" / f"{setup}_seed{seed}_{kind}_{case}.png"
+                if not png.is_file():
+                    image, geom = read_nifti(images / f"{case}_0000.nii.gz")
+                    pred, _ = read_mask(run_dir / "predictions" / setup / f"seed_{seed}" / f"{case}.nii.gz")
+                    gt, _ = read_mask(run_dir / "gt" / f"{case}.nii.gz")
+                    overlay_png(image, pred, geom.spacing_zyx, png, gt=gt,
+                                title=f"{setup}, {kind} GTVn case {case} (DSC {dsc:.3f})")
+                overlays.append((f"{setup} — {kind} GTVn case {case}, seed {seed}, DSC {dsc:.3f} "
+                                 "(solid: prediction, dashed: truth)", png))
+    all_notes = list(notes)
+    if manifest.get("cpu_preset"):
+        all_notes.append(f"Preset {settings['preset']!r} is a width-reduced CPU network, not ResEnc M: "
+                         "numbers illustrate the pipeline, not the method.")
+    inputs = ReportInputs(
+        title=f"vadice experiment — {Path(settings['dataset']).name}", settings=settings, notes=all_notes,
+        comparison=json.loads(comparison_path.read_text()), evaluations=evaluations, training_logs=logs,
+        overlays=overlays, seed_spread=seed_spread, manifest=manifest,
+    )
+    return write_report(inputs, Path(out) if out else run_dir / "report.html")
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "nnunetv2", "numpy", "scipy", "SimpleITK", "connected-components-3d"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
