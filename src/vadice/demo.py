@@ -65,7 +65,7 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int | None = None, iter
                                   val_iterations=DEMO_VAL_ITERATIONS, val_mirroring=False)
     exp = Experiment.open(out / "run", settings, progress=progress)
     _say(progress, "[3/5] planning (cpu-small preset) and lesion preprocessing")
-    exp.prepare()
+    exp.prepare(fingerprint_samples=1_000_000)
     _say(progress, f"[4/5] training baseline, dual, selective-ln on fold 0 ({iterations} iterations each)")
     exp.run_units()
     _say(progress, "[5/5] evaluating, comparing, reporting")

@@ -130,14 +130,22 @@ class Experiment:
             if diffs:
                 raise InputError(manifest, "run folder was started with other settings (" + "; ".join(diffs)
                                  + "); use a new --out folder")
+        from vadice.nnunet import runner
+
+        runner.resolve_dataset(settings.dataset)  # an unknown dataset fails before the run folder exists
         run_dir.mkdir(parents=True, exist_ok=True)
         return cls(run_dir, settings, progress)
 
-    def prepare(self):
-        """Plan and preprocess the dataset for the preset (idempotent)."""
+    def prepare(self, fingerprint_samples: int | None = None):
+        """Plan and preprocess the dataset for the preset (idempotent).
+
+        ``fingerprint_samples`` lowers nnU-Net's 10^8 sampled foreground intensities
+        (only CT normalisation uses them; the T2 channels are z-scored per case).
+        """
         from vadice.nnunet import runner
 
-        self.plan = runner.plan(self.settings.dataset, preset=self.settings.preset, progress=self.progress)
+        self.plan = runner.plan(self.settings.dataset, preset=self.settings.preset, progress=self.progress,
+                                fingerprint_samples=fingerprint_samples)
         self.write_manifest()
         return self.plan
 

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.slow
 DATASET_ID = 988
 NAME = f"Dataset{DATASET_ID:03d}_VadiceE2E"
 BIN = Path(sys.executable).parent
-
-# nnU-Net searches its own trainer package before nnUNet_extTrainer and imports every module there,
-# including the Primus trainers (timm -> torchvision). A torchvision wheel that does not match the
-# installed torch build fails to import, which breaks any external trainer. Stub only that module.
-_STUB = '''import sys, types
-for _n in ("nnunetv2.training.nnUNetTrainer.primus.primus_trainers",):
-    sys.modules.setdefault(_n, types.ModuleType(_n))
-'''
-
 
 def _blob(shape, center, radii):
     grids = np.ogrid[tuple(slice(0, s) for s in shape)]
@@ -65,11 +55,6 @@ def _write_dataset(raw: Path, n_cases: int = 5, shape=(16, 56, 56), seed: int = 
     return folder
 
 
-def _torchvision_ok(env) -> bool:
-    return subprocess.run([sys.executable, "-c", "import torchvision"], env=env,
-                          capture_output=True).returncode == 0
-
-
 def _run(cmd, env, timeout=240):
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
@@ -86,12 +71,6 @@ def test_plan_train_each_trainer_and_predict(tmp_path):
            "VADICE_EPOCHS": "1", "VADICE_ITERS_PER_EPOCH": "2", "VADICE_VAL_ITERS": "1", "VADICE_SEED": "0",
            "OMP_NUM_THREADS": "2"}
     env.pop("VADICE_VA_CONFIG", None)
-    if not _torchvision_ok(env):
-        warnings.warn("torchvision cannot be imported beside this torch build; nnU-Net's trainer search would "
-                      "crash on its Primus trainers, so they are stubbed for this test (fix the venv)")
-        (tmp_path / "stub").mkdir()
-        (tmp_path / "stub" / "sitecustomize.py").write_text(_STUB)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "stub"), env.get("PYTHONPATH")]))
 
     # planning: the runner's CPU preset (reduced width, labelled as such) plus lesion labelling
     script = ("import sys; from vadice.nnunet.runner import plan; "

@@ -1,0 +1,206 @@
+"""The study end to end on a tiny synthetic dataset: experiment (kill + resume), predict, report.
+
+One module so that pytest-xdist (--dist loadfile) keeps the shared trained run in
+one worker. Every training goes through nnU-Net's own ``nnUNetv2_train`` with the
+cpu-small preset and a 2-iteration budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vadice.cli import main
+from vadice.io import Geometry, read_mask, read_nifti, write_nifti
+
+pytestmark = pytest.mark.slow
+
+NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer",
+               "VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED", "VADICE_VAL_MIRRORING")
+EXPERIMENT_ARGS = ["--folds", "0,1", "--setups", "baseline,dual", "--preset", "cpu-small", "--device", "cpu",
+                   "--iterations", "2", "--val-iterations", "1", "--no-val-mirroring"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Six small synthetic cases converted to Task 1 and planned with cpu-small."""
+    from vadice.data.hntsmrg import convert
+    from vadice.data.synth import generate_cohort
+    from vadice.nnunet import runner
+
+    root = tmp_path_factory.mktemp("study")
+    saved = {k: os.environ.pop(k) for k in NNUNET_VARS if k in os.environ}
+    env = {"nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+           "nnUNet_results": str(root / "nnUNet_results")}
+    os.environ.update(env)
+    try:
+        generate_cohort(root / "cohort", 6, seed=7, size="small", progress=False)
+        folder = convert(root / "cohort", task=1, dataset_id=977, out=root / "nnUNet_raw", name="Pipeline",
+                         progress=False)
+        runner.plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=100_000)
+        yield root, folder, env
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
+def _cli(args, env):
+    """Run the vadice CLI in a fresh process (nnU-Net reads its folders at import time)."""
+    return subprocess.run([sys.executable, "-m", "vadice", "-q", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=900)
+
+
+def _read(folder: Path) -> dict[str, str]:
+    return {name: (folder / name).read_text() for name in ("cases.csv", "lesions.csv")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset):
+    root, folder, env = dataset
+    run = root / "run_a"
+    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS], env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return run
+
+
+def test_experiment_writes_every_stage(uninterrupted):
+    run = uninterrupted
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["units"]) == {f"{s}__fold{f}__seed0" for s in ("baseline", "dual") for f in (0, 1)}
+    assert all(len(u["checkpoint_sha256"]) == 64 for u in manifest["units"].values())
+    assert manifest["plans"]["identifier"] == "vadiceCPUSmallPlans" and manifest["cpu_preset"] is True
+    assert manifest["versions"]["nnunetv2"].startswith("2.8")
+    # pooled out-of-fold predictions: the validation cases of folds 0 and 1, nothing else
+    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / "Dataset977_Pipeline" / "splits_final.json")
+                        .read_text())
+    expected = sorted(splits[0]["val"] + splits[1]["val"])
+    for setup in ("baseline", "dual"):
+        got = sorted(p.name[:-7] for p in (run / "predictions" / setup / "seed_0").glob("*.nii.gz"))
+        assert got == expected
+        summary = json.loads((run / "evaluation" / setup / "seed_0" / "summary.json").read_text())
+        assert summary["n_cases"] == len(expected) if "n_cases" in summary else True
+    comparison = json.loads((run / "comparison" / "comparison.json").read_text())
+    assert comparison["runs"] == ["baseline", "dual"] and comparison["n_cases"] == len(expected)
+    assert {r["metric"] for r in comparison["rows"]} >= {"dsc", "hd95", "dscagg", "lesion_sensitivity"}
+    html = (run / "report.html").read_text()
+    from vadice.report import SECTIONS
+
+    for _, heading in SECTIONS:
+        assert heading in html
+    assert "not ResEnc M" in html
+    assert "https://" not in html and "http://" not in html
+
+
+def test_killed_experiment_resumes_without_redoing_work(dataset, uninterrupted):
+    root, folder, env = dataset
+    run = root / "run_b"
+    cmd = [sys.executable, "-m", "vadice", "-q", "experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS]
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    first = run / "units" / "baseline__fold0__seed0.json"
+    second_fold = (run / "nnUNet_results" / "seed_0" / "Dataset977_Pipeline" /
+                   "nnUNetTrainerVADual__vadiceCPUSmallPlans__3d_fullres" / "fold_0")
+    deadline = time.time() + 600
+    try:
+        while not (first.exists() and second_fold.exists()):  # killed inside the second unit's training
+            assert proc.poll() is None, "experiment ended before it could be killed"
+            assert time.time() < deadline, "experiment too slow"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run / "comparison").exists()
+    before = first.stat().st_mtime_ns, first.read_text()
+
+    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS], env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (first.stat().st_mtime_ns, first.read_text()) == before  # finished unit not redone
+    for setup in ("baseline", "dual"):
+        assert _read(run / "evaluation" / setup / "seed_0") == _read(uninterrupted / "evaluation" / setup / "seed_0")
+    a = json.loads((uninterrupted / "manifest.json").read_text())["units"]
+    b = json.loads((run / "manifest.json").read_text())["units"]
+    assert {k: v["checkpoint_sha256"] for k, v in a.items()} == {k: v["checkpoint_sha256"] for k, v in b.items()}
+
+
+def test_unit_and_collect_modes(dataset, uninterrupted):
+    root, folder, env = dataset
+    run = root / "run_c"
+    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--collect"], env)
+    assert res.returncode == 1 and "--unit baseline:0:0" in res.stdout and "--unit dual:1:0" in res.stdout
+    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--unit", "dual:1"], env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [p.name for p in (run / "units").iterdir()] == ["dual__fold1__seed0.json"]
+    assert not (run / "evaluation").exists()
+    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--unit", "lasso:1"], env)
+    assert res.returncode == 2 and "SETUP:FOLD" in res.stderr
+
+
+def test_changed_settings_are_refused(dataset, uninterrupted):
+    _, folder, env = dataset
+    args = [a if a != "2" else "4" for a in EXPERIMENT_ARGS]  # --iterations 4
+    res = _cli(["experiment", str(folder), "--out", str(uninterrupted), *args], env)
+    assert res.returncode == 2
+    assert "other settings" in res.stderr and "iterations" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_report_command_rerenders(dataset, uninterrupted, tmp_path):
+    _, _, env = dataset
+    out = tmp_path / "again.html"
+    res = _cli(["report", str(uninterrupted), "--out", str(out)], env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Best and worst cases" in out.read_text()
+
+
+def test_predict_keeps_geometry_of_oblique_input(dataset, uninterrupted, tmp_path):
+    _, folder, env = dataset
+    image, geom = read_nifti(next((folder / "imagesTr").glob("*_0000.nii.gz")))
+    c, s = np.cos(0.3), np.sin(0.3)
+    oblique = Geometry(geom.size, (0.9, 1.1, 2.5), (-40.0, 12.5, 7.0), (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    inputs = tmp_path / "in"
+    write_nifti(image, oblique, inputs / "patientA.nii.gz")  # plain name: one-channel model
+    out = tmp_path / "out"
+    res = _cli(["predict", "-i", str(inputs), "-o", str(out), "-m", str(uninterrupted), "--setup", "dual",
+                "--folds", "0", "--device", "cpu"], env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    labels, got = read_mask(out / "patientA.nii.gz")
+    assert got.differences(oblique, atol=1e-5) == []
+    assert labels.shape == image.shape
+    assert (out / "patientA_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["patientA.nii.gz", "patientA_overlay.png"]
+
+
+@pytest.mark.parametrize("make_bad, expect", [
+    (lambda d: (d / "notes.txt").write_text("hello"), "not a NIfTI file"),
+    (lambda d: (d / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00garbage"), "broken.nii.gz"),
+])
+def test_predict_rejects_bad_inputs_before_inference(dataset, uninterrupted, tmp_path, make_bad, expect):
+    _, folder, env = dataset
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    make_bad(inputs)
+    out = tmp_path / "out"
+    res = _cli(["predict", "-i", str(inputs), "-o", str(out), "-m", str(uninterrupted), "--setup", "dual",
+                "--device", "cpu"], env)
+    assert res.returncode == 2 and expect in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_predict_refuses_output_that_is_a_file(dataset, uninterrupted, tmp_path):
+    _, folder, env = dataset
+    target = tmp_path / "taken"
+    target.write_text("x")
+    res = _cli(["predict", "-i", str(folder / "imagesTr"), "-o", str(target), "-m", str(uninterrupted),
+                "--setup", "dual", "--device", "cpu"], env)
+    assert res.returncode == 2 and "is a file" in res.stderr
+    assert target.read_text() == "x"
