@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import os
 import shutil
 import tempfile
@@ -265,53 +266,42 @@ def write_nifti(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) 
     return write_sitk(to_sitk(array, geometry), path)
 
 
-def write_sitk(image: sitk.Image, path: str | os.PathLike) -> Path:
-    """Write a SimpleITK image atomically (temporary sibling, then rename)."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".part") -> Iterator[str]:
+    """Yield a temporary sibling name of ``path``; on success it becomes ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, useCompression=str(path).endswith(".gz"))
+        yield tmp
         _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_sitk(image: sitk.Image, path: str | os.PathLike) -> Path:
+    """Write a SimpleITK image atomically (temporary sibling, then rename)."""
+    path = Path(path)
+    # SimpleITK picks the writer from the suffix, so the temporary name keeps it.
+    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
+    with atomic_file(path, suffix=f".part{suffix}") as tmp:
+        sitk.WriteImage(image, tmp, useCompression=str(path).endswith(".gz"))
     return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        _publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write a UTF-8 text file atomically."""
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write a binary file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        _publish(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -345,23 +335,13 @@ def check_output_dir(path: str | os.PathLike) -> Path:
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy ``src`` to ``dst`` byte for byte, atomically (temporary sibling, then rename)."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_file(dst) as tmp:
         shutil.copyfile(src, tmp)
-        _publish(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return dst
+    return Path(dst)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    import hashlib
-
+    """Hex SHA-256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

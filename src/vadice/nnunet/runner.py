@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from vadice.io import InputError, is_nifti, write_text
+from vadice.io import InputError, is_nifti, sha256_file, write_text
 from vadice.nnunet import BUDGET_TRAINER, TRAINER_FOR_LOSS, trainer_dir
 from vadice.nnunet.planners import get_preset
 
@@ -304,14 +304,6 @@ def _quiet_stdout(log_path: Path | None) -> Iterator[None]:
             log.debug("%s", text)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sha256_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -435,7 +427,7 @@ def plan(dataset, preset: str = "resenc-m", num_processes: int = 2, verify: bool
     env = {"nnUNet_raw": str(ref.paths.require("raw")), "nnUNet_preprocessed": str(ref.paths.require("preprocessed"))}
     with _environ(env):
         fingerprint_file = pre_dir / "dataset_fingerprint.json"
-        if (not fingerprint_file.is_file() or state.get("fingerprint") != _sha256(fingerprint_file)
+        if (not fingerprint_file.is_file() or state.get("fingerprint") != sha256_file(fingerprint_file)
                 or state.get("fingerprint_samples") != fingerprint_samples):
             log.info("%s: checking and fingerprinting the raw data", ref.name)
             with _quiet_stdout(log_file):
@@ -449,19 +441,19 @@ def plan(dataset, preset: str = "resenc-m", num_processes: int = 2, verify: bool
                     extractor.run(overwrite_existing=True)
                 except (AssertionError, RuntimeError, FileNotFoundError, ValueError) as exc:
                     raise InputError(raw_dir, f"nnU-Net rejected the dataset: {_first_line(exc)}") from None
-            state = {"raw_signature": signature, "fingerprint": _sha256(fingerprint_file),
+            state = {"raw_signature": signature, "fingerprint": sha256_file(fingerprint_file),
                      "fingerprint_samples": fingerprint_samples, "plans": {}, "preprocessed": {}}
             _save_state(pre_dir, state)
             steps.append("fingerprint")
 
         plans_file = pre_dir / f"{spec.plans_identifier}.json"
         entry = state["plans"].get(spec.plans_identifier, {})
-        if (not plans_file.is_file() or entry.get("sha256") != _sha256(plans_file)
+        if (not plans_file.is_file() or entry.get("sha256") != sha256_file(plans_file)
                 or entry.get("fingerprint") != state["fingerprint"]):
             log.info("%s: planning with preset %s", ref.name, spec.name)
             with _quiet_stdout(log_file):
                 plan_experiment_dataset(ref.id, experiment_planner_class=spec.planner)
-            state["plans"][spec.plans_identifier] = {"preset": spec.name, "sha256": _sha256(plans_file),
+            state["plans"][spec.plans_identifier] = {"preset": spec.name, "sha256": sha256_file(plans_file),
                                                      "fingerprint": state["fingerprint"]}
             _save_state(pre_dir, state)
             steps.append("plan")
@@ -499,7 +491,7 @@ def plan(dataset, preset: str = "resenc-m", num_processes: int = 2, verify: bool
             _save_state(pre_dir, state)
             steps.append("instances")
 
-    return PlanResult(ref.id, ref.name, spec.plans_identifier, configuration, pre_dir, _sha256(plans_file),
+    return PlanResult(ref.id, ref.name, spec.plans_identifier, configuration, pre_dir, sha256_file(plans_file),
                       tuple(steps), log_file)
 
 
@@ -715,7 +707,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     model_dir = results_root / ref.name / f"{trainer}__{spec.plans_identifier}__{CONFIGURATION}"
     fold_dir = model_dir / f"fold_{fold}"
     log_path = Path(log_file) if log_file is not None else fold_dir / "vadice_train.log"
-    settings = {"trainer": trainer, "plans": spec.plans_identifier, "plans_sha256": _sha256(plans_file),
+    settings = {"trainer": trainer, "plans": spec.plans_identifier, "plans_sha256": sha256_file(plans_file),
                 "configuration": CONFIGURATION, "fold": fold, "budget": budget}
     env = build_env(ref.paths, device, budget)
     env.pop(THREADS_ENV, None)
