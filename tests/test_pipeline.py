@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vadice.cli import main
 from vadice.io import Geometry, read_mask, read_nifti, write_nifti
 
 pytestmark = pytest.mark.slow

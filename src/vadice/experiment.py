@@ -27,7 +27,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -204,7 +204,6 @@ class Experiment:
     # ---- evaluation ---------------------------------------------------------------------
     def collect(self, tolerances=(2.0,), connectivity: int = 26, workers: int = 1, pair_by: str = "case") -> dict:
         """Evaluate every set-up and seed on the pooled out-of-fold predictions, compare, report."""
-        from vadice.metrics.compare import compare_runs
         from vadice.metrics.evaluate import evaluate_folders
 
         missing = self.missing()

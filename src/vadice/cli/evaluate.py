@@ -126,9 +126,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    import logging
-
-    logging.getLogger("numexpr").setLevel(logging.WARNING)  # pandas (via statsmodels) announces its threads
     from vadice.metrics.compare import compare_runs
 
     if len(args.runs) < 2:

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", metavar="HTML", help="output file (default RUN_DIR/report.html)")
     r.set_defaults(func=run_report)
 
-    d = sub.add_parser("demo", help="the whole pipeline on a small synthetic cohort, on the CPU (~15 min)",
+    d = sub.add_parser("demo", help="the whole pipeline on a small synthetic cohort, on the CPU (about 10 min on 2 cores)",
                        description="Synthetic cohort (small) -> Task 1 conversion -> cpu-small plan -> the three "
                        "set-ups on one fold for a fixed iteration budget -> predict -> evaluate -> compare -> "
                        "report. A CPU-minute training illustrates the pipeline, not the method.")

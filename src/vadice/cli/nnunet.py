@@ -120,8 +120,6 @@ def cmd_nnunet_path(args) -> int:
 
 
 def _import_runner():
-    # numexpr (pulled in by nnU-Net's dependencies) logs its thread count at INFO on import
-    logging.getLogger("numexpr").setLevel(logging.WARNING)
     from vadice.nnunet import runner
 
     return runner
