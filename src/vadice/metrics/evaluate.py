@@ -33,6 +33,7 @@ from vadice.metrics.lesionwise import (
     DEFAULT_SIZE_BINS_ML,
     LesionMatch,
     check_bins,
+    check_label_maps,
     match_lesions,
     parse_match,
     size_stratified_sensitivity,
@@ -202,6 +203,25 @@ def check_tolerances(tolerances: Sequence[float]) -> tuple[float, ...]:
     return tuple(tols)
 
 
+def check_options(labels: Mapping[str, int], tolerances: Sequence[float], connectivity: int, match: str,
+                  hd_mode: str) -> tuple[dict[str, int], tuple[float, ...], int]:
+    """Validate the evaluation options shared by :func:`evaluate_case` and :func:`evaluate_folders`.
+
+    Returns:
+      normalised ``(labels, tolerances, connectivity)``.
+
+    Raises:
+      ValueError: naming the bad option.
+    """
+    labels = check_labels(labels)
+    tolerances = check_tolerances(tolerances)
+    connectivity = check_connectivity(connectivity)
+    parse_match(match)
+    if hd_mode not in HD_MODES:
+        raise ValueError(f"hd_mode must be one of {HD_MODES}, got {hd_mode!r}")
+    return labels, tolerances, connectivity
+
+
 def _union_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...] | None:
     # Per-array max-reductions avoid materialising a full-volume (a | b).
     boxes = [x for x in (bounding_box(a), bounding_box(b)) if x is not None]
@@ -245,21 +265,9 @@ def evaluate_case(
       ValueError: shape mismatch, bad spacing, labels, tolerances, connectivity,
         match rule or hd_mode.
     """
-    for name, arr in (("gt", gt), ("pred", pred)):
-        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "ub":
-            raise TypeError(f"{name} must be an unsigned-integer NumPy label map, got "
-                            f"{getattr(arr, 'dtype', type(arr).__name__)}")
-        if arr.ndim != 3:
-            raise ValueError(f"{name} must be 3-D, got shape {arr.shape}")
-    if gt.shape != pred.shape:
-        raise ValueError(f"gt and pred shapes differ: {gt.shape} vs {pred.shape}")
+    check_label_maps(gt, pred, kinds="ub")
     spacing = check_spacing(spacing, 3)
-    labels = check_labels(labels)
-    tolerances = check_tolerances(tolerances)
-    connectivity = check_connectivity(connectivity)
-    parse_match(match)
-    if hd_mode not in HD_MODES:
-        raise ValueError(f"hd_mode must be one of {HD_MODES}, got {hd_mode!r}")
+    labels, tolerances, connectivity = check_options(labels, tolerances, connectivity, match, hd_mode)
     if empty_distance_penalty is not None and not (math.isfinite(empty_distance_penalty)
                                                    and empty_distance_penalty >= 0):
         raise ValueError(f"empty_distance_penalty must be a finite number >= 0, got {empty_distance_penalty}")
@@ -629,12 +637,7 @@ def evaluate_folders(
     """
     from tqdm.auto import tqdm
 
-    labels = check_labels(labels)
-    tolerances = check_tolerances(tolerances)
-    connectivity = check_connectivity(connectivity)
-    parse_match(match)
-    if hd_mode not in HD_MODES:
-        raise ValueError(f"hd_mode must be one of {HD_MODES}, got {hd_mode!r}")
+    labels, tolerances, connectivity = check_options(labels, tolerances, connectivity, match, hd_mode)
     bins = check_bins(size_bins_ml)
     workers = int(workers)
     if workers < 1:

@@ -103,6 +103,24 @@ class LesionMatch:
         return self.n_pred_matched / self.n_pred if self.n_pred else float("nan")
 
 
+def check_label_maps(gt: np.ndarray, pred: np.ndarray, kinds: str = "iub") -> None:
+    """Raise unless ``gt`` and ``pred`` are 3-D NumPy label maps of one shape with a dtype kind in ``kinds``.
+
+    Raises:
+      TypeError: not an array, or a dtype kind outside ``kinds``.
+      ValueError: not 3-D, or the shapes differ.
+    """
+    what = "an unsigned-integer" if kinds == "ub" else "an integer"
+    for name, arr in (("gt", gt), ("pred", pred)):
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in kinds:
+            raise TypeError(f"{name} must be {what} NumPy label map, got "
+                            f"{getattr(arr, 'dtype', type(arr).__name__)}")
+        if arr.ndim != 3:
+            raise ValueError(f"{name} must be 3-D, got shape {arr.shape}")
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt and pred shapes differ: {gt.shape} vs {pred.shape}")
+
+
 def match_lesions(
     gt: np.ndarray,
     pred: np.ndarray,
@@ -131,14 +149,7 @@ def match_lesions(
       TypeError: non-integer label maps.
       ValueError: shape mismatch, bad spacing, connectivity or match rule.
     """
-    for name, arr in (("gt", gt), ("pred", pred)):
-        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iub":
-            raise TypeError(f"{name} must be an integer NumPy label map, got "
-                            f"{getattr(arr, 'dtype', type(arr).__name__)}")
-        if arr.ndim != 3:
-            raise ValueError(f"{name} must be 3-D, got shape {arr.shape}")
-    if gt.shape != pred.shape:
-        raise ValueError(f"gt and pred shapes differ: {gt.shape} vs {pred.shape}")
+    check_label_maps(gt, pred)
     spacing = check_spacing(spacing, 3)
     connectivity = check_connectivity(connectivity)
     rule, threshold = parse_match(match)
