@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     exp.run_units()
     timings["train_and_validate_s"] = time.time() - t
     t = time.time()
-    result = exp.collect(workers=min(args.workers, 8))
+    result = exp.collect(workers=min(args.workers, 8))["comparison"]
     timings["evaluate_compare_s"] = time.time() - t
     units = {}
     for marker in sorted((exp.run_dir / "units").glob("*.json")):

@@ -44,7 +44,7 @@ def dataset(tmp_path_factory):
         generate_cohort(root / "cohort", 6, seed=7, size="small", progress=False)
         folder = convert(root / "cohort", task=1, dataset_id=977, out=root / "nnUNet_raw", name="Pipeline",
                          progress=False)
-        runner.plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=100_000)
+        runner.plan(folder, preset="cpu-small", num_processes=1, progress=False)
         yield root, folder, env
     finally:
         for k in env:
@@ -148,6 +148,16 @@ def test_unit_and_collect_modes(dataset, uninterrupted):
     assert not (run / "evaluation").exists()
     res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--unit", "lasso:1"], env)
     assert res.returncode == 2 and "SETUP:FOLD" in res.stderr
+
+
+def test_rerun_of_a_finished_experiment_only_recollects(dataset, uninterrupted):
+    _, folder, env = dataset
+    markers = {p.name: p.stat().st_mtime_ns for p in (uninterrupted / "units").iterdir()}
+    res = _cli(["experiment", str(folder), "--out", str(uninterrupted), *EXPERIMENT_ARGS], env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (uninterrupted / "units").iterdir()} == markers
+    assert (uninterrupted / "comparison" / "comparison.json").is_file()
+    assert (uninterrupted / "seed_spread.json").is_file()
 
 
 def test_changed_settings_are_refused(dataset, uninterrupted):

@@ -16,6 +16,7 @@ Run folder::
     RUN_DIR/gt/<case>.nii.gz           the matching ground truth (links into labelsTr)
     RUN_DIR/evaluation/<setup>/seed_<S>/   cases.csv, lesions.csv, summary.json
     RUN_DIR/comparison/                comparison.{json,md,csv} (pairs by case and seed)
+    RUN_DIR/seed_spread.json           seed-to-seed spread of each value / difference
     RUN_DIR/report.html
 """
 
@@ -319,7 +320,8 @@ def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str
                     "sd": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
                     "n_seeds": int(values.size), "of": "value" if i == 0 else "difference to " + setups[0],
                 }
-    write_text(out_dir / "seed_spread.json", json.dumps(json_safe(spread), indent=2))
+    # Beside, not inside, the comparison folder: compare_runs only replaces folders holding its own files.
+    write_text(out_dir.parent / "seed_spread.json", json.dumps(json_safe(spread), indent=2))
     markdown = (out_dir / "comparison.md").read_text()
     return {"result": result, "seed_spread": spread, "markdown": markdown}
 
@@ -373,7 +375,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         unit = info["unit"]
         for log_file in sorted(Path(info["fold_dir"]).glob("training_log_*.txt")):
             logs.setdefault(unit["setup"], []).append((f"fold {unit['fold']}, seed {unit['seed']}", log_file))
-    spread_path = run_dir / "comparison" / "seed_spread.json"
+    spread_path = run_dir / "seed_spread.json"
     seed_spread = json.loads(spread_path.read_text()) if spread_path.is_file() else None
 
     from vadice.nnunet.runner import resolve_dataset

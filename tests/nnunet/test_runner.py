@@ -381,6 +381,19 @@ def test_plan_again_skips_finished_steps(planned):
     assert again.plans_sha256 == first.plans_sha256
 
 
+def test_plan_ignores_rewritten_dataset_json_and_converter_files(planned):
+    """A converter re-run rewrites dataset.json (same content) and its own manifest: no re-planning."""
+    _, folder, first = planned
+    (folder / "dataset.json").write_text((folder / "dataset.json").read_text())
+    (folder / "vadice_convert.json").write_text("{}")
+    try:
+        again = runner.plan(folder, preset="cpu-small", num_processes=1, progress=False,
+                            fingerprint_samples=100_000)
+        assert again.steps_run == ()
+    finally:
+        (folder / "vadice_convert.json").unlink()
+
+
 def test_cpu_small_patch_cap_keeps_nnunet_aspect_logic(planned, tmp_path):
     """An HNTS-like fingerprint (75x512x512 at 2x0.5x0.5 mm) planned with cpu-small: narrow, small patch."""
     root, folder, _ = planned

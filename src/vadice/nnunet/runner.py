@@ -329,12 +329,20 @@ class PlanResult:
 
 
 def _raw_signature(raw_dir: Path) -> str:
-    """Cheap change detector for a raw dataset: names, sizes and modification times."""
+    """Cheap change detector for what planning reads of a raw dataset.
+
+    Training images and labels by name, size and modification time; dataset.json by
+    content, because converters rewrite it (and their own bookkeeping files, which are
+    ignored) on every run without changing it.
+    """
     entries = []
-    for path in sorted(raw_dir.rglob("*")):
-        if path.is_file():
-            st = path.stat()
-            entries.append((str(path.relative_to(raw_dir)), st.st_size, st.st_mtime_ns))
+    for sub in ("imagesTr", "labelsTr"):
+        for path in sorted((raw_dir / sub).glob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                st = path.stat()
+                entries.append((f"{sub}/{path.name}", st.st_size, st.st_mtime_ns))
+    dataset_json = raw_dir / "dataset.json"
+    entries.append(("dataset.json", sha256_file(dataset_json) if dataset_json.is_file() else None))
     return _sha256_json(entries)
 
 
