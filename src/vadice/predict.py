@@ -146,8 +146,13 @@ def predict(
         staged.mkdir()
         for item in cases:
             for c, src in enumerate(item.channels):
-                os.symlink(src.resolve(), staged / f"{item.case}_{c:04d}.nii.gz" if str(src).endswith(".gz")
-                           else staged / f"{item.case}_{c:04d}.nii")
+                target = staged / f"{item.case}_{c:04d}.nii.gz"
+                if str(src).endswith(".gz"):
+                    os.symlink(src.resolve(), target)
+                else:  # nnU-Net models read their dataset's ending (.nii.gz); recompress, geometry kept
+                    import SimpleITK as sitk
+
+                    sitk.WriteImage(sitk.ReadImage(str(src)), str(target), useCompression=True)
         runner.predict(model_dir, staged, raw_out, folds=tuple(folds), device=device,
                        checkpoint=checkpoint, progress=progress)
         written = []
