@@ -184,15 +184,18 @@ def test_predict_keeps_geometry_of_oblique_input(dataset, uninterrupted, tmp_pat
     oblique = Geometry(geom.size, (0.9, 1.1, 2.5), (-40.0, 12.5, 7.0), (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
     inputs = tmp_path / "in"
     write_nifti(image, oblique, inputs / "patientA.nii.gz")  # plain name: one-channel model
+    write_nifti(image, oblique, inputs / "patientB.nii")  # uncompressed input is staged as .nii.gz
     out = tmp_path / "out"
     res = _cli(["predict", "-i", str(inputs), "-o", str(out), "-m", str(uninterrupted), "--setup", "dual",
                 "--folds", "0", "--device", "cpu"], env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    labels, got = read_mask(out / "patientA.nii.gz")
-    assert got.differences(oblique, atol=1e-5) == []
-    assert labels.shape == image.shape
-    assert (out / "patientA_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["patientA.nii.gz", "patientA_overlay.png"]
+    for case in ("patientA", "patientB"):
+        labels, got = read_mask(out / f"{case}.nii.gz")
+        assert got.differences(oblique, atol=1e-5) == []
+        assert labels.shape == image.shape
+        assert (out / f"{case}_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["patientA.nii.gz", "patientA_overlay.png",
+                                                     "patientB.nii.gz", "patientB_overlay.png"]
 
 
 @pytest.mark.parametrize("make_bad, expect", [
