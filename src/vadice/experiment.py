@@ -300,6 +300,7 @@ def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str
       ``{"result": compare_runs output, "seed_spread": {...}, "markdown": str}``.
     """
     from vadice.metrics.compare import compare_runs
+    from vadice.metrics.evaluate import json_clean
 
     seeds = sorted(next(iter(evaluations.values())))
     groups = [[evaluations[s][seed] for seed in seeds] for s in setups]
@@ -321,19 +322,9 @@ def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str
                     "n_seeds": int(values.size), "of": "value" if i == 0 else "difference to " + setups[0],
                 }
     # Beside, not inside, the comparison folder: compare_runs only replaces folders holding its own files.
-    write_text(out_dir.parent / "seed_spread.json", json.dumps(json_safe(spread), indent=2))
+    write_text(out_dir.parent / "seed_spread.json", json.dumps(json_clean(spread), indent=2))
     markdown = (out_dir / "comparison.md").read_text()
     return {"result": result, "seed_spread": spread, "markdown": markdown}
-
-
-def json_safe(obj):
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def model_dir_from(path: str | os.PathLike, setup: str | None = None, seed: int = 0) -> Path:

@@ -218,7 +218,8 @@ def read_mask(
     return data.astype(np.uint8, copy=False), geom
 
 
-def _umask_mode(base: int = 0o666) -> int:
+def umask_mode(base: int = 0o666) -> int:
+    """``base`` with the process umask applied: the mode a plain open()/mkdir() would give."""
     mask = os.umask(0)
     os.umask(mask)
     return base & ~mask
@@ -226,7 +227,7 @@ def _umask_mode(base: int = 0o666) -> int:
 
 def _publish(tmp: str, path: Path) -> None:
     # mkstemp creates files 0600; give the final file the mode a plain open() would have.
-    os.chmod(tmp, _umask_mode())
+    os.chmod(tmp, umask_mode())
     os.replace(tmp, path)
 
 
@@ -318,7 +319,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:
         yield tmp
-        os.chmod(tmp, _umask_mode(0o777))  # mkdtemp creates 0700
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp creates 0700
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

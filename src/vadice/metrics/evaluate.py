@@ -27,7 +27,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from vadice import __version__
-from vadice.io import GEOMETRY_ATOL, Geometry, InputError, is_nifti, read_nifti, strip_nifti_suffix, to_sitk
+from vadice.io import (
+    GEOMETRY_ATOL,
+    Geometry,
+    InputError,
+    is_nifti,
+    read_nifti,
+    strip_nifti_suffix,
+    to_sitk,
+    umask_mode,
+)
 from vadice.lesions import check_connectivity, check_spacing
 from vadice.metrics.lesionwise import (
     DEFAULT_SIZE_BINS_ML,
@@ -575,7 +584,7 @@ def write_dir_atomically(out_dir: str | os.PathLike, files: Mapping[str, str]) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
     old = None
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give the folder normal permissions
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700; give the folder normal permissions
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
         if out_dir.exists():
@@ -591,12 +600,6 @@ def write_dir_atomically(out_dir: str | os.PathLike, files: Mapping[str, str]) -
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out_dir
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def evaluate_folders(
