@@ -194,8 +194,8 @@ def test_predict_keeps_geometry_of_oblique_input(dataset, uninterrupted, tmp_pat
         assert got.differences(oblique, atol=1e-5) == []
         assert labels.shape == image.shape
         assert (out / f"{case}_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["patientA.nii.gz", "patientA_overlay.png",
-                                                     "patientB.nii.gz", "patientB_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".vadice_predict.json", "patientA.nii.gz",
+                                                     "patientA_overlay.png", "patientB.nii.gz", "patientB_overlay.png"]
 
 
 @pytest.mark.parametrize("make_bad, expect", [

@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +27,9 @@ from vadice.io import (
     is_nifti,
     read_mask,
     read_nifti,
+    sha256_file,
     strip_nifti_suffix,
+    write_text,
 )
 
 log = logging.getLogger(__name__)
@@ -104,6 +108,99 @@ def collect_inputs(input_dir: str | os.PathLike, n_channels: int) -> list[CaseIn
     return cases
 
 
+MANIFEST = ".vadice_predict.json"
+_TOOL = "vadice predict"
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    written: tuple[Path, ...]  # label maps written by this run
+    skipped: tuple[Path, ...]  # label maps an earlier run with the same settings had already written
+
+
+def prediction_settings(model_dir: str | os.PathLike, folds: Sequence[int | str], checkpoint: str,
+                        tta: bool) -> dict:
+    """What makes two predict runs interchangeable: model, checkpoints (by content), folds, mirroring."""
+    model_dir = Path(model_dir).resolve()
+    return {"model_dir": str(model_dir), "folds": [str(f) for f in folds], "checkpoint": checkpoint,
+            "checkpoint_sha256": [sha256_file(model_dir / f"fold_{f}" / checkpoint) for f in folds],
+            "tta": bool(tta)}
+
+
+def output_names(case: str, overlays: bool) -> tuple[str, ...]:
+    """Files a case puts into the output folder."""
+    return (f"{case}.nii.gz",) + ((f"{case}_overlay.png",) if overlays else ())
+
+
+def read_manifest(output_dir: Path, overwrite: bool = False) -> dict | None:
+    """The record of earlier predict runs into ``output_dir`` (None when there is none).
+
+    Raises:
+      InputError: a file of that name that is not a vadice predict record, unless ``overwrite``.
+    """
+    path = output_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest.get("tool") != _TOOL or not isinstance(manifest.get("cases"), dict):
+            raise ValueError
+        return manifest
+    except (ValueError, AttributeError, OSError, UnicodeDecodeError):
+        if overwrite:
+            return None
+        raise InputError(path, "exists and is not a vadice predict record; pass --overwrite to replace it, "
+                         "or choose another -o") from None
+
+
+def _ours(path: Path, record: dict | None) -> bool:
+    return record is not None and path.is_file() and record["files"].get(path.name) == sha256_file(path)
+
+
+def plan_cases(cases: Sequence[CaseInput], output_dir: Path, settings: dict, overlays: bool,
+               overwrite: bool = False) -> tuple[list[tuple[CaseInput, list[str]]], list[CaseInput], dict]:
+    """Split cases into those to predict and those an earlier run already finished; check collisions.
+
+    A case is finished when the manifest records it under the same settings and
+    input checksums and each of its output files still has the recorded checksum.
+    An existing output file may only be replaced when the manifest records it,
+    unchanged, under the same settings (a run stopped between two files of a case,
+    or an input changed since), or with ``overwrite``.
+
+    Returns:
+      ``(todo, done, manifest)``: cases to predict with their input checksums,
+      finished cases, and the manifest to continue.
+
+    Raises:
+      InputError: an output file that this tool did not write with these settings,
+        naming the first one and the count.
+    """
+    manifest = read_manifest(output_dir, overwrite)
+    if manifest is None or manifest.get("settings") != settings:
+        manifest = {"tool": _TOOL, "settings": settings, "cases": {}}
+    todo, done, collisions = [], [], []
+    for item in cases:
+        inputs = [sha256_file(p) for p in item.channels]
+        record = manifest["cases"].get(item.case)
+        paths = [output_dir / name for name in output_names(item.case, overlays)]
+        if record is not None and record.get("inputs") == inputs and all(_ours(p, record) for p in paths):
+            done.append(item)
+            continue
+        todo.append((item, inputs))
+        collisions += [p for p in paths if (p.exists() or p.is_symlink()) and not _ours(p, record)]
+    if collisions and not overwrite:
+        more = f" and {len(collisions) - 1} more" if len(collisions) > 1 else ""
+        raise InputError(collisions[0], f"exists and was not written by vadice predict with these settings "
+                         f"({len(collisions)} file(s): this{more}); pass --overwrite to replace them, "
+                         "or choose another -o")
+    return todo, done, manifest
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
 def predict(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -113,8 +210,17 @@ def predict(
     overlays: bool = True,
     checkpoint: str = "checkpoint_final.pth",
     progress: bool = True,
-) -> list[Path]:
-    """Segment every case of ``input_dir`` with a trained model.
+    tta: bool = True,
+    overwrite: bool = False,
+) -> PredictResult:
+    """Segment every case of ``input_dir`` with a trained model, one case at a time.
+
+    Each finished case is moved into ``output_dir`` atomically and recorded in
+    ``output_dir/.vadice_predict.json`` (settings, input and output checksums),
+    so an interrupted run keeps its finished cases and a rerun with the same
+    settings predicts only the missing ones. A file in ``output_dir`` that this
+    tool did not write with the same settings is never replaced unless
+    ``overwrite``.
 
     Args:
       input_dir: NIfTI inputs (see :func:`collect_inputs`).
@@ -124,12 +230,17 @@ def predict(
       folds: folds to ensemble.
       device: ``cpu``, ``cuda`` or ``mps``.
       overlays: write a PNG overlay per case.
+      checkpoint: checkpoint file name in each fold folder.
+      progress: log "case k of n" lines with an estimate of the time left.
+      tta: nnU-Net's test-time mirroring (up to 8 network passes per tile).
+      overwrite: replace output files written by someone else or with other settings.
 
     Returns:
-      Paths of the written label maps.
+      PredictResult: label maps written now, and those skipped as already done.
 
     Raises:
-      InputError: bad inputs, model folder or output path.
+      InputError: bad inputs, model folder or output path; an output file this
+        tool did not write with these settings (without ``overwrite``).
     """
     from vadice.nnunet import runner  # heavy: imports torch and nnunetv2
 
@@ -140,38 +251,63 @@ def predict(
         if not (fold_dir / checkpoint).is_file():
             raise InputError(fold_dir / checkpoint, "checkpoint not found (training unfinished or wrong --folds)")
     cases = collect_inputs(input_dir, n_channels)
+    settings = prediction_settings(model_dir, folds, checkpoint, tta)
+    created = not output_dir.exists()
+    todo, done, manifest = plan_cases(cases, output_dir, settings, overlays, overwrite)
+    if done:
+        log.info("%d case(s) already predicted into %s with these settings: skipped", len(done), output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        start = time.monotonic()
+        for k, (item, inputs) in enumerate(todo, 1):
+            if progress:
+                eta = ("" if k == 1 else
+                       f", about {_duration((time.monotonic() - start) / (k - 1) * (len(todo) - k + 1))} left")
+                log.info("case %d of %d: %s%s", k, len(todo), item.case, eta)
+            written.append(_predict_case(runner, item, inputs, output_dir, model_dir, manifest, folds=folds,
+                                         device=device, overlays=overlays, checkpoint=checkpoint, tta=tta))
+    except BaseException:
+        if created and not written:  # nothing finished: leave no folder behind
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+    log.debug("wrote %d prediction(s) to %s", len(written), output_dir)
+    return PredictResult(tuple(written), tuple(output_dir / f"{c.case}.nii.gz" for c in done))
+
+
+def _predict_case(runner, item: CaseInput, inputs: list[str], output_dir: Path, model_dir, manifest: dict, *,
+                  folds, device: str, overlays: bool, checkpoint: str, tta: bool) -> Path:
+    """Predict one case into a private temporary folder, record it, then move its files into place."""
     with tempfile.TemporaryDirectory(prefix=".vadice-predict-", dir=output_dir) as tmp:
-        staged, raw_out = Path(tmp) / "in", Path(tmp) / "out"
+        staged, raw_out, ready = Path(tmp) / "in", Path(tmp) / "out", Path(tmp) / "ready"
         staged.mkdir()
-        for item in cases:
-            for c, src in enumerate(item.channels):
-                target = staged / f"{item.case}_{c:04d}.nii.gz"
-                if str(src).endswith(".gz"):
-                    os.symlink(src.resolve(), target)
-                else:  # nnU-Net models read their dataset's ending (.nii.gz); recompress, geometry kept
-                    import SimpleITK as sitk
+        ready.mkdir()
+        for c, src in enumerate(item.channels):
+            target = staged / f"{item.case}_{c:04d}.nii.gz"
+            if str(src).endswith(".gz"):
+                os.symlink(src.resolve(), target)
+            else:  # nnU-Net models read their dataset's ending (.nii.gz); recompress, geometry kept
+                import SimpleITK as sitk
 
-                    sitk.WriteImage(sitk.ReadImage(str(src)), str(target), useCompression=True)
-        runner.predict(model_dir, staged, raw_out, folds=tuple(folds), device=device,
-                       checkpoint=checkpoint, progress=progress)
-        written = []
-        for item in cases:
-            produced = raw_out / f"{item.case}.nii.gz"
-            if not produced.is_file():
-                raise InputError(produced, "nnU-Net produced no prediction for this case")
-            labels, geom = read_mask(produced, allowed_labels=None)
-            image, ref = read_nifti(item.channels[0])
-            if diffs := ref.differences(geom, atol=1e-3):
-                raise InputError(produced, "prediction geometry differs from input: " + "; ".join(diffs))
-            if overlays:
-                from vadice.report.overlay import overlay_png
+                sitk.WriteImage(sitk.ReadImage(str(src)), str(target), useCompression=True)
+        runner.predict(model_dir, staged, raw_out, folds=tuple(folds), device=device, checkpoint=checkpoint,
+                       progress=False, use_mirroring=tta)
+        produced = raw_out / f"{item.case}.nii.gz"
+        if not produced.is_file():
+            raise InputError(produced, "nnU-Net produced no prediction for this case")
+        labels, geom = read_mask(produced, allowed_labels=None)
+        image, ref = read_nifti(item.channels[0])
+        if diffs := ref.differences(geom, atol=1e-3):
+            raise InputError(produced, "prediction geometry differs from input: " + "; ".join(diffs))
+        names = output_names(item.case, overlays)
+        os.replace(produced, ready / names[0])
+        if overlays:
+            from vadice.report.overlay import overlay_png
 
-                overlay_png(image, labels, ref.spacing_zyx, output_dir / f"{item.case}_overlay.png",
-                            title=item.case)
-            final = output_dir / f"{item.case}.nii.gz"
-            os.replace(produced, final)
-            written.append(final)
-    log.info("wrote %d prediction(s) to %s", len(written), output_dir)
-    return written
-
+            overlay_png(image, labels, ref.spacing_zyx, ready / names[1], title=item.case)
+        # Record before moving: a run stopped between the moves finds its own files, not foreign ones.
+        manifest["cases"][item.case] = {"inputs": inputs, "files": {n: sha256_file(ready / n) for n in names}}
+        write_text(output_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        for name in names:
+            os.replace(ready / name, output_dir / name)
+    return output_dir / names[0]
