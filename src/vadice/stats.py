@@ -6,10 +6,14 @@
   (statsmodels ``multipletests``), NaN entries left out of the family.
 - :func:`paired_bootstrap_ci`: patient-level paired percentile bootstrap of a
   cohort statistic's difference (e.g. DSCagg), deterministic given a seed.
+- :func:`two_level_bootstrap_ci`: the same with several training seeds per
+  run: each resample draws patients (shared by both runs: the pairing), then
+  seeds (independently per run: each seed is a separate training).
+- :func:`seed_verdict`: the rule that calls a difference "consistent".
   Hand-written rather than ``scipy.stats.bootstrap`` because cohort metrics
-  are ratios of sums over patients: resampling patient indices once and
+  are ratios of sums over patients and seeds: resampling indices once and
   reusing them for both runs and every column keeps the pairing explicit and
-  vectorises to one matrix product per column.
+  vectorises to one fancy-indexing per column.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ class PairedTest:
       n_nonzero: pairs whose difference is not zero.
       median_diff: median of b - a over the pairs.
       effect_size: matched-pairs rank-biserial correlation in [-1, 1]
-        (positive: b larger), computed on the non-zero differences.
+        (positive: b larger), with zeros treated as the test treats them
+        (see :func:`rank_biserial`).
     """
 
     p: float
@@ -76,17 +81,46 @@ def wilcoxon_paired(a: Sequence[float], b: Sequence[float], zero_method: str = "
     n = int(d.size)
     nz = d[d != 0]
     median = float(np.median(d)) if n else float("nan")
-    if nz.size:
-        ranks = _st.rankdata(np.abs(nz))
-        effect = float((ranks[nz > 0].sum() - ranks[nz < 0].sum()) / ranks.sum())
-    else:
-        effect = 0.0 if n else float("nan")
+    effect = rank_biserial(d, zero_method)
     if n < max(min_pairs, 1):
         return PairedTest(float("nan"), float("nan"), n, int(nz.size), median, effect)
     if nz.size == 0:
         return PairedTest(1.0, float("nan"), n, 0, median, effect)
     res = _st.wilcoxon(d, zero_method=zero_method, alternative="two-sided")
     return PairedTest(float(res.pvalue), float(res.statistic), n, int(nz.size), median, effect)
+
+
+def rank_biserial(d: Sequence[float], zero_method: str = "wilcox") -> float:
+    """Matched-pairs rank-biserial correlation (R+ - R-) / R, zeros handled like the test.
+
+    ``wilcox`` ranks the non-zero differences only; ``pratt`` ranks all |d|
+    and then drops the zeros' ranks (as scipy's test does); ``zsplit`` ranks
+    all |d| and splits the zeros' ranks evenly between signs, so they count in
+    the denominator R only.
+
+    Args:
+      d: paired differences (finite).
+      zero_method: one of ``ZERO_METHODS``.
+
+    Returns:
+      value in [-1, 1]; 0.0 when every difference is zero; NaN for no pairs.
+
+    Raises:
+      ValueError: unknown ``zero_method``.
+    """
+    if zero_method not in ZERO_METHODS:
+        raise ValueError(f"zero_method must be one of {ZERO_METHODS}, got {zero_method!r}")
+    d = np.asarray(d, dtype=np.float64).reshape(-1)
+    if d.size == 0:
+        return float("nan")
+    if not np.any(d != 0):
+        return 0.0
+    if zero_method == "wilcox":
+        d = d[d != 0]
+    ranks = _st.rankdata(np.abs(d))
+    pos, neg = ranks[d > 0].sum(), ranks[d < 0].sum()
+    total = ranks.sum() if zero_method == "zsplit" else pos + neg
+    return float((pos - neg) / total)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -184,13 +218,113 @@ def paired_bootstrap_ci(
     return BootstrapCI(diff, low, high, confidence, int(idx.shape[0]), int(boot.size))
 
 
-def ratio_of_sums(num: str, den: str, num_scale: float = 1.0) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
-    """Statistic ``num_scale * Σ num / Σ den`` over the last axis (pooled sensitivity, DSCagg, ...)."""
+def two_level_bootstrap_ci(
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray],
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> BootstrapCI:
+    """Percentile bootstrap CI of ``statistic(b) - statistic(a)`` over patients, then seeds.
+
+    Each resample draws n patients with replacement (the same patients for
+    both runs, which keeps the pairing), then S seeds with replacement, drawn
+    separately for each run because a seed of one run is a training of its
+    own, not a twin of the other run's seed with the same number. A seed is
+    resampled as a whole model (all its patients together), since a seed
+    shifts every patient of that model at once. With one seed per run this is
+    :func:`paired_bootstrap_ci` over patients.
+
+    Args:
+      a, b: columns of shape (S_a, n) and (S_b, n): seeds x patients, the
+        patients in the same order in both.
+      statistic: maps a dict of arrays of shape (..., S, n) to (...,).
+      n_boot, seed, confidence: as :func:`paired_bootstrap_ci`.
+
+    Returns:
+      :class:`BootstrapCI`.
+
+    Raises:
+      ValueError: columns not 2-D, patients differing in number, bad options.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    cols = []
+    for run in (a, b):
+        c = {k: np.asarray(v, dtype=np.float64) for k, v in run.items()}
+        if not c or any(v.ndim != 2 for v in c.values()) or len({v.shape for v in c.values()}) != 1:
+            raise ValueError("every column must be a 2-D (seeds, patients) array of one shape per run")
+        cols.append(c)
+    (s_a, n), (s_b, n_b) = next(iter(cols[0].values())).shape, next(iter(cols[1].values())).shape
+    if n != n_b or n < 1 or s_a < 1 or s_b < 1:
+        raise ValueError(f"runs need the same, non-zero number of patients and >= 1 seed, got {n} and {n_b}")
+    rng = np.random.default_rng(seed)
+    patients = rng.integers(0, n, size=(n_boot, 1, n))
+    seeds_a = rng.integers(0, s_a, size=(n_boot, s_a, 1))
+    seeds_b = rng.integers(0, s_b, size=(n_boot, s_b, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = float(statistic(cols[1]) - statistic(cols[0]))
+        boot = (np.asarray(statistic({k: v[seeds_b, patients] for k, v in cols[1].items()}), dtype=np.float64)
+                - np.asarray(statistic({k: v[seeds_a, patients] for k, v in cols[0].items()}), dtype=np.float64))
+    boot = boot[np.isfinite(boot)]
+    alpha = (1 - confidence) / 2
+    if boot.size == 0:
+        low = high = float("nan")
+    else:
+        low, high = (float(x) for x in np.quantile(boot, [alpha, 1 - alpha]))
+    return BootstrapCI(diff, low, high, confidence, int(n_boot), int(boot.size))
+
+
+VERDICTS = {
+    "consistent": "CI excludes 0 and every seed's Δ has the sign of the pooled Δ",
+    "seeds disagree": "CI excludes 0 but at least one seed's Δ has the other sign (or is 0)",
+    "CI includes 0": "the data are compatible with no difference",
+    "one seed": "CI excludes 0, but with one seed per run training noise is not assessed",
+    "undefined": "Δ or its CI could not be computed",
+}
+
+
+def seed_verdict(diff: float, low: float, high: float, seed_diffs: Sequence[float]) -> tuple[int, str]:
+    """How many seeds agree in sign with the pooled Δ, and the verdict (a key of ``VERDICTS``).
+
+    "consistent" needs a CI that excludes 0 and *every* seed's Δ with the
+    sign of the pooled Δ; unlike "inside the seed range", this can fail
+    either way, because the pooled Δ need not have the sign of every seed.
+
+    Args:
+      diff: pooled Δ; low, high: its CI; seed_diffs: the Δ of each seed pair.
+
+    Returns:
+      ``(n_agree, verdict)``.
+    """
+    sd = np.asarray(list(seed_diffs), dtype=np.float64)
+    if not all(math.isfinite(x) for x in (diff, low, high)) or sd.size == 0 or not np.isfinite(sd).all():
+        return int(np.count_nonzero(np.sign(sd) == np.sign(diff))) if sd.size else 0, "undefined"
+    n_agree = int(np.count_nonzero((np.sign(sd) == np.sign(diff)) & (sd != 0)))
+    if low <= 0 <= high:
+        return n_agree, "CI includes 0"
+    if sd.size == 1:
+        return n_agree, "one seed"
+    return n_agree, "consistent" if n_agree == sd.size else "seeds disagree"
+
+
+def ratio_of_sums(num: str, den: str, num_scale: float = 1.0,
+                  axes: int = 1) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """Statistic ``num_scale * Σ num / Σ den`` over the last ``axes`` axes (pooled sensitivity, DSCagg, ...).
+
+    ``axes=2`` pools seeds and patients of (..., S, n) columns.
+    """
+    if axes not in (1, 2):
+        raise ValueError(f"axes must be 1 or 2, got {axes}")
+    over = (-1,) if axes == 1 else (-2, -1)
 
     def stat(cols: Mapping[str, np.ndarray]) -> np.ndarray:
-        d = np.sum(cols[den], axis=-1)
+        d = np.sum(cols[den], axis=over)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(d > 0, num_scale * np.sum(cols[num], axis=-1) / np.where(d > 0, d, 1), np.nan)
+            return np.where(d > 0, num_scale * np.sum(cols[num], axis=over) / np.where(d > 0, d, 1), np.nan)
 
     return stat
 

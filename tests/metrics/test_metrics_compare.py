@@ -14,7 +14,7 @@ from metrics_cases import label_pair
 from vadice.cli import main
 from vadice.io import InputError, write_nifti
 from vadice.metrics.compare import compare_runs
-from vadice.metrics.evaluate import evaluate_folders
+from vadice.metrics.evaluate import CASE_COLUMNS, LESION_COLUMNS, evaluate_folders
 
 
 @pytest.fixture
@@ -45,43 +45,162 @@ def test_table_contents(runs):
     res = compare_runs([a, b], ["base", "better"], out, n_boot=300, seed=1)
     assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "comparison.json", "comparison.md"]
     js = json.loads((out / "comparison.json").read_text())
-    assert js["runs"] == ["base", "better"] and js["n_cases"] == 6
-    assert {"runs", "run_dirs", "settings", "n_cases", "rows"} <= set(js)
+    assert js["runs"] == ["base", "better"] and js["n_cases"] == 6 and js["n_seeds"] == {"base": 1, "better": 1}
     row = next(r for r in js["rows"] if r["label"] == "GTVn" and r["metric"] == "dsc")
     assert row["kind"] == "per_case" and row["diff"]["base"] is None and row["p"]["base"] is None
     x, y = _per_case(a, "GTVn", "dsc"), _per_case(b, "GTVn", "dsc")
     ok = np.isfinite(x) & np.isfinite(y)
-    assert row["values"]["base"] == pytest.approx(np.nanmean(x))
+    # Shown values are means over the cases defined in both runs, the same cases as Δ and p.
+    assert row["values"]["base"] == pytest.approx(np.mean(x[ok])) and row["n_pairs"]["better"] == ok.sum()
+    assert row["values"]["better"] == pytest.approx(np.mean(y[ok]))
     assert row["diff"]["better"] == pytest.approx(np.mean(y[ok] - x[ok]))
-    assert row["p"]["better"] == pytest.approx(stats.wilcoxon(y[ok] - x[ok]).pvalue)
-    assert row["n_pairs"]["better"] == ok.sum()
-    per_case_p = [r["p"]["better"] for r in js["rows"] if r["kind"] == "per_case" and r["p"]["better"] is not None]
-    assert all(r["p_holm"]["better"] is None or r["p_holm"]["better"] >= r["p"]["better"]
-               for r in js["rows"] if r["kind"] == "per_case")
-    assert len(per_case_p) >= 4
+    assert row["n_undefined"] == {"base": int(np.isnan(x).sum()), "better": int(np.isnan(y).sum())}
     agg = next(r for r in js["rows"] if r["label"] == "GTVp" and r["metric"] == "dscagg")
     assert agg["kind"] == "cohort" and agg["p"]["better"] is None
     assert agg["diff"]["better"] > 0 and agg["ci_low"]["better"] <= agg["diff"]["better"] <= agg["ci_high"]["better"]
-    sa = json.loads((a / "summary.json").read_text())["labels"]["GTVp"]["dscagg"]
-    sb = json.loads((b / "summary.json").read_text())["labels"]["GTVp"]["dscagg"]
-    assert agg["values"]["base"] == pytest.approx(sa, rel=1e-9) and agg["values"]["better"] == pytest.approx(sb, rel=1e-9)
+    assert agg["n_boot_valid"]["better"] == 300 and agg["verdict"]["better"] in ("one seed", "CI includes 0")
+    sa = json.loads((a / "summary.json").read_text())["labels"]
+    sb = json.loads((b / "summary.json").read_text())["labels"]
+    assert agg["values"]["base"] == pytest.approx(sa["GTVp"]["dscagg"], rel=1e-9)
+    assert agg["values"]["better"] == pytest.approx(sb["GTVp"]["dscagg"], rel=1e-9)
+    # Pooled lesion counts and size bins agree with what the evaluation itself summarised.
+    for lab in ("GTVp", "GTVn"):
+        sens = next(r for r in js["rows"] if r["label"] == lab and r["metric"] == "lesion_sensitivity")
+        assert sens["counts"]["base"] == [sa[lab]["n_gt_detected"], sa[lab]["n_gt_lesions"]]
+        for b_ in sa[lab]["size_stratified_sensitivity"]:
+            r = next(r for r in js["rows"] if r["label"] == lab and r["metric"] == f"lesion_sensitivity {b_['bin']}")
+            assert r["counts"]["base"] == [b_["n_detected"], b_["n_gt"]]
     assert any(r["metric"] == "dscagg_mean" for r in js["rows"])
-    assert "| GTVn | dsc |" in (out / "comparison.md").read_text()
+    md = (out / "comparison.md").read_text()
+    assert "## Headline" in md and "| GTVn | dsc |" in md
+    assert "A Δ is **consistent** only when its CI excludes 0" in md
+    assert "One seed per run" in md  # the single-seed warning
     with open(out / "comparison.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * len(js["rows"])
-    # Deterministic with the seed.
     again = compare_runs([a, b], ["base", "better"], None, n_boot=300, seed=1)
     assert again["rows"][-1]["ci_low"] == res["rows"][-1]["ci_low"]
 
 
-def test_seed_replicates(runs):
+def test_delta_is_recomputed_from_the_shown_values(runs):
+    # Every row: the values shown and Δ come from one case set, so value(run) - value(first) = Δ.
+    _, _, _, a, b = runs
+    res = compare_runs([a, b, a], ["base", "better", "same"], None, n_boot=20)
+    checked = 0
+    for r in res["rows"]:
+        for name in ("better", "same"):
+            if np.isfinite(r["values"][name]) and np.isfinite(r["values"]["base"]):
+                assert r["diff"][name] == pytest.approx(r["values"][name] - r["values"]["base"], abs=1e-12)
+                checked += 1
+        assert r["diff"]["same"] == pytest.approx(0.0, abs=1e-12) or np.isnan(r["diff"]["same"])
+    assert checked >= len(res["rows"])
+
+
+def _write_eval(folder, settings, rows, lesions=()):
+    """An evaluation folder in the evaluator's own formats (its column lists), from hand-made rows."""
+    folder.mkdir(parents=True)
+    with open(folder / "cases.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(CASE_COLUMNS))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()})
+    with open(folder / "lesions.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(LESION_COLUMNS))
+        w.writeheader()
+        for i, (case, label, vol, det) in enumerate(lesions, 1):
+            w.writerow({"case": case, "label": label, "source": "gt", "lesion_id": i, "volume_ml": vol,
+                        "detected": int(det), "lesion_dsc": 0.5})
+    (folder / "summary.json").write_text(json.dumps({"tool": "vadice evaluate", "settings": settings,
+                                                     "labels": {}, "missing_predictions": [],
+                                                     "resampled_predictions": []}))
+    return folder
+
+
+def _case(case, label, inter, gt, pred, hd95, msd=1.0, det=(1, 1), match=(1, 1)):
+    dsc = 2 * inter / (gt + pred) if gt + pred else float("nan")
+    return {"case": case, "label": label, "dsc": dsc, "sds": dsc, "msd": msd, "hd95": hd95,
+            "gt_volume_ml": gt, "pred_volume_ml": pred, "intersection_ml": inter,
+            "n_gt_lesions": det[1], "n_gt_detected": det[0], "n_pred_lesions": match[1], "n_pred_matched": match[0]}
+
+
+def test_two_seed_folders_pool_to_the_hand_computed_answer(runs, tmp_path):
+    settings = json.loads((runs[3] / "summary.json").read_text())["settings"]
+    nan = float("nan")
+    # GTVn (intersection, truth, prediction) in ml and HD95 per run, seed and case (A, B).
+    spec = {
+        ("base", 0): [("A", 1, 2, 2, 5.0, 1.0), ("B", 0, 1, 0, nan, 2.0)],
+        ("base", 1): [("A", 2, 2, 2, 3.0, 1.0), ("B", 1, 1, 1, 2.0, 2.0)],
+        ("dual", 0): [("A", 2, 2, 2, 1.0, 1.0), ("B", 1, 1, 1, 2.0, nan)],
+        ("dual", 1): [("A", 1, 2, 3, 4.0, 1.0), ("B", 0, 1, 1, nan, 2.0)],
+    }
+    folders = {}
+    for (run, seed), cases in spec.items():
+        rows = []
+        for case, inter, gt, pred, hd, msd in cases:
+            rows.append(_case(case, "GTVn", inter, gt, pred, hd, msd, det=(1 if inter else 0, 1)))
+            rows.append(_case(case, "GTVp", 3, 4, 4, 2.0))
+        small = seed == 0 and run == "dual"  # only dual's seed 0 finds the small node of case A
+        lesions = [(c[0], "GTVn", 0.2 if c[0] == "A" else 2.0, (c[0] == "A" and small) or (c[0] == "B" and c[1] > 0))
+                   for c in cases]
+        folders[(run, seed)] = _write_eval(tmp_path / run / f"seed_{seed}", settings, rows, lesions)
+    res = compare_runs([[folders[("base", 0)], folders[("base", 1)]], [folders[("dual", 0)], folders[("dual", 1)]]],
+                       ["base", "dual"], tmp_path / "cmp", n_boot=200)
+    row = {(r["label"], r["metric"]): r for r in res["rows"]}
+    agg = row[("GTVn", "dscagg")]
+    # Pooled over both seeds and cases: base 2(1+0+2+1)/(4+1+4+2) = 8/11, dual 2(2+1+1+0)/(4+2+5+2) = 8/13.
+    assert agg["values"] == {"base": pytest.approx(8 / 11), "dual": pytest.approx(8 / 13)}
+    assert agg["diff"]["dual"] == pytest.approx(8 / 13 - 8 / 11)
+    # Seed 0: dual 6/6 - base 2/5 = +0.6; seed 1: dual 2/7 - base 6/6: the seeds disagree in sign.
+    assert agg["seed_diffs"]["dual"] == [pytest.approx(0.6), pytest.approx(2 / 7 - 1)]
+    assert agg["seed_values"]["base"] == [pytest.approx(0.4), pytest.approx(1.0)]
+    assert agg["n_seeds_agree"]["dual"] == 1 and agg["verdict"]["dual"] in ("seeds disagree", "CI includes 0")
+    # HD95: defined in every run and seed only for case A: base (5+3)/2 = 4, dual (1+4)/2 = 2.5.
+    hd = row[("GTVn", "hd95")]
+    assert hd["values"] == {"base": 4.0, "dual": 2.5} and hd["diff"]["dual"] == pytest.approx(-1.5)
+    assert hd["n_pairs"]["dual"] == 1 and hd["n_undefined"] == {"base": 1, "dual": 1}
+    assert hd["seed_diffs"]["dual"] == [pytest.approx(1.0 - 5.0), pytest.approx(4.0 - 3.0)]
+    assert not hd["undefined_differ"]
+    msd = row[("GTVn", "msd")]
+    assert msd["n_undefined"] == {"base": 0, "dual": 1} and msd["undefined_differ"]
+    # Lesion sensitivity from cases.csv counts: a case's node counts as detected when it has an intersection.
+    assert row[("GTVn", "lesion_sensitivity")]["counts"] == {"base": [3, 4], "dual": [3, 4]}
+    # ... and the < 0.5 ml bin holds case A's node: dual finds it once in two seeds, base never.
+    small = row[("GTVn", "lesion_sensitivity <0.5 ml")]
+    assert small["counts"] == {"base": [0, 2], "dual": [1, 2]} and small["diff"]["dual"] == pytest.approx(0.5)
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "Undefined values differ between runs for GTVn msd" in md
+    assert "seeds 0.6, -0.714" in md
+
+
+def test_case_seed_pairing_is_marked_as_pseudo_replication(runs):
     _, _, _, a, b = runs
     res = compare_runs([[a, a], [b, b]], ["base", "better"], None, n_boot=50)
     single = compare_runs([a, b], ["base", "better"], None, n_boot=50)
     for r1, r2 in zip(res["rows"], single["rows"]):
-        assert r1["values"] == r2["values"]
+        for name in ("base", "better"):
+            assert r1["values"][name] == pytest.approx(r2["values"][name], nan_ok=True)
+    assert not any("pseudo-replication" in w for w in res["warnings"])
     paired = compare_runs([[a, a], [b, b]], ["base", "better"], None, n_boot=50, pair_key=("case", "seed"))
-    assert paired["rows"][0]["n_pairs"]["better"] == 2 * single["rows"][0]["n_pairs"]["better"]
+    assert paired["rows"][0]["n_wilcoxon"]["better"] == 2 * single["rows"][0]["n_wilcoxon"]["better"]
+    assert any("pseudo-replication" in w for w in paired["warnings"])
+
+
+def test_empty_prediction_warning(runs, tmp_path):
+    tmp_path, gt_dir, _, a, _ = runs
+    empty = tmp_path / "pred_empty"
+    empty.mkdir()
+    for i in range(6):
+        g, _, _ = label_pair(i)
+        p = g.copy()
+        p[p == 2] = 0
+        write_nifti(p, _geom(g.shape, (2.0, 0.5, 0.75)), empty / f"case_{i:03d}.nii.gz")
+    c = tmp_path / "eval_empty"
+    evaluate_folders(gt_dir, empty, c, progress=False)
+    out = tmp_path / "cmp_empty"
+    res = compare_runs([a, c], ["base", "nolymph"], out, n_boot=20)
+    assert any(w.startswith("nolymph predicts no GTVn on 6 of 6") for w in res["warnings"])
+    assert not any(w.startswith("base predicts") for w in res["warnings"])
+    md = (out / "comparison.md").read_text()
+    assert md.index("## Warnings") < md.index("## Headline") and "nolymph predicts no GTVn" in md
 
 
 def test_refuses_different_case_sets(runs):

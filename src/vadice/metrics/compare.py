@@ -1,19 +1,34 @@
 """Paired comparison of evaluation folders (``vadice evaluate`` outputs) on the same patients.
 
-Per-case metrics (DSC, SDS, MSD, HD95): mean per run, mean paired difference
-against the first run, two-sided Wilcoxon signed-rank p (explicit
-``zero_method``), Holm adjustment over the whole family of tests (every label x
-metric x non-first run in the table). Cohort metrics (DSCagg per label and
-their mean, pooled lesion sensitivity and precision): value per run,
-difference, and a patient-level paired bootstrap 95 % CI of the difference.
+A *run* is one configuration: one evaluation folder, or several (one per
+training seed). Every number is compared against the first run.
 
-Seeds: a run may be several evaluation folders (one per training seed).
-With ``pair_key=("case",)`` (default) per-case metrics are averaged over a
-run's seeds before pairing, and cohort metrics pool all (case, seed) rows;
-with ``pair_key=("case", "seed")`` per-case metrics are paired by case and
-seed position (all runs need the same number of seeds). Either way the
-bootstrap resamples patients, carrying all seeds of a patient together,
-because patients, not seeds, are the independent units.
+Per-case metrics (DSC, SDS, MSD, HD95): a value is *undefined* (NaN) when the
+metric is (e.g. DSC with both masks empty, HD95 with one side empty). The
+values shown, Δ, its CI and the Wilcoxon test all use the same cases: those
+where the metric is defined for every run and every seed (``n_pairs``), so
+value(run) − value(first) = Δ exactly. The undefined values of each run are
+counted (``n_undefined``) and a metric whose counts differ between runs is
+flagged (``undefined_differ``): a run that predicts nothing on hard cases
+loses those cases from HD95/MSD and can look better for it.
+
+Cohort metrics pool every case *and* seed of a run (one definition, used
+everywhere, including the report): DSCagg = 2·Σ|A∩B| / Σ(|A|+|B|) (per label;
+``dscagg_mean`` is their mean), lesion sensitivity = Σ detected / Σ truth
+lesions, overall and per truth-volume bin (the evaluation's ``size_bins_ml``),
+lesion precision = Σ matched / Σ predicted components.
+
+Differences: Δ, a two-level bootstrap CI (patients, then seeds; see
+:func:`vadice.stats.two_level_bootstrap_ci`), the Δ of each seed pair (seed k
+of a run against seed k of the first run), how many of them have the sign of
+the pooled Δ, and the verdict of :func:`vadice.stats.seed_verdict`:
+"consistent" only when the CI excludes 0 and every seed agrees in sign.
+Per-case metrics also get a two-sided Wilcoxon signed-rank p on the per-case
+values averaged over seeds (patients are the independent units), Holm-adjusted
+over every test of the table. ``pair_key=("case", "seed")`` instead pairs
+(case, seed) units for the Wilcoxon test only: pseudo-replication (n = cases ×
+seeds, seeds paired by position), kept for comparison with older results and
+marked as such in every output.
 """
 
 from __future__ import annotations
@@ -23,7 +38,6 @@ import io as _stdio
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -31,60 +45,92 @@ import numpy as np
 
 from vadice.io import InputError
 from vadice.metrics.evaluate import check_out_dir, json_clean, write_dir_atomically
-from vadice.stats import bootstrap_indices, holm, paired_bootstrap_ci, ratio_of_sums, wilcoxon_paired
+from vadice.metrics.lesionwise import DEFAULT_SIZE_BINS_ML, bin_names, check_bins, size_bin_index
+from vadice.stats import VERDICTS, holm, ratio_of_sums, seed_verdict, two_level_bootstrap_ci, wilcoxon_paired
 
 PER_CASE_METRICS = ("dsc", "sds", "msd", "hd95")
 COMPARED_SETTINGS = ("labels", "tolerances_mm", "connectivity", "match", "hd_mode", "hd_percentile",
                      "size_bins_ml", "empty_distance_penalty")
 OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.json")
 TOOL_TAG = "vadice compare"
-_NUMERIC = ("dsc", "sds", "msd", "hd95", "gt_volume_ml", "pred_volume_ml", "intersection_ml",
-            "n_gt_lesions", "n_gt_detected", "n_pred_lesions", "n_pred_matched")
+COUNT_COLUMNS = ("gt_volume_ml", "pred_volume_ml", "intersection_ml", "n_gt_lesions", "n_gt_detected",
+                 "n_pred_lesions", "n_pred_matched")
+_NUMERIC = PER_CASE_METRICS + COUNT_COLUMNS
+# A set-up that predicts nothing for a label on more than this share of (case, seed) pairs is flagged.
+EMPTY_PREDICTION_SHARE = 0.5
+PSEUDO_REPLICATION = ("pair_key ('case', 'seed'): Wilcoxon pairs (case, seed) units, n = cases × seeds with "
+                      "seeds paired by position; the seeds of one patient are not independent, so p is too "
+                      "small (pseudo-replication). Use the default pairing by case for inference.")
 
 
 def _float(text: str) -> float:
     return float(text) if text not in ("", None) else float("nan")
 
 
-def load_evaluation(folder: str | os.PathLike) -> tuple[dict, list[dict]]:
-    """Read ``summary.json`` and ``cases.csv`` of an evaluation folder.
+def _read_csv(path: Path, need: set[str]) -> tuple[list[str], list[dict]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            raw = list(reader)
+            header = reader.fieldnames or []
+    except FileNotFoundError:
+        raise InputError(path, "missing; not a 'vadice evaluate' folder") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"unreadable CSV ({exc})") from None
+    if not need <= set(header):
+        raise InputError(path, f"missing column(s) {', '.join(sorted(need - set(header)))}")
+    return header, raw
+
+
+def load_evaluation(folder: str | os.PathLike) -> tuple[dict, list[dict], list[dict]]:
+    """Read ``summary.json``, ``cases.csv`` and ``lesions.csv`` of an evaluation folder.
+
+    The one reader of evaluation folders (compare and report use it).
 
     Returns:
-      ``(summary, rows)`` with numeric columns (``sds_<τ>mm`` included) as floats.
+      ``(summary, case_rows, lesion_rows)``; numeric columns (``sds_<τ>mm``
+      included) as floats, empty fields as NaN; lesion rows with
+      ``volume_ml`` float and ``detected`` bool.
 
     Raises:
-      InputError: missing or malformed files (naming the file).
+      InputError: missing or malformed files (naming the file and line).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "not an evaluation folder (directory not found)")
-    spath, cpath = folder / "summary.json", folder / "cases.csv"
+    spath, cpath, lpath = folder / "summary.json", folder / "cases.csv", folder / "lesions.csv"
     try:
         summary = json.loads(spath.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(spath, "missing; not a 'vadice evaluate' folder") from None
     except (OSError, ValueError) as exc:
         raise InputError(spath, f"unreadable JSON ({exc})") from None
-    if not isinstance(summary, dict) or "settings" not in summary:
+    if not isinstance(summary, dict) or not isinstance(summary.get("settings"), dict):
         raise InputError(spath, "no 'settings' entry; not a 'vadice evaluate' summary")
-    try:
-        with open(cpath, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            raw = list(reader)
-            header = reader.fieldnames or []
-    except FileNotFoundError:
-        raise InputError(cpath, "missing; not a 'vadice evaluate' folder") from None
-    need = {"case", "label", *_NUMERIC}
-    if not need <= set(header):
-        raise InputError(cpath, f"missing column(s) {', '.join(sorted(need - set(header)))}")
+    header, raw = _read_csv(cpath, {"case", "label", *_NUMERIC})
     numeric = [c for c in header if c in _NUMERIC or (c.startswith("sds_") and c.endswith("mm"))]
     rows = []
     for i, r in enumerate(raw, start=2):
         try:
             rows.append({**r, **{c: _float(r[c]) for c in numeric}})
         except ValueError:
-            raise InputError(cpath, f"line {i}: non-numeric value") from None
-    return summary, rows
+            bad = next(c for c in numeric if not _is_float(r[c]))
+            raise InputError(cpath, f"line {i}: column {bad!r} is not a number: {r[bad]!r}") from None
+    _, raw = _read_csv(lpath, {"case", "label", "source", "volume_ml", "detected"})
+    lesions = []
+    for i, r in enumerate(raw, start=2):
+        if not _is_float(r["volume_ml"]) or r["detected"] not in ("0", "1"):
+            raise InputError(lpath, f"line {i}: volume_ml must be a number and detected 0 or 1")
+        lesions.append({**r, "volume_ml": float(r["volume_ml"]), "detected": r["detected"] == "1"})
+    return summary, rows, lesions
+
+
+def _is_float(text: str) -> bool:
+    try:
+        _float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _settings(summary: dict) -> dict:
@@ -92,13 +138,64 @@ def _settings(summary: dict) -> dict:
     return {k: s.get(k) for k in COMPARED_SETTINGS}
 
 
-def _table(rows: list[dict], labels: Sequence[str], metrics: Sequence[str]) -> dict:
-    """{label: {metric: {case: value}}} from cases.csv rows."""
-    out = {lab: {m: {} for m in metrics} for lab in labels}
-    for r in rows:
-        if r["label"] in out:
-            for m in metrics:
-                out[r["label"]][m][r["case"]] = r[m]
+def _columns(runs: list, labels: Sequence[str], cases: Sequence[str], metrics: Sequence[str],
+             bins: Sequence[float]) -> dict[str, np.ndarray]:
+    """(seeds, cases) arrays ``"<label>:<column>"`` of one run; a missing row reads as NaN."""
+    pos = {c: j for j, c in enumerate(cases)}
+    n_bins = len(bins) + 1
+    keys = [f"{lab}:{c}" for lab in labels for c in (*metrics, *COUNT_COLUMNS)]
+    keys += [f"{lab}:bin{k}:{c}" for lab in labels for k in range(n_bins) for c in ("n_gt", "n_det")]
+    out = {k: np.full((len(runs), len(cases)), np.nan) for k in keys}
+    for s, (_, rows, lesions) in enumerate(runs):
+        for k in keys:
+            if ":bin" in k:
+                out[k][s] = 0.0
+        for r in rows:
+            if r["label"] in labels and r["case"] in pos:
+                for c in (*metrics, *COUNT_COLUMNS):
+                    out[f"{r['label']}:{c}"][s, pos[r["case"]]] = r[c]
+        truth = [r for r in lesions if r["source"] == "gt" and r["label"] in labels and r["case"] in pos]
+        which = size_bin_index([r["volume_ml"] for r in truth], bins)
+        for r, k in zip(truth, which):
+            out[f"{r['label']}:bin{k}:n_gt"][s, pos[r["case"]]] += 1
+            out[f"{r['label']}:bin{k}:n_det"][s, pos[r["case"]]] += r["detected"]
+    return out
+
+
+def _mean_stat(key: str):
+    return lambda c: np.mean(c[key], axis=(-2, -1))
+
+
+def _dscagg_stat(lab: str):
+    # Twice the pooled intersection over the pooled volumes: the one DSCagg definition (module docstring).
+    num = ratio_of_sums(f"{lab}:intersection_ml", f"{lab}:volume_sum", 2.0, axes=2)
+    return lambda c: num({**c, f"{lab}:volume_sum": c[f"{lab}:gt_volume_ml"] + c[f"{lab}:pred_volume_ml"]})
+
+
+def _volume_keys(lab: str) -> list[str]:
+    return [f"{lab}:intersection_ml", f"{lab}:gt_volume_ml", f"{lab}:pred_volume_ml"]
+
+
+def cohort_statistics(labels: Sequence[str], bins: Sequence[float]) -> dict[tuple[str, str], tuple]:
+    """``{(label, metric): (statistic, column keys, numerator key, denominator key)}`` of every cohort metric.
+
+    Statistics map (..., seeds, cases) columns (see :func:`compare_runs`) to
+    values; the column keys are the columns a statistic reads; numerator and
+    denominator name the counts shown beside ratio metrics (None for DSCagg).
+    """
+    out = {}
+    for lab in labels:
+        out[(lab, "dscagg")] = (_dscagg_stat(lab), _volume_keys(lab), None, None)
+        for metric, num, den in (("lesion_sensitivity", "n_gt_detected", "n_gt_lesions"),
+                                 ("lesion_precision", "n_pred_matched", "n_pred_lesions")):
+            num, den = f"{lab}:{num}", f"{lab}:{den}"
+            out[(lab, metric)] = (ratio_of_sums(num, den, axes=2), [num, den], num, den)
+        for k, name in enumerate(bin_names(bins)):
+            num, den = f"{lab}:bin{k}:n_det", f"{lab}:bin{k}:n_gt"
+            out[(lab, f"lesion_sensitivity {name}")] = (ratio_of_sums(num, den, axes=2), [num, den], num, den)
+    parts = [_dscagg_stat(lab) for lab in labels]
+    out[("mean", "dscagg_mean")] = (lambda c: np.mean([p(c) for p in parts], axis=0),
+                                    [k for lab in labels for k in _volume_keys(lab)], None, None)
     return out
 
 
@@ -120,13 +217,16 @@ def compare_runs(
       names: display names (default: folder names).
       out_dir: where to write comparison.md/.csv/.json (atomically); None
         writes nothing.
-      n_boot, seed, confidence: bootstrap of cohort-metric differences.
+      n_boot, seed, confidence: the two-level bootstrap of every Δ.
       zero_method: Wilcoxon treatment of zero differences.
-      pair_key: ``("case",)`` or ``("case", "seed")`` (see module docstring).
+      pair_key: ``("case",)`` or ``("case", "seed")`` (pseudo-replication; see
+        the module docstring).
 
     Returns:
       dict with keys ``runs``, ``run_dirs``, ``settings``, ``n_cases``,
-      ``rows`` (see docs/evaluation.md); NaN as float NaN.
+      ``n_seeds``, ``cases``, ``inputs`` (per run: missing/resampled
+      predictions, excluded counts, DSCagg notes), ``warnings``, ``verdicts``
+      and ``rows`` (see docs/evaluation.md); NaN as float NaN.
 
     Raises:
       InputError: unreadable folders, different case sets or settings
@@ -152,12 +252,12 @@ def compare_runs(
         check_out_dir(out_dir, marker="comparison.json", tag=TOOL_TAG, own_files=OUTPUT_FILES)
 
     loaded = [[load_evaluation(f) for f in g] for g in groups]
-    ref_summary, ref_rows = loaded[0][0]
+    ref_summary, ref_rows, _ = loaded[0][0]
     ref_settings = _settings(ref_summary)
     ref_cases = sorted({r["case"] for r in ref_rows})
     ref_dir = groups[0][0]
     for g, runs in zip(groups, loaded):
-        for folder, (summary, rows) in zip(g, runs):
+        for folder, (summary, rows, _) in zip(g, runs):
             s = _settings(summary)
             diffs = [f"{k} {s[k]!r} vs {ref_settings[k]!r}" for k in COMPARED_SETTINGS if s[k] != ref_settings[k]]
             if diffs:
@@ -172,64 +272,67 @@ def compare_runs(
 
     labels = list((ref_settings["labels"] or {}).keys())
     tols = ref_settings["tolerances_mm"] or []
+    bins = check_bins(ref_settings["size_bins_ml"] or DEFAULT_SIZE_BINS_ML)
     per_case = list(PER_CASE_METRICS) + [f"sds_{float(t):g}mm" for t in tols[1:]]
-    cols = ("gt_volume_ml", "pred_volume_ml", "intersection_ml", "n_gt_lesions", "n_gt_detected",
-            "n_pred_lesions", "n_pred_matched")
     n = len(ref_cases)
-    idx = bootstrap_indices(n, n_boot, seed)
+    cols = [_columns(runs, labels, ref_cases, per_case, bins) for runs in loaded]
+    n_seeds = [len(g) for g in groups]
+    same_seeds = len(set(n_seeds)) == 1
 
-    # Per run: per-case metric vectors in pairing-unit order, and cohort columns summed per patient.
-    def unit_vectors(runs, lab, m):
-        tables = [_table(rows, [lab], [m])[lab][m] for _, rows in runs]
-        mat = np.array([[t.get(c, np.nan) for c in ref_cases] for t in tables], dtype=np.float64)
-        if pair_key == ("case", "seed"):
-            return mat.reshape(-1)  # seed-major
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all seeds NaN for a case: stays NaN
-            return np.nanmean(mat, axis=0)
-
-    def cohort_cols(runs):
-        out = {}
-        for lab in labels:
-            for c in cols:
-                tables = [_table(rows, [lab], [c])[lab][c] for _, rows in runs]
-                out[f"{lab}:{c}"] = np.nansum([[t.get(k, np.nan) for k in ref_cases] for t in tables], axis=0)
-        return out
-
-    cohort = [cohort_cols(runs) for runs in loaded]
-    stats = {}
-    for lab in labels:
-        stats[(lab, "dscagg")] = _dscagg_stat(lab)
-        stats[(lab, "lesion_sensitivity")] = ratio_of_sums(f"{lab}:n_gt_detected", f"{lab}:n_gt_lesions")
-        stats[(lab, "lesion_precision")] = ratio_of_sums(f"{lab}:n_pred_matched", f"{lab}:n_pred_lesions")
-    stats[("mean", "dscagg_mean")] = _dscagg_mean_stat(labels)
+    def differences(row, stat, parts):
+        """Δ, CI, per-seed Δ and verdict of every run against the first (``parts``: columns per run)."""
+        base = parts[0]
+        for name, other, s_b in zip(names[1:], parts[1:], n_seeds[1:]):
+            ci = two_level_bootstrap_ci(base, other, stat, n_boot=n_boot, seed=seed, confidence=confidence)
+            seed_diffs = []
+            if same_seeds:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    seed_diffs = [float(stat({k: v[i:i + 1] for k, v in other.items()})
+                                        - stat({k: v[i:i + 1] for k, v in base.items()})) for i in range(s_b)]
+            agree, verdict = seed_verdict(ci.diff, ci.low, ci.high, seed_diffs)
+            row["diff"][name], row["ci_low"][name], row["ci_high"][name] = ci.diff, ci.low, ci.high
+            row["n_boot_valid"][name] = ci.n_valid
+            row["seed_diffs"][name] = seed_diffs
+            row["n_seeds_agree"][name] = agree
+            row["verdict"][name] = verdict
 
     rows = []
     for lab in labels:
         for m in per_case:
-            vecs = [unit_vectors(runs, lab, m) for runs in loaded]
+            key = f"{lab}:{m}"
+            mats = [c[key] for c in cols]
+            common = np.logical_and.reduce([np.isfinite(x).all(axis=0) for x in mats])
+            sub = [{key: x[:, common]} for x in mats]
             row = _row(lab, m, "per_case", names)
-            for name, v in zip(names, vecs):
-                row["values"][name] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-            for name, v in zip(names[1:], vecs[1:]):
-                t = wilcoxon_paired(vecs[0], v, zero_method=zero_method)
-                ok = np.isfinite(vecs[0]) & np.isfinite(v)
-                row["diff"][name] = float(np.mean(v[ok] - vecs[0][ok])) if ok.any() else float("nan")
-                row["p"][name] = t.p
-                row["n_pairs"][name] = t.n_pairs
-                row["median_diff"][name] = t.median_diff
-                row["effect_size"][name] = t.effect_size
+            stat = _mean_stat(key)
+            for name, x, s in zip(names, mats, sub):
+                row["n_undefined"][name] = int(np.count_nonzero(~np.isfinite(x)))
+                row["n_values"][name] = int(x.size)
+                row["values"][name] = float(stat(s)) if common.any() else float("nan")
+                row["seed_values"][name] = [float(np.mean(v)) if v.size else float("nan") for v in s[key]]
+            row["undefined_differ"] = len({row["n_undefined"][nm] / row["n_values"][nm] for nm in names}) > 1
+            row["n_pairs"] = {name: int(common.sum()) for name in names}
+            if common.any():
+                differences(row, stat, sub)
+            for name, s in zip(names[1:], sub[1:]):
+                a, b = sub[0][key], s[key]
+                ua, ub = (a.reshape(-1), b.reshape(-1)) if pair_key == ("case", "seed") else (a.mean(0), b.mean(0))
+                t = wilcoxon_paired(ua, ub, zero_method=zero_method)
+                row["p"][name], row["median_diff"][name], row["effect_size"][name] = t.p, t.median_diff, t.effect_size
+                row["n_wilcoxon"][name] = t.n_pairs
             rows.append(row)
-    for (lab, m), stat in stats.items():
+    for (lab, m), (stat, keys, num, den) in cohort_statistics(labels, bins).items():
         row = _row(lab, m, "cohort", names)
         with np.errstate(invalid="ignore", divide="ignore"):
-            for name, c in zip(names, cohort):
-                row["values"][name] = float(stat(c))
-        for name, c in zip(names[1:], cohort[1:]):
-            ci = paired_bootstrap_ci(cohort[0], c, stat, n_boot=n_boot, seed=seed, confidence=confidence,
-                                     indices=idx)
-            row["diff"][name], row["ci_low"][name], row["ci_high"][name] = ci.diff, ci.low, ci.high
-            row["n_pairs"][name] = n
+            for name, c in zip(names, cols):
+                part = {k: c[k] for k in keys}
+                row["values"][name] = float(stat(part))
+                row["seed_values"][name] = [float(stat({k: v[i:i + 1] for k, v in part.items()}))
+                                            for i in range(next(iter(part.values())).shape[0])]
+                if num is not None:
+                    row["counts"][name] = [int(np.nansum(c[num])), int(np.nansum(c[den]))]
+        row["n_pairs"] = {name: n for name in names}
+        differences(row, stat, [{k: c[k] for k in keys} for c in cols])
         rows.append(row)
 
     # Holm over the family of all Wilcoxon tests in this table.
@@ -238,57 +341,104 @@ def compare_runs(
     for (r, name), p in zip(family, adjusted):
         r["p_holm"][name] = float(p)
 
+    inputs = {name: _run_inputs(runs) for name, runs in zip(names, loaded)}
     result = {
         "tool": TOOL_TAG,
         "runs": names,
         "run_dirs": [[str(p.absolute()) for p in g] if len(g) > 1 else str(g[0].absolute()) for g in groups],
         "settings": {**ref_settings, "n_boot": n_boot, "seed": seed, "confidence": confidence,
                      "zero_method": zero_method, "pair_key": list(pair_key),
+                     "bootstrap": "two-level: patients (shared by both runs), then seeds (per run)",
                      "holm_family": "all per-case Wilcoxon tests in this table (labels x metrics x runs)"},
         "n_cases": n,
+        "n_seeds": dict(zip(names, n_seeds)),
         "cases": ref_cases,
+        "inputs": inputs,
+        "verdicts": VERDICTS,
+        "warnings": _warnings(names, labels, cols, rows, pair_key, n_seeds, inputs),
         "rows": rows,
     }
     if out_dir is not None:
         write_dir_atomically(out_dir, {
             "comparison.json": json.dumps(json_clean(result), indent=2, ensure_ascii=False) + "\n",
             "comparison.csv": _csv(result),
-            "comparison.md": _markdown(result),
+            "comparison.md": markdown(result),
         })
     return result
 
 
+def _run_inputs(runs: list) -> dict:
+    """What a reader needs to judge a run's numbers, summed over its seed folders."""
+    out = {"missing_predictions": 0, "resampled_predictions": 0, "excluded": {}, "dscagg_notes": []}
+    for summary, _, _ in runs:
+        out["missing_predictions"] += len(summary.get("missing_predictions") or [])
+        out["resampled_predictions"] += len(summary.get("resampled_predictions") or [])
+        for lab, block in (summary.get("labels") or {}).items():
+            for k, v in (block.get("excluded") or {}).items():
+                if isinstance(v, (int, float)):
+                    out["excluded"].setdefault(lab, {}).setdefault(k, 0)
+                    out["excluded"][lab][k] += int(v)
+            note = block.get("dscagg_note")
+            if note and f"{lab}: {note}" not in out["dscagg_notes"]:
+                out["dscagg_notes"].append(f"{lab}: {note}")
+    return out
+
+
+def _warnings(names, labels, cols, rows, pair_key, n_seeds, inputs) -> list[str]:
+    out = []
+    for name, c in zip(names, cols):
+        for lab in labels:
+            pred = c[f"{lab}:pred_volume_ml"]
+            empty = int(np.count_nonzero(pred == 0))
+            if pred.size and empty > EMPTY_PREDICTION_SHARE * pred.size:
+                out.append(f"{name} predicts no {lab} on {empty} of {pred.size} (case, seed) pairs: its {lab} "
+                           "numbers describe an empty prediction, not a segmentation.")
+    for name in names:
+        info = inputs[name]
+        if info["missing_predictions"]:
+            out.append(f"{name}: {info['missing_predictions']} missing prediction(s) evaluated as empty masks.")
+        if info["resampled_predictions"]:
+            out.append(f"{name}: {info['resampled_predictions']} prediction(s) resampled onto the truth grid.")
+    differ = [f"{r['label']} {r['metric']}" for r in rows if r.get("undefined_differ")]
+    if differ:
+        out.append("Undefined values differ between runs for " + ", ".join(differ) + ": those rows use only "
+                   "the cases defined in every run, and a run that leaves hard cases undefined may look better.")
+    if pair_key == ("case", "seed"):
+        out.append(PSEUDO_REPLICATION)
+    if min(n_seeds) < 2:
+        out.append("One seed per run: the CIs cover patient sampling only, not training noise; no Δ can be "
+                   "called consistent across seeds.")
+    elif len(set(n_seeds)) != 1:
+        out.append("Runs have different numbers of seeds: per-seed Δs are not listed.")
+    return out
+
+
 def _row(label: str, metric: str, kind: str, names: Sequence[str]) -> dict:
     first = names[0]
-    row = {"label": label, "metric": metric, "kind": kind, "values": {}}
-    for key in ("diff", "ci_low", "ci_high", "p", "p_holm", "median_diff", "effect_size"):
+    row = {"label": label, "metric": metric, "kind": kind, "values": {}, "seed_values": {}}
+    for key in ("diff", "ci_low", "ci_high"):
         row[key] = {name: (None if name == first else float("nan")) for name in names}
+    for key in ("seed_diffs",):
+        row[key] = {name: (None if name == first else []) for name in names}
+    for key in ("n_seeds_agree", "n_boot_valid"):
+        row[key] = {name: (None if name == first else 0) for name in names}
+    row["verdict"] = {name: (None if name == first else "undefined") for name in names}
     row["n_pairs"] = {name: 0 for name in names}
     if kind == "cohort":
-        for key in ("p", "p_holm", "median_diff", "effect_size"):
+        row["counts"] = {}
+        for key in ("p", "p_holm", "median_diff", "effect_size", "n_wilcoxon"):
             row[key] = {name: None for name in names}
     else:
-        for key in ("ci_low", "ci_high"):
-            row[key] = {name: None for name in names}
+        row["n_undefined"], row["n_values"], row["undefined_differ"] = {}, {}, False
+        for key in ("p", "p_holm", "median_diff", "effect_size"):
+            row[key] = {name: (None if name == first else float("nan")) for name in names}
+        row["n_wilcoxon"] = {name: (None if name == first else 0) for name in names}
     return row
-
-
-def _dscagg_stat(lab: str):
-    def stat(c):
-        den = np.sum(c[f"{lab}:gt_volume_ml"], axis=-1) + np.sum(c[f"{lab}:pred_volume_ml"], axis=-1)
-        num = 2.0 * np.sum(c[f"{lab}:intersection_ml"], axis=-1)
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-    return stat
-
-
-def _dscagg_mean_stat(labels: Sequence[str]):
-    parts = [_dscagg_stat(lab) for lab in labels]
-    return lambda c: np.mean([p(c) for p in parts], axis=0)
 
 
 def _fmt(x, digits=4) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
+        return "–"
     if isinstance(x, int):
         return str(x)
     return f"{x:.{digits}g}"
@@ -297,14 +447,19 @@ def _fmt(x, digits=4) -> str:
 def _csv(result: dict) -> str:
     buf = _stdio.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["label", "metric", "kind", "run", "value", "diff", "ci_low", "ci_high", "p", "p_holm",
-                "n_pairs", "median_diff", "effect_size"])
+    w.writerow(["label", "metric", "kind", "run", "value", "n_undefined", "n_values", "diff", "ci_low", "ci_high",
+                "n_boot_valid", "seed_diffs", "n_seeds_agree", "verdict", "p", "p_holm", "n_pairs", "n_wilcoxon",
+                "median_diff", "effect_size"])
     for r in result["rows"]:
         for name in result["runs"]:
-            w.writerow([r["label"], r["metric"], r["kind"], name]
-                       + [_num(r[k].get(name)) for k in ("values", "diff", "ci_low", "ci_high", "p", "p_holm")]
-                       + [r["n_pairs"].get(name, ""), _num(r["median_diff"].get(name)),
-                          _num(r["effect_size"].get(name))])
+            sd = r["seed_diffs"].get(name)
+            w.writerow([r["label"], r["metric"], r["kind"], name, _num(r["values"].get(name)),
+                        _num(r.get("n_undefined", {}).get(name)), _num(r.get("n_values", {}).get(name))]
+                       + [_num(r[k].get(name)) for k in ("diff", "ci_low", "ci_high", "n_boot_valid")]
+                       + [";".join(_num(x) for x in sd) if sd else "", _num(r["n_seeds_agree"].get(name)),
+                          r["verdict"].get(name) or ""]
+                       + [_num(r[k].get(name)) for k in ("p", "p_holm", "n_pairs", "n_wilcoxon", "median_diff",
+                                                          "effect_size")])
     return buf.getvalue()
 
 
@@ -314,27 +469,96 @@ def _num(x) -> str:
     return repr(float(x)) if isinstance(x, float) else str(x)
 
 
-def _markdown(result: dict) -> str:
+HEADLINE = (("GTVn", "lesion_sensitivity"), ("GTVn", "lesion_sensitivity SMALL"), ("GTVp", "lesion_precision"),
+            ("GTVn", "lesion_precision"), ("GTVp", "dscagg"), ("GTVn", "dscagg"))
+
+
+def headline_rows(result: dict) -> list[dict]:
+    """The rows the study is about, in HEADLINE order: GTVn lesion sensitivity (all, smallest size bin),
+    lesion precision and DSCagg per label; rows whose label the evaluation lacks are skipped."""
+    bins = result["settings"].get("size_bins_ml") or DEFAULT_SIZE_BINS_ML
+    small = f"lesion_sensitivity {bin_names(bins)[0]}"
+    by_key = {(r["label"], r["metric"]): r for r in result["rows"]}
+    out = []
+    for lab, metric in HEADLINE:
+        row = by_key.get((lab, small if metric.endswith("SMALL") else metric))
+        if row is not None:
+            out.append(row)
+    return out
+
+
+def _value_text(r: dict, name: str) -> str:
+    text = _fmt(r["values"][name])
+    if r["kind"] == "cohort" and r.get("counts", {}).get(name):
+        text += " ({}/{})".format(*r["counts"][name])
+    if r["kind"] == "per_case":
+        text += f" (undef. {r['n_undefined'][name]}/{r['n_values'][name]})"
+    return text
+
+
+def _diff_text(r: dict, name: str) -> str:
+    sd = r["seed_diffs"][name]
+    seeds = f"; seeds {', '.join(_fmt(x, 3) for x in sd)}" if sd else ""
+    return (f"{_fmt(r['diff'][name])} [{_fmt(r['ci_low'][name])}, {_fmt(r['ci_high'][name])}]{seeds}; "
+            f"{r['n_seeds_agree'][name]}/{len(sd)} seeds agree: **{r['verdict'][name]}**")
+
+
+def markdown(result: dict) -> str:
+    """comparison.md: warnings, the headline rows, then every row."""
     names = result["runs"]
     base = names[0]
-    lines = [f"# Paired comparison against {base}", "",
-             f"{result['n_cases']} cases. Per-case metrics: mean over cases, Δ = mean paired difference, "
-             f"Wilcoxon signed-rank p (zero_method={result['settings']['zero_method']}), Holm-adjusted over "
-             f"all {sum(1 for r in result['rows'] if r['kind'] == 'per_case') * (len(names) - 1)} tests. "
-             f"Cohort metrics: Δ with patient-level paired bootstrap "
-             f"{result['settings']['confidence']:.0%} CI ({result['settings']['n_boot']} resamples, "
-             f"seed {result['settings']['seed']}).", ""]
-    header = "| label | metric | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + \
-             " | " + " | ".join(f"CI / p (Holm) {n}" for n in names[1:]) + " |"
-    lines += [header, "|" + "---|" * (2 + len(names) + 2 * (len(names) - 1))]
+    st = result["settings"]
+    seeds = ", ".join(f"{k} {v}" for k, v in result["n_seeds"].items())
+    lines = [f"# Paired comparison against {base}", ""]
+    if result["warnings"]:
+        lines += ["## Warnings", ""] + [f"- **{w}**" for w in result["warnings"]] + [""]
+    n_tests = sum(1 for r in result["rows"] if r["kind"] == "per_case") * (len(names) - 1)
+    lines += [
+        f"{result['n_cases']} cases; seeds per run: {seeds}.",
+        "",
+        f"**Rule.** Δ = run − {base}. CI: {st['confidence']:.0%} two-level bootstrap (resample patients, shared "
+        f"by both runs, then seeds, per run; {st['n_boot']} resamples, seed {st['seed']}). Per-seed Δ: seed k of "
+        f"a run against seed k of {base}. A Δ is **consistent** only when its CI excludes 0 *and* every seed's "
+        "Δ has the sign of the pooled Δ; otherwise *seeds disagree*, *CI includes 0*, or *one seed* (CI "
+        "excludes 0 but training noise is not assessed).",
+        "",
+        "**Values.** Cohort metrics pool every case and seed (DSCagg = 2·Σ|A∩B| / Σ(|A|+|B|); lesion "
+        "sensitivity/precision = pooled counts, shown in brackets). Per-case metrics: mean over the cases "
+        "defined in every run and seed (n), so value − value(" + base + ") = Δ; undef. = undefined (case, seed) "
+        "values of that run, left out. p: Wilcoxon signed-rank on per-case values averaged over seeds "
+        f"(zero_method={st['zero_method']}), Holm-adjusted over all {n_tests} tests."
+        + (" Empty-side HD95/MSD are set to the penalty "
+           f"{st['empty_distance_penalty']:g} mm and included." if st.get("empty_distance_penalty") is not None
+           else ""),
+        "",
+        "## Headline",
+        "",
+        "| label | metric | " + " | ".join(names) + " | " + " | ".join(f"Δ vs {base}: {n} [CI]; per seed; verdict"
+                                                                for n in names[1:]) + " |",
+        "|" + "---|" * (2 + 2 * len(names) - 1),
+    ]
+    for r in headline_rows(result):
+        lines.append(f"| {r['label']} | {r['metric']} | " + " | ".join(_value_text(r, n) for n in names) + " | "
+                     + " | ".join(_diff_text(r, n) for n in names[1:]) + " |")
+    lines += ["", "## All metrics", "",
+              "| label | metric | " + " | ".join(names) + " | "
+              + " | ".join(f"Δ vs {base}: {n} [CI]; per seed; verdict | p (Holm), n {n}" for n in names[1:])
+              + " |",
+              "|" + "---|" * (2 + len(names) + 2 * (len(names) - 1))]
     for r in result["rows"]:
-        vals = [_fmt(r["values"][n]) for n in names]
-        diffs = [_fmt(r["diff"][n]) for n in names[1:]]
         extra = []
         for n in names[1:]:
-            if r["kind"] == "cohort":
-                extra.append(f"[{_fmt(r['ci_low'][n])}, {_fmt(r['ci_high'][n])}]")
-            else:
-                extra.append(f"p={_fmt(r['p'][n], 3)} ({_fmt(r['p_holm'][n], 3)}), n={r['n_pairs'][n]}")
-        lines.append(f"| {r['label']} | {r['metric']} | " + " | ".join(vals + diffs + extra) + " |")
+            extra.append(_diff_text(r, n))
+            extra.append("" if r["kind"] == "cohort" else
+                         f"p={_fmt(r['p'][n], 3)} ({_fmt(r['p_holm'][n], 3)}), n={r['n_wilcoxon'][n]}")
+        flag = " ⚠ undefined counts differ" if r.get("undefined_differ") else ""
+        lines.append(f"| {r['label']} | {r['metric']}{flag} | " + " | ".join(_value_text(r, n) for n in names)
+                     + " | " + " | ".join(extra) + " |")
+    lines += ["", "## Inputs", ""]
+    for name, info in result["inputs"].items():
+        ex = "; ".join(f"{lab}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items())
+                       for lab, d in info["excluded"].items())
+        lines.append(f"- {name}: missing predictions {info['missing_predictions']}, resampled "
+                     f"{info['resampled_predictions']}; excluded (case, seed) values: {ex or 'none recorded'}"
+                     + (f"; {'; '.join(info['dscagg_notes'])}" if info["dscagg_notes"] else ""))
     return "\n".join(lines) + "\n"

@@ -219,6 +219,15 @@ def check_bins(bins_ml: Sequence[float]) -> list[float]:
     return edges
 
 
+def size_bin_index(volumes_ml: Sequence[float], bins_ml: Sequence[float] = DEFAULT_SIZE_BINS_ML) -> np.ndarray:
+    """Index of each volume's size bin: 0 for [0, e0), k for [e_{k-1}, e_k), len(bins) for [e_last, inf).
+
+    The one binning rule: evaluation (summary.json) and comparison both use it.
+    """
+    edges = check_bins(bins_ml)
+    return np.searchsorted(np.asarray(edges), np.asarray(volumes_ml, dtype=np.float64).reshape(-1), side="right")
+
+
 def size_stratified_sensitivity(
     volumes_ml: Sequence[float],
     detected: Sequence[bool],
@@ -240,7 +249,7 @@ def size_stratified_sensitivity(
     det = np.asarray(detected, dtype=bool).reshape(-1)
     if vol.size != det.size:
         raise ValueError(f"volumes and detected flags differ in length: {vol.size} vs {det.size}")
-    which = np.searchsorted(np.asarray(edges), vol, side="right")
+    which = size_bin_index(vol, edges)
     lows = [0.0] + edges
     highs = edges + [None]
     out = []
