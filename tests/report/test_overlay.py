@@ -83,7 +83,9 @@ def test_overlay_empty_labels(tmp_path):
     labels = np.zeros((5, 10, 10), np.uint8)
     fig = overlay_figure(_image((5, 10, 10)), labels, (2.0, 1.0, 1.0))
     title = fig.axes[0].get_title()
-    assert "z=2" in title and "no tumour" in title
+    assert "z=2" in title and "no structure predicted" in title and "truth" not in title
+    with_truth = overlay_figure(_image((5, 10, 10)), labels, (2.0, 1.0, 1.0), gt=labels).axes[0].get_title()
+    assert "no structure in truth or prediction" in with_truth
     out = overlay_png(_image((5, 10, 10)), labels, (2.0, 1.0, 1.0), tmp_path / "empty.png")
     assert out.read_bytes().startswith(PNG_SIGNATURE)
 

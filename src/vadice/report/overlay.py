@@ -185,7 +185,9 @@ def overlay_figure(
 
     where = f"axial slice z={k} of {labels.shape[0]}"
     if empty:
-        where += " (no tumour in truth or prediction: middle slice)"
+        # Say only what was looked at: a prediction-only overlay never saw a truth.
+        where += (" (no structure in truth or prediction: middle slice)" if gt is not None
+                  else " (no structure predicted: middle slice)")
     elif slice_index is None:
         where += " (largest tumour burden)"
     ax.set_title(f"{title}\n{where}" if title else where, fontsize=9)
