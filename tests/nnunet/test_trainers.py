@@ -136,12 +136,11 @@ def test_preprocess_instances_is_resumable(nnunet_env, lesions):
     files = {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")}
     preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")} == files
-    # nnU-Net rewrote one case: only that one is relabelled
+    # a new modification time alone (a copy, a touch) is no reason to relabel: the content decides
     seg_file = nnunet_env["pre"] / "nnUNetPlans_3d_fullres" / "case01_seg.b2nd"
     os.utime(seg_file, ns=(seg_file.stat().st_atime_ns, seg_file.stat().st_mtime_ns + 10**9))
     preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
-    after = {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")}
-    assert [k for k in files if after[k] != files[k]] == ["case01_inst.b2nd"]
+    assert {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")} == files
     # nnU-Net's own folder is untouched: it still infers its dataset class
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetBlosc2
 
@@ -149,6 +148,43 @@ def test_preprocess_instances_is_resumable(nnunet_env, lesions):
     assert cls is nnUNetDatasetBlosc2
     assert sorted(cls.get_identifiers(str(nnunet_env["pre"] / "nnUNetPlans_3d_fullres"))) == \
         [f"case{i:02d}" for i in range(5)]
+
+
+def _rewrite_seg(path: Path, change) -> None:
+    """Rewrite an nnU-Net segmentation in place with new content and the same shape, as re-preprocessing does."""
+    import blosc2
+
+    old = blosc2.open(str(path), mode="r")
+    seg, chunks, blocks = np.asarray(old[:]), old.chunks, old.blocks
+    del old
+    path.unlink()
+    blosc2.asarray(np.ascontiguousarray(change(seg)), urlpath=str(path), chunks=chunks, blocks=blocks)
+
+
+def test_changed_segmentation_is_refused_at_trainer_start_then_relabelled(nnunet_env, lesions, tmp_path):
+    """Same shape, new content: the trainer must not train on the old ids (a node would get the tumour's id)."""
+    import shutil
+
+    from vadice.nnunet.instances import preprocess_instances
+
+    seg_file = nnunet_env["pre"] / "nnUNetPlans_3d_fullres" / "case03_seg.b2nd"
+    backup = tmp_path / "case03_seg.b2nd"
+    shutil.copy2(seg_file, backup)
+    files = {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")}
+    try:
+        _rewrite_seg(seg_file, lambda s: np.where(s == 2, 1, np.where(s == 1, 2, s)).astype(s.dtype))
+        tr = _trainer(nnunet_env, "nnUNetTrainerVADual")
+        with pytest.raises(InputError, match=r"case03_seg\.b2nd: changed since lesion ids of case 'case03' "
+                                             r"were made; rebuild them: .*preprocess_instances\(") as err:
+            tr.initialize()
+        assert "\n" not in str(err.value)
+        preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
+        after = {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")}
+        assert [k for k in files if after[k] != files[k]] == ["case03_inst.b2nd"]
+        _trainer(nnunet_env, "nnUNetTrainerVADual").initialize()
+    finally:
+        shutil.copy2(backup, seg_file)
+        preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
 
 
 def test_preprocess_instances_errors(nnunet_env, tmp_path):
@@ -165,11 +201,11 @@ def test_preprocess_instances_errors(nnunet_env, tmp_path):
 # ------------------------------------------------------------------------------------ trainers
 
 
-def _trainer(nnunet_env, cls_name: str, patch=None):
+def _trainer(nnunet_env, cls_name: str, patch=None, continuing: bool = False):
     from vadice.nnunet import trainers
 
     plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
-    plans["continue_training"] = False
+    plans["continue_training"] = continuing  # what nnUNetv2_train --c sets
     if patch is not None:
         plans["configurations"]["3d_fullres"]["patch_size"] = list(patch)
     dataset_json = json.loads((nnunet_env["pre"] / "dataset.json").read_text())
@@ -240,6 +276,34 @@ def test_generic_trainer_reads_options_file_and_absolute_reference(nnunet_env, l
     cfg.write_text(json.dumps({"gama": 1}))
     with pytest.raises(ValueError, match="unknown VA option"):
         _trainer(nnunet_env, "nnUNetTrainerVA")
+
+
+def test_resuming_with_changed_va_options_is_refused(nnunet_env, lesions, tmp_path, monkeypatch):
+    cfg = tmp_path / "va.json"
+    cfg.write_text(json.dumps({"preset": "dual", "gamma": 1.0}))
+    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
+    _trainer(nnunet_env, "nnUNetTrainerVA").initialize()
+    _trainer(nnunet_env, "nnUNetTrainerVA", continuing=True).initialize()  # same options: resumes
+    cfg.write_text(json.dumps({"preset": "dual", "gamma": 0.5}))
+    with pytest.raises(RuntimeError, match=r"resuming with different VA settings \(options\)"):
+        _trainer(nnunet_env, "nnUNetTrainerVA", continuing=True).initialize()
+    cfg.write_text(json.dumps({"preset": "selective-ln", "gamma": 1.0}))
+    with pytest.raises(RuntimeError, match="resuming with different VA settings"):
+        _trainer(nnunet_env, "nnUNetTrainerVA", continuing=True).initialize()
+    # a fresh (not resumed) run with new options is a new run: it records them
+    _trainer(nnunet_env, "nnUNetTrainerVA").initialize()
+
+
+def test_deep_supervision_loss_checks_every_list_length():
+    from vadice.losses import VolumeAwareDiceCELoss
+    from vadice.nnunet.trainers import DeepSupervisionVALoss
+
+    loss = DeepSupervisionVALoss(VolumeAwareDiceCELoss(), [0.5, 0.5])
+    outs = [torch.randn(1, 3, 4, 4, 4), torch.randn(1, 3, 2, 2, 2)]
+    targets = [torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 2, 2, 2)]
+    ids = [torch.zeros(1, 1, 4, 4, 4)]
+    with pytest.raises(ValueError, match="2 outputs, 2 targets, 1 instance maps, 2 weights"):
+        loss(outs, targets, ids, torch.zeros(1, 1))
 
 
 def test_va_baseline_path_equals_nnunet_loss(nnunet_env, lesions, tmp_path, monkeypatch):

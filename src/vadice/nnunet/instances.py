@@ -45,7 +45,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import (
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
-from vadice.io import InputError, write_text
+from vadice.io import InputError, sha256_file, write_text
 from vadice.lesions import check_connectivity, label_lesions
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,22 @@ def _seg_source(case_folder: Path, case: str) -> Path:
 
 
 def _signature(path: Path) -> dict:
+    # The content hash is what matters: nnU-Net rewrites the file with new content but the same shape
+    # when it preprocesses again, and copies (rsync, cluster staging) change mtimes without changing content.
     st = path.stat()
-    return {"file": path.name, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    return {"file": path.name, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns),
+            "sha256": sha256_file(path)}
+
+
+def _signature_matches(stored: dict | None, path: Path) -> bool:
+    """Whether ``path`` is the file a table entry was made from (content hash; size and mtime for old tables)."""
+    if not isinstance(stored, dict) or stored.get("file") != path.name:
+        return False
+    if "sha256" in stored:
+        return stored["size"] == path.stat().st_size and stored["sha256"] == sha256_file(path)
+    # tables written before content hashes: the stored size and mtime are all there is to verify
+    st = path.stat()
+    return stored.get("size") == st.st_size and stored.get("mtime_ns") == st.st_mtime_ns
 
 
 def _case_spacing(job: _Job, properties: dict, ndim: int) -> tuple[float, ...]:
@@ -169,7 +183,7 @@ def preprocess_instances(
     order (nnU-Net transposes arrays by ``transpose_forward`` and resamples
     to that spacing; 2-D configurations keep each case's slice spacing).
     Resumable: a case whose instance map exists and whose table entry matches
-    the current segmentation file (size and mtime) is skipped, so rerunning
+    the current segmentation file (SHA-256 of its bytes) is skipped, so rerunning
     after nnU-Net re-preprocesses relabels exactly the changed cases.
 
     The table ``lesions.json`` holds ``version``, ``plans_identifier``,
@@ -246,8 +260,9 @@ def preprocess_instances(
 
     def up_to_date(case: str) -> bool:
         entry = done.get(case)
-        return (entry is not None and (out / f"{case}{INST_SUFFIX}").is_file()
-                and entry.get("source") == _signature(_seg_source(case_folder, case)))
+        return (entry is not None and "sha256" in entry.get("source", {})
+                and (out / f"{case}{INST_SUFFIX}").is_file()
+                and _signature_matches(entry.get("source"), _seg_source(case_folder, case)))
 
     kept = {c: done[c] for c in cases if up_to_date(c)}
     todo = [c for c in cases if c not in kept]
@@ -290,6 +305,33 @@ class LesionTable:
     labels: tuple[int, ...]
     volumes: dict[str, np.ndarray]       # case -> float64 (K+1,), index 0 = 0
     lesion_labels: dict[str, np.ndarray]  # case -> int64 (K+1,), index 0 = 0
+    sources: dict[str, dict] = None       # case -> signature of the segmentation the ids were made from
+    plans_identifier: str = ""
+    configuration: str = ""
+
+    def rebuild_command(self) -> str:
+        """The call that relabels this table's cases (one line, for error messages)."""
+        dataset = self.folder.parent.parent
+        return (f"python -c \"from vadice.nnunet.instances import preprocess_instances; preprocess_instances("
+                f"'{dataset}', '{self.configuration}', '{self.plans_identifier}')\" (or `vadice plan` again)")
+
+    def verify_sources(self, case_folder: str | os.PathLike, cases: Sequence[str]) -> None:
+        """Refuses instance maps made from another segmentation than the one nnU-Net now holds.
+
+        Same shapes with new content (``nnUNetv2_preprocess`` run again) would
+        otherwise train on stale ids: a node voxel holding the tumour's id gets
+        the tumour's volume. Costs one SHA-256 of each case's (compressed)
+        segmentation file.
+
+        Raises:
+          InputError: naming the first stale case and the rebuild command.
+        """
+        case_folder = Path(case_folder)
+        for case in cases:
+            source = _seg_source(case_folder, case)
+            if not _signature_matches((self.sources or {}).get(case), source):
+                raise InputError(source, f"changed since lesion ids of case {str(case)!r} were made; "
+                                         f"rebuild them: {self.rebuild_command()}")
 
     def padded(self, cases: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
         """``(table, row)``: float32 (len(cases), Kmax+1) volumes in mm³ and case -> row index."""
@@ -327,8 +369,9 @@ def load_lesion_table(folder: str | os.PathLike) -> LesionTable:
         raw = json.loads(path.read_text())
         if raw.get("version") != TABLE_VERSION:
             raise ValueError(f"table version {raw.get('version')!r}, expected {TABLE_VERSION}")
-        volumes, lesion_labels = {}, {}
+        volumes, lesion_labels, sources = {}, {}, {}
         for case, entry in raw["cases"].items():
+            sources[case] = entry.get("source")
             ids = [int(k) for k in entry["lesions"]]
             n = max(ids, default=0)
             vol = np.zeros(n + 1, dtype=np.float64)
@@ -338,7 +381,8 @@ def load_lesion_table(folder: str | os.PathLike) -> LesionTable:
                 lab[int(k)] = int(les["label"])
             volumes[case], lesion_labels[case] = vol, lab
         return LesionTable(folder, int(raw["connectivity"]), tuple(int(l) for l in raw["labels"]),
-                           volumes, lesion_labels)
+                           volumes, lesion_labels, sources, str(raw.get("plans_identifier", "")),
+                           str(raw.get("configuration", "")))
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise InputError(path, f"malformed lesion table ({exc})") from None
 
@@ -431,16 +475,31 @@ def _mode_seg(transform: SpatialTransform, mode: str):
 
 
 def _fill_from_neighbours(ids: torch.Tensor, labels: torch.Tensor, lut: torch.Tensor,
-                          orphans: torch.Tensor, rounds: int = 3) -> None:
-    """In place: give orphan voxels the id of an adjacent lesion of their own label (max id in a 3^n box)."""
+                          orphans: torch.Tensor) -> None:
+    """In place: give each orphan voxel the id of a lesion of its own label connected to it.
+
+    One label at a time, only ids of lesions of that label are spread (max id
+    in a 3^n box, so touching lesions of another label never block the fill),
+    and only through orphans of that label, round after round until nothing
+    changes: an orphan gets an id exactly when a lesion of its label is
+    connected to it through orphan voxels of that label. Orphans stay at 0
+    only where the nearest-neighbour sampling lost the whole lesion.
+    """
     pool = torch.nn.functional.max_pool3d if ids.ndim == 4 else torch.nn.functional.max_pool2d
-    for _ in range(rounds):
-        cand = pool(ids[None].float(), kernel_size=3, stride=1, padding=1)[0].to(ids.dtype)
-        take = orphans & (cand > 0) & (lut[cand.long().clamp_(0, len(lut) - 1)] == labels)
-        ids[take] = cand[take]
-        orphans &= ~take
-        if not orphans.any():
-            return
+    lesion_label = lut[ids.long().clamp(0, len(lut) - 1)]
+    for label in torch.unique(labels[orphans]).tolist():
+        todo = orphans & (labels == label)
+        own = torch.where(lesion_label == label, ids, torch.zeros_like(ids)).float()
+        while True:
+            cand = pool(own[None], kernel_size=3, stride=1, padding=1)[0]
+            take = todo & (cand > 0)
+            if not take.any():
+                break
+            own[take] = cand[take]
+            todo &= ~take
+        filled = orphans & (labels == label) & ~todo
+        ids[filled] = own[filled].to(ids.dtype)
+        orphans &= ~filled
 
 
 class LesionSpatialTransform(SpatialTransform):
@@ -451,7 +510,7 @@ class LesionSpatialTransform(SpatialTransform):
     invented and never averaged. The two samplings can disagree on a thin
     shell at lesion borders; there ids are made consistent with the labels:
     an id whose lesion has another label is dropped, and a foreground voxel
-    left without an id takes the id of an adjacent lesion of its label. After
+    left without an id takes the id of a lesion of its label connected to it. After
     this, wherever id > 0 the label equals that lesion's label.
 
     The id/label correspondence is read from the input crop itself (each id
@@ -483,8 +542,8 @@ class LesionSpatialTransform(SpatialTransform):
         lut = torch.zeros(int(ids_in.max().clamp_min(0)) + 1, dtype=labels.dtype)
         lut[ids_in[fg].long()] = labels_in[fg].to(labels.dtype)
         ids[lut[ids.long().clamp_(0, len(lut) - 1)] != labels] = 0
-        orphans = (labels > 0) & (ids == 0) & (lut.max() > 0)
-        if orphans.any():
+        orphans = (labels > 0) & (ids == 0)
+        if orphans.any() and lut.max() > 0:
             _fill_from_neighbours(ids, labels, lut, orphans)
         return torch.cat((labels, ids))
 

@@ -193,6 +193,7 @@ class nnUNetTrainerVA(nnUNetTrainerBudget):
         tr_keys, val_keys = self.do_split()
         cases = sorted(set(tr_keys) | set(val_keys))
         volumes, rows = table.padded(cases)
+        table.verify_sources(self.preprocessed_dataset_folder, cases)
         self._va_volumes = torch.from_numpy(volumes).to(self.device)
         self._va_rows = rows
         if self.va_options.get("mode") == "absolute" and self.va_options.get("v_ref") is None:
@@ -320,11 +321,12 @@ class DeepSupervisionVALoss(torch.nn.Module):
         self.weights = tuple(float(w) for w in weights)
 
     def forward(self, net_output, target, instances=None, volumes=None):
-        if not (len(net_output) == len(target) == len(self.weights)):
-            raise ValueError(f"deep supervision: {len(net_output)} outputs, {len(target)} targets, "
-                             f"{len(self.weights)} weights")
         if instances is None:
             instances = [None] * len(target)
+        # zip would silently drop the scales past the shortest list
+        if not (len(net_output) == len(target) == len(instances) == len(self.weights)):
+            raise ValueError(f"deep supervision: {len(net_output)} outputs, {len(target)} targets, "
+                             f"{len(instances)} instance maps, {len(self.weights)} weights")
         return sum(w * self.loss(o, t, i, volumes)
                    for w, o, t, i in zip(self.weights, net_output, target, instances) if w != 0)
 
