@@ -1,0 +1,121 @@
+"""The DICOM commands end to end, in-process: import-rtstruct, export-rtstruct, gc-predict (network injected)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from dicom_synth import rotation, write_series
+
+from vadice.cli import main
+
+
+def _series(tmp_path, shape=(5, 20, 24), rot=None, **kw):
+    pix = np.random.default_rng(0).integers(0, 1000, shape).astype(np.uint16)
+    return write_series(tmp_path / "mr", pix, spacing_xyz=(0.7, 0.8, 2.0), rot=rot, **kw), pix
+
+
+def _labels(shape=(5, 20, 24)):
+    lab = np.zeros(shape, np.uint8)
+    lab[1:4, 4:12, 5:14] = 1
+    lab[2, 15, 20] = 2
+    return lab
+
+
+def test_export_then_import_round_trip_through_the_cli(tmp_path, capsys):
+    rot = rotation("z", 90) @ rotation("x", 10)
+    w, pix = _series(tmp_path, rot=rot)
+    # the label map on the series grid, geometry built here from the written parameters (LPS -> RAS for nibabel)
+    affine = np.eye(4)
+    affine[:3, :3] = np.column_stack([w.row_dir, w.col_dir, w.normal]) * np.array(w.spacing_xyz)
+    affine[:3, 3] = w.origin
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    lab = _labels()
+    nib.save(nib.Nifti1Image(lab.T.copy(), affine), tmp_path / "p1.nii.gz")
+
+    assert main(["export-rtstruct", str(tmp_path / "mr"), str(tmp_path / "p1.nii.gz"), "--out-dir",
+                 str(tmp_path / "dcm"), "--output-type", "rtstruct,seg"]) == 0
+    assert sorted(p.name for p in (tmp_path / "dcm").iterdir()) == ["RS_p1.dcm", "SEG_p1.dcm"]
+    assert pydicom.dcmread(tmp_path / "dcm/RS_p1.dcm").FrameOfReferenceUID == w.frame_uid
+
+    assert main(["import-rtstruct", str(tmp_path / "mr"), str(tmp_path / "dcm/RS_p1.dcm"), "--out",
+                 str(tmp_path / "back.nii.gz"), "--image-out", str(tmp_path / "img.nii.gz")]) == 0
+    assert "GTVp -> 1" in capsys.readouterr().out
+    back = nib.load(tmp_path / "back.nii.gz")
+    np.testing.assert_array_equal(np.asarray(back.dataobj).T, lab)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "img.nii.gz").dataobj).T, pix)
+
+
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
+    w, _ = _series(tmp_path, modality="CT")
+    rc = main(["import-rtstruct", str(tmp_path / "mr"), str(tmp_path / "none.dcm"), "--out", str(tmp_path / "o.nii.gz")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "modality CT, expected MR" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.nii.gz").exists()
+
+    w2 = write_series(tmp_path / "mr2", np.zeros((5, 20, 24), np.uint16))
+    off = sitk.GetImageFromArray(_labels((5, 20, 25)))
+    sitk.WriteImage(off, str(tmp_path / "off.nii.gz"))
+    rc = main(["export-rtstruct", str(w2.folder), str(tmp_path / "off.nii.gz"), "--out-dir", str(tmp_path / "d")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "off.nii.gz: not on the grid" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+    rc = main(["export-rtstruct", str(w2.folder), str(tmp_path / "off.nii.gz"), "--out-dir", str(tmp_path / "d"),
+               "--output-type", "rtstruct,pdf"])
+    assert rc == 2 and "--output-type" in capsys.readouterr().err
+
+
+def test_existing_output_refused_without_overwrite(tmp_path, capsys):
+    _series(tmp_path)
+    (tmp_path / "o.nii.gz").write_text("keep me")
+    rc = main(["import-rtstruct", str(tmp_path / "mr"), str(tmp_path / "rs.dcm"), "--out", str(tmp_path / "o.nii.gz")])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
+    assert (tmp_path / "o.nii.gz").read_text() == "keep me"
+
+
+def _fake_model(root: Path, channels: int, folds=(0, 1)) -> Path:
+    model = root / "Trainer__Plans__3d_fullres"
+    for f in folds:
+        (model / f"fold_{f}").mkdir(parents=True)
+        (model / f"fold_{f}" / "checkpoint_final.pth").write_bytes(b"")
+    (model / "fold_4").mkdir()  # unfinished fold: no checkpoint
+    (model / "dataset.json").write_text(json.dumps({"channel_names": {str(i): f"c{i}" for i in range(channels)}}))
+    return model
+
+
+def test_gc_predict_command_with_injected_network(tmp_path, monkeypatch, capsys):
+    import vadice.predict
+
+    seen = {}
+
+    def fake_predict(in_dir, out_dir, model_dir, folds, device, overlays, checkpoint, progress):
+        seen.update(folds=folds, device=device, overlays=overlays, inputs=sorted(p.name for p in Path(in_dir).iterdir()))
+        first = sitk.ReadImage(str(Path(in_dir) / "case_0000.nii.gz"))
+        out = sitk.GetImageFromArray((sitk.GetArrayFromImage(first) > 0.5).astype(np.uint8))
+        out.CopyInformation(first)
+        Path(out_dir).mkdir()
+        sitk.WriteImage(out, str(Path(out_dir) / "case.nii.gz"))
+
+    monkeypatch.setattr(vadice.predict, "predict", fake_predict)
+    img = sitk.GetImageFromArray(np.random.default_rng(1).uniform(0, 1, (4, 10, 12)).astype(np.float32))
+    img.SetSpacing((0.5, 0.5, 2.0))
+    (tmp_path / "input/images/pre-rt-t2w-head-neck").mkdir(parents=True)
+    sitk.WriteImage(img, str(tmp_path / "input/images/pre-rt-t2w-head-neck/x.mha"))
+    model = _fake_model(tmp_path, 1)
+    args = ["gc-predict", "--task", "1", "--model", str(model), "--input", str(tmp_path / "input"),
+            "--output", str(tmp_path / "output"), "--device", "cpu"]
+    assert main(args) == 0
+    assert seen == {"folds": (0, 1), "device": "cpu", "overlays": False, "inputs": ["case_0000.nii.gz"]}
+    out = sitk.ReadImage(str(tmp_path / "output/images/mri-head-neck-segmentation/output.mha"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(img) > 0.5)
+
+    rc = main(["gc-predict", "--task", "2", "--model", str(model), "--input", str(tmp_path / "input"),
+               "--output", str(tmp_path / "o2"), "--device", "cpu"])
+    assert rc == 2 and "task 2 needs 3" in capsys.readouterr().err
