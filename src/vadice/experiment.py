@@ -15,8 +15,8 @@ Run folder::
     RUN_DIR/predictions/<setup>/seed_<S>/<case>.nii.gz   pooled out-of-fold predictions
     RUN_DIR/gt/<case>.nii.gz           the matching ground truth (links into labelsTr)
     RUN_DIR/evaluation/<setup>/seed_<S>/   cases.csv, lesions.csv, summary.json
-    RUN_DIR/comparison/                comparison.{json,md,csv} (pairs by case and seed)
-    RUN_DIR/seed_spread.json           seed-to-seed spread of each value / difference
+    RUN_DIR/comparison/                comparison.{json,md,csv} (pairs by case; seeds pooled)
+    RUN_DIR/seed_spread.json           per-seed values and differences of every metric
     RUN_DIR/report.html
 """
 
@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 from vadice import __version__
 import numpy as np
 
-from vadice.io import InputError, check_output_dir, copy_file, sha256_file, write_text
+from vadice.io import InputError, check_output_dir, copy_file, sha256_file, strip_nifti_suffix, write_text
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,19 @@ class Experiment:
 
     # ---- set-up -------------------------------------------------------------------------
     @classmethod
-    def open(cls, run_dir: str | os.PathLike, settings: ExperimentSettings, progress: bool = True) -> "Experiment":
+    def open(cls, run_dir: str | os.PathLike, settings: ExperimentSettings, progress: bool = True,
+             existing: bool = False) -> "Experiment":
+        """Check the settings against the dataset and the run folder; creates nothing.
+
+        The folder appears with the first file written into it, so a refused or
+        failed start leaves no empty run folder. ``existing`` requires a started
+        run (``--collect``).
+
+        Raises:
+          InputError: bad set-ups, folds outside the dataset's split, unknown
+            dataset, settings differing from the run folder's, or (``existing``)
+            no run there.
+        """
         run_dir = check_output_dir(run_dir)
         for setup in settings.setups:
             if setup not in SETUPS:
@@ -124,6 +136,9 @@ class Experiment:
         if not settings.seeds or not settings.folds:
             raise InputError(None, "at least one fold and one seed are needed")
         manifest = run_dir / "manifest.json"
+        if existing and not manifest.is_file():
+            raise InputError(run_dir, "no experiment run here (no manifest.json): run `vadice experiment` "
+                             "without --collect first")
         if manifest.exists():
             old = json.loads(manifest.read_text()).get("settings", {})
             new = settings.fixed()
@@ -133,8 +148,8 @@ class Experiment:
                                  + "); use a new --out folder")
         from vadice.nnunet import runner
 
-        runner.resolve_dataset(settings.dataset)  # an unknown dataset fails before the run folder exists
-        run_dir.mkdir(parents=True, exist_ok=True)
+        ref = runner.resolve_dataset(settings.dataset)  # an unknown dataset fails before the run folder exists
+        runner.check_folds(settings.folds, None if ref.paths.preprocessed is None else ref.preprocessed_dir)
         return cls(run_dir, settings, progress)
 
     def prepare(self, fingerprint_samples: int | None = None):
@@ -192,7 +207,7 @@ class Experiment:
                 "unit": asdict(unit), "seconds": round(time.time() - start, 1),
                 "model_dir": str(result.model_dir), "fold_dir": str(result.fold_dir),
                 "checkpoint": str(result.checkpoint), "checkpoint_sha256": sha256_file(result.checkpoint),
-                "cases": [strip_suffix(p.name) for p in preds], "command": result.command,
+                "cases": [strip_nifti_suffix(p.name) for p in preds], "command": result.command,
             }
             write_text(self.marker(unit), json.dumps(info, indent=2))
             done_now.append(unit)
@@ -281,20 +296,17 @@ class Experiment:
         return write_text(path, json.dumps(manifest, indent=2))
 
 
-def strip_suffix(name: str) -> str:
-    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name
-
-
 def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str], out_dir: Path,
                    pair_by: str = "case") -> dict:
-    """Compare set-ups against the first, pooling seeds, and measure the seed-to-seed spread.
+    """Compare set-ups against the first, pooling seeds (see :mod:`vadice.metrics.compare`).
 
-    ``pair_by="case"`` averages each case's per-case metric over seeds before the
-    Wilcoxon test (patients are the independent units; n = cases);
-    ``"case-seed"`` pairs (case, seed) units. Either way the bootstrap
-    resamples patients with all their seeds. The spread is, per label and
-    metric, the range and SD over seeds of each set-up's difference to the
-    baseline (of the value itself for the baseline).
+    ``pair_by="case"`` (default) averages each case's per-case metric over
+    seeds before the Wilcoxon test (patients are the independent units);
+    ``"case-seed"`` pairs (case, seed) units, which is pseudo-replication and
+    marked as such in the outputs. CIs come from the two-level (patients,
+    then seeds) bootstrap; each difference gets its per-seed Δs and the
+    verdict rule. ``seed_spread.json`` lists, per label and metric, each
+    set-up's per-seed values and per-seed Δs to the first set-up.
 
     Returns:
       ``{"result": compare_runs output, "seed_spread": {...}, "markdown": str}``.
@@ -306,21 +318,12 @@ def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str
     groups = [[evaluations[s][seed] for seed in seeds] for s in setups]
     pair_key = ("case", "seed") if pair_by == "case-seed" else ("case",)
     result = compare_runs(groups, names=list(setups), out_dir=out_dir, pair_key=pair_key)
-    per_seed = [compare_runs([[evaluations[s][seed]] for s in setups], names=list(setups), n_boot=1)
-                for seed in seeds]
     spread: dict = {}
-    for rows in zip(*(r["rows"] for r in per_seed)):
-        label, metric = rows[0]["label"], rows[0]["metric"]
-        for i, setup in enumerate(setups):
-            key = "values" if i == 0 else "diff"
-            values = np.array([r[key][setup] if r[key][setup] is not None else np.nan for r in rows], float)
-            values = values[np.isfinite(values)]
-            if values.size:
-                spread.setdefault(label, {}).setdefault(metric, {})[setup] = {
-                    "min": float(values.min()), "max": float(values.max()),
-                    "sd": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
-                    "n_seeds": int(values.size), "of": "value" if i == 0 else "difference to " + setups[0],
-                }
+    for row in result["rows"]:
+        entry = spread.setdefault(row["label"], {}).setdefault(row["metric"], {})
+        for setup in setups:
+            entry[setup] = {"seeds": seeds, "values": row["seed_values"][setup],
+                            "diffs": row["seed_diffs"][setup], "verdict": row["verdict"][setup]}
     # Beside, not inside, the comparison folder: compare_runs only replaces folders holding its own files.
     write_text(out_dir.parent / "seed_spread.json", json.dumps(json_clean(spread), indent=2))
     markdown = (out_dir / "comparison.md").read_text()
@@ -366,8 +369,6 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         unit = info["unit"]
         for log_file in sorted(Path(info["fold_dir"]).glob("training_log_*.txt")):
             logs.setdefault(unit["setup"], []).append((f"fold {unit['fold']}, seed {unit['seed']}", log_file))
-    spread_path = run_dir / "seed_spread.json"
-    seed_spread = json.loads(spread_path.read_text()) if spread_path.is_file() else None
 
     from vadice.nnunet.runner import resolve_dataset
 
@@ -394,7 +395,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     inputs = ReportInputs(
         title=f"vadice experiment — {Path(settings['dataset']).name}", settings=settings, notes=all_notes,
         comparison=json.loads(comparison_path.read_text()), evaluations=evaluations, training_logs=logs,
-        overlays=overlays, seed_spread=seed_spread, manifest=manifest,
+        overlays=overlays, manifest=manifest,
     )
     return write_report(inputs, Path(out) if out else run_dir / "report.html")
 

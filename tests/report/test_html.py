@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import base64
+import csv
 import re
 from html.parser import HTMLParser
 
 import pytest
 
 from vadice.io import InputError
+from vadice.metrics.compare import compare_runs
+from vadice.metrics.evaluate import json_clean
 from vadice.report import SECTIONS, ReportInputs, best_and_worst_cases, overlay_png, write_report
-from vadice.report.html import read_cases
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CPU_NOTE = "CPU preset cpu-small: a CPU-minute training illustrates the pipeline, not the method"
@@ -52,7 +54,6 @@ def _inputs(run_dir, overlays=(), **kw):
         evaluations=run_dir["evaluations"],
         training_logs=run_dir["logs"],
         overlays=list(overlays),
-        seed_spread={"GTVn": {"dscagg": {"dual": {"min": 0.7311, "max": 0.7599, "sd": 0.0144, "n_seeds": 2}}}},
         manifest={"git_commit": "abc1234def", "versions": {"vadice": "0.1.0", "nnunetv2": "2.8.1"},
                   "device": "cpu", "plans_sha256": "feedbeef"},
     )
@@ -69,7 +70,17 @@ def _overlay(tmp_path):
                        tmp_path / "ov" / "case_000.png", title="case_000")
 
 
-def test_report_is_self_contained_and_complete(run_dir):
+def _csv_rows(folder, name):
+    with open(folder / name, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _section(html, sid):
+    start = html.index(f'<section id="{sid}">')
+    return html[start:html.index("</section>", start)]
+
+
+def test_report_is_self_contained_and_leads_with_the_answer(run_dir):
     tmp = run_dir["tmp"]
     ov = _overlay(tmp)
     out = write_report(_inputs(run_dir, overlays=[("best GTVn: case_000 (DSC 0.70)", ov)]), tmp / "r" / "report.html")
@@ -84,56 +95,83 @@ def test_report_is_self_contained_and_complete(run_dir):
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.IGNORECASE)
     assert "@import" not in html and "url(" not in html
     images = [v for tag, key, v in page.refs if tag == "img"]
-    assert len(images) >= 8  # 4 metrics + size + precision/sensitivity + training + 1 overlay
+    assert len(images) >= 9  # forest + 4 metrics + size + precision/sensitivity + training + 1 overlay
     for tag, key, value in page.refs:
         if tag == "img":
             assert value.startswith("data:image/png;base64,")
             assert base64.b64decode(value.split(",", 1)[1]).startswith(PNG_SIGNATURE)
         else:
             assert value.startswith("#"), (tag, key, value)
-    # The overlay file itself is embedded byte for byte.
     assert "data:image/png;base64," + base64.b64encode(ov.read_bytes()).decode() in html
 
-    # Every section, with its id and heading.
+    # The answer first, settings and manifest last.
     assert page.sections == [sid for sid, _ in SECTIONS]
     assert page.h2 == [heading for _, heading in SECTIONS]
-    for heading in ("Settings", "Comparison table", "Per-case distributions", "Sensitivity by lesion size",
-                    "Precision and sensitivity per label", "Training curves", "Best and worst cases", "Notes"):
-        assert heading in page.h2
+    assert page.sections[0] == "answer" and page.sections[-1] == "settings"
+    answer = _section(html, "answer")
+    assert "consistent</b> only when its CI excludes 0 <i>and</i> every seed" in answer
+    # Pooled DSCagg of GTVn over both seeds, recomputed from cases.csv with the csv module.
+    values = {}
+    for setup, per in run_dir["evaluations"].items():
+        rows = [r for seed in per for r in _csv_rows(per[seed], "cases.csv") if r["label"] == "GTVn"]
+        values[setup] = (2 * sum(float(r["intersection_ml"]) for r in rows)
+                         / sum(float(r["gt_volume_ml"]) + float(r["pred_volume_ml"]) for r in rows))
+        assert f">{values[setup]:.3f}<" in answer
+    assert f"{values['dual'] - values['baseline']:+.3f}" in answer
+    verdicts = [v for r in run_dir["comparison"]["rows"] for k, v in r["verdict"].items() if v]
+    assert any(v in answer for v in verdicts)
+    for s in ("Dataset501_Synth", "cpu-small", "abc1234def", "2.8.1"):
+        assert s in _section(html, "settings") and s not in answer
+    assert CPU_NOTE in html[:html.index('<section id="answer">')]
 
-    text = " ".join(page.text)
-    # Comparison numbers: values, differences, CI, p, Holm p, pairs, and the seed spread.
-    for s in ("0.712", "0.746", "0.730", "+0.033", "+0.018", "[-0.013, +0.079]", "4.57", "3.21", "-1.36",
-              "0.031", "0.094", "< 0.001", "SD 0.014", "0.731–0.760", "2 seeds"):
-        assert s in text, s
-    # p values are rounded to what the data support; the Holm-significant one is flagged.
-    assert "0.00126" not in text
-    assert 'class="num sig">0.0013<' in html
-    assert html.count('class="num sig"') == 1
-    # Settings, manifest, notes.
-    for s in ("Dataset501_Synth", "cpu-small", "abc1234def", "2.8.1", CPU_NOTE, "HNTS-MRG", "Holm"):
-        assert s in text, s
-    # Lesion-size counts pooled over two seeds: per case GTVn truth lesions 0.3 (hit), 0.7 (miss), 2.0 (hit).
-    assert "8/8" in text and "0/8" in text
-    # Pooled lesion sensitivity from cases.csv counts: 1 of 2 per case, 8 cases x 2 seeds.
-    assert "0.500 (8/16)" in text
-    # Per-set-up summary prefers summary.json's DSCagg.
-    assert "0.810" in text and "0.730" in text
-    # Training table read the log.
-    assert "-0.300" in text
+    # Size bins pooled over seeds: every GTVn truth lesion here is < 0.5 ml (6 per seed).
+    size = _section(html, "lesion-size")
+    les = [r for seed in (0, 1) for r in _csv_rows(run_dir["evaluations"]["baseline"][seed], "lesions.csv")
+           if r["label"] == "GTVn" and r["source"] == "gt" and float(r["volume_ml"]) < 0.5]
+    cell = f"{sum(int(r['detected']) for r in les)}/{len(les)}"
+    assert f"<td>GTVn</td><td>baseline</td><td class=\"num\">{cell}</td>" in size and len(les) == 12
+    assert "truth lesions &lt;0.5 ml: detected/total" in size
+    # Precision/sensitivity pooled counts from cases.csv.
+    cases = [r for seed in (0, 1) for r in _csv_rows(run_dir["evaluations"]["dual"][seed], "cases.csv")
+             if r["label"] == "GTVn"]
+    det, tot = sum(int(r["n_gt_detected"]) for r in cases), sum(int(r["n_gt_lesions"]) for r in cases)
+    assert f"({det}/{tot})" in _section(html, "precision-sensitivity")
+    # Training curves name the loss each set-up trains with.
+    training = _section(html, "training")
+    assert "baseline: Dice + cross-entropy" in training and "dual: VA Dice + cross-entropy" in training
+    assert "-0.300" in training
+    # Inputs: missing and resampled predictions are shown (none here).
+    assert "missing predictions" in _section(html, "inputs")
+
+
+def test_comparison_table_shows_undefined_counts_and_seed_diffs(run_dir):
+    out = write_report(_inputs(run_dir), run_dir["tmp"] / "report.html")
+    table = _section(out.read_text(), "comparison")
+    row = next(r for r in run_dir["comparison"]["rows"] if r["label"] == "GTVn" and r["metric"] == "hd95")
+    assert f"{row['n_undefined']['dual']} of {row['n_values']['dual']}" in table
+    sd = row["seed_diffs"]["dual"]
+    assert ", ".join(f"{x:+.2f}" for x in sd) in table
+    assert "Wilcoxon signed-rank" in table and "pseudo-replication" not in table
+
+
+def test_empty_predictions_warn_at_the_top(tmp_path, fakes):
+    evals = fakes.write_cohort(tmp_path, ("baseline", "dual"), seeds=(0,), drop_nodes=lambda s, seed, c: s == "dual")
+    comparison = compare_runs([evals["baseline"][0], evals["dual"][0]], ["baseline", "dual"], None, n_boot=20)
+    out = write_report(ReportInputs(title="t", comparison=json_clean(comparison), evaluations=evals),
+                       tmp_path / "report.html")
+    html = out.read_text()
+    top = html[:html.index('<section id="answer">')]
+    assert 'class="alert"' in top and "dual predicts no GTVn on 4 of 4" in top
+    assert "One seed per run" in top
 
 
 def test_report_without_comparison_or_extras(tmp_path, fakes):
-    ev = fakes.write_evaluation(tmp_path / "eval", [fakes.case_row("c1", "2", 0.5), fakes.case_row("c2", 2, 0.7)])
-    out = write_report(ReportInputs(title="single", evaluations={"mine": {0: ev}}), tmp_path / "report.html")
+    evals = fakes.write_cohort(tmp_path, ("mine",), seeds=(0,))
+    out = write_report(ReportInputs(title="single", evaluations=evals), tmp_path / "report.html")
     html = out.read_text()
     for sid, heading in SECTIONS:
         assert f'id="{sid}"' in html and f"<h2>{heading}</h2>" in html
-    assert "No comparison given" in html
-    assert "GTVn" in html  # integer label mapped to its name
-    # DSCagg computed from volumes when summary.json is absent: 2*8/(10+9) for both cases.
-    assert f"{2 * 16 / 38:.3f}" in html
-    assert "no lesions.csv" in html
+    assert "No comparison given" in html and "GTVn" in html
 
 
 def test_report_with_nothing_at_all(tmp_path):
@@ -142,34 +180,34 @@ def test_report_with_nothing_at_all(tmp_path):
     assert all(f"<h2>{h}</h2>" in html for _, h in SECTIONS)
     page = _Collector()
     page.feed(html)
-    # distributions, size, precision/sensitivity and training each show a placeholder figure
-    assert len([r for r in page.refs if r[0] == "img"]) == 4
+    # 4 distributions, size, precision/sensitivity and training: each a placeholder figure (no forest)
+    assert len([r for r in page.refs if r[0] == "img"]) == 7
     assert "No comparison given" in html and "No overlays given" in html
 
 
 def test_report_escapes_html(tmp_path, fakes):
-    ev = fakes.write_evaluation(tmp_path / "eval", [fakes.case_row("<b>c1</b>", "GTVp", 0.5)])
-    out = write_report(ReportInputs(title="<script>alert(1)</script>", notes=["a < b & c"],
-                                    evaluations={"x": {0: ev}}), tmp_path / "report.html")
+    evals = fakes.write_cohort(tmp_path, ("<b>x</b>",), seeds=(0,))
+    out = write_report(ReportInputs(title="<script>alert(1)</script>", notes=["a < b & c"], evaluations=evals),
+                       tmp_path / "report.html")
     html = out.read_text()
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "a &lt; b &amp; c" in html
+    assert "a &lt; b &amp; c" in html and "&lt;b&gt;x&lt;/b&gt;" in html
 
 
 def test_report_bad_inputs_write_nothing(tmp_path, fakes):
     out = tmp_path / "report.html"
-    with pytest.raises(InputError, match="evaluation folder not found"):
+    with pytest.raises(InputError, match="directory not found"):
         write_report(ReportInputs(title="x", evaluations={"a": {0: tmp_path / "nope"}}), out)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "cases.csv").write_text("case,dsc\nc1,0.5\n")
-    with pytest.raises(InputError, match=r"cases\.csv: missing column\(s\) label"):
-        write_report(ReportInputs(title="x", evaluations={"a": {0: bad}}), out)
-    (bad / "cases.csv").write_text("case,label,dsc\nc1,GTVp,zero\n")
-    with pytest.raises(InputError, match="line 2: column 'dsc' is not a number"):
-        write_report(ReportInputs(title="x", evaluations={"a": {0: bad}}), out)
+    evals = fakes.write_cohort(tmp_path / "c", ("a",), seeds=(0,), n_cases=1)
+    folder = evals["a"][0]
+    text = (folder / "cases.csv").read_text()
+    (folder / "cases.csv").write_text(text.replace(",GTVp,", ",GTVp,zero,", 1).replace(",", ",", 1))
+    with pytest.raises(InputError, match=r"cases\.csv: line 2: column 'dsc' is not a number"):
+        write_report(ReportInputs(title="x", evaluations=evals), out)
+    (folder / "cases.csv").write_text("case,dsc\nc1,0.5\n")
+    with pytest.raises(InputError, match=r"cases\.csv: missing column\(s\)"):
+        write_report(ReportInputs(title="x", evaluations=evals), out)
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["bad"]
     (tmp_path / "dir.html").mkdir()
     with pytest.raises(InputError, match="directory"):
         write_report(ReportInputs(title="x"), tmp_path / "dir.html")
@@ -187,31 +225,15 @@ def test_missing_overlay_and_log_are_reported_not_fatal(run_dir):
     assert "missing_log.txt not found" in html
 
 
-def test_best_and_worst_cases(run_dir, fakes, tmp_path):
-    ev = run_dir["evaluations"]["baseline"][0]
+def test_best_and_worst_cases(run_dir):
+    ev = run_dir["evaluations"]["dual"][0]
+    rows = [r for r in _csv_rows(ev, "cases.csv") if r["label"] == "GTVn" and r["dsc"] != ""]
+    ranked = sorted(((float(r["dsc"]), r["case"]) for r in rows), key=lambda t: (-t[0], t[1]))
     best, worst = best_and_worst_cases(ev, "GTVn", k=1)
-    # GTVn DSC per case: 0.40, 0.50, 0.60, NaN (case_003 ignored).
-    assert best == [("case_002", pytest.approx(0.6))]
-    assert worst == [("case_000", pytest.approx(0.4))]
-    best2, worst2 = best_and_worst_cases(ev, 2, k=2)  # integer label works too
-    assert [c for c, _ in best2] == ["case_002", "case_001"]
-    # Only 3 finite cases < 2k: the lists may share a case rather than come up short.
-    assert [c for c, _ in worst2] == ["case_000", "case_001"]
-    assert len(best_and_worst_cases(ev, "GTVp", k=2)[1]) == 2
-
-    rows = [fakes.case_row("b", "GTVp", 0.5), fakes.case_row("a", "GTVp", 0.5), fakes.case_row("c", "GTVp", 0.9)]
-    tie = fakes.write_evaluation(tmp_path / "tie", rows)
-    assert best_and_worst_cases(tie, "GTVp")[1] == [("a", 0.5)]  # ties broken by name
-    same = fakes.write_evaluation(tmp_path / "same", [fakes.case_row("x", "GTVn", 0.5),
-                                                      fakes.case_row("y", "GTVn", 0.5)])
-    assert best_and_worst_cases(same, "GTVn") == ([("x", 0.5)], [("y", 0.5)])  # disjoint when possible
-    with pytest.raises(InputError, match="no rows for label 'GTVn'"):
-        best_and_worst_cases(tie, "GTVn")
+    assert best == [(ranked[0][1], pytest.approx(ranked[0][0]))]
+    assert worst[0][1] == pytest.approx(min(d for d, _ in ranked))
+    assert best_and_worst_cases(ev, 2, k=1) == (best, worst)  # the label value works too
+    with pytest.raises(InputError, match="no rows for label 'GTVx'"):
+        best_and_worst_cases(ev, "GTVx")
     with pytest.raises(ValueError):
-        best_and_worst_cases(tie, "GTVp", k=0)
-
-
-def test_read_cases_nan_and_labels(tmp_path, fakes):
-    ev = fakes.write_evaluation(tmp_path / "e", [fakes.case_row("c", 1, float("nan"))])
-    (row,) = read_cases(ev)
-    assert row["label"] == "GTVp" and row["dsc"] != row["dsc"]
+        best_and_worst_cases(ev, "GTVp", k=0)

@@ -11,7 +11,6 @@ from vadice.report import plots
 from vadice.report.plots import (
     parse_training_log,
     precision_sensitivity_png,
-    size_bins,
     size_sensitivity_png,
     training_curves_png,
     paired_distribution_png,
@@ -32,7 +31,8 @@ def test_no_data_figures_for_empty_inputs():
         paired_distribution_png("dsc", {}),
         paired_distribution_png("dsc", {"GTVn": {"a": {}, "b": {}}}),
         size_sensitivity_png({}),
-        size_sensitivity_png({"GTVn": {"a": size_bins([], [])}}),
+        size_sensitivity_png({"GTVn": {"a": [("<0.5 ml", 0, 0), (">=0.5 ml", 0, 0)]}}),
+        plots.forest_png([("GTVn DSCagg", [("dual", NAN, NAN, NAN, [])])]),
         precision_sensitivity_png({"GTVn": {"a": []}}),
         training_curves_png({}),
         training_curves_png({"a": [("fold 0", plots.TrainingLog())]}),
@@ -56,23 +56,12 @@ def test_paired_distribution_skips_nan_and_grows_with_labels():
     assert w2 > w1  # one panel per label with finite data
 
 
-def test_size_bins_half_open_and_counts():
-    vols = [0.1, 0.5, 0.99, 1.0, 4.9, 5.0, 12.0, NAN]
-    det = [True, False, True, True, False, True, True, True]
-    bins = size_bins(vols, det, (0.5, 1, 5, 10))
-    assert [b[0] for b in bins] == ["< 0.5 ml", "0.5–1 ml", "1–5 ml", "5–10 ml", "≥ 10 ml"]
-    assert [(d, t) for _, d, t in bins] == [(1, 1), (1, 2), (1, 2), (1, 1), (1, 1)]
-    # cross-check totals against numpy's histogram on the same half-open bins
-    finite = np.array([v for v in vols if math.isfinite(v)])
-    hist, _ = np.histogram(finite, bins=[0, 0.5, 1, 5, 10, np.inf])
-    assert [t for _, _, t in bins] == hist.tolist()
-    with pytest.raises(ValueError, match="increasing"):
-        size_bins([1.0], [True], (1, 0.5))
-
-
 def test_size_and_precision_plots_render():
-    data = {"GTVn": {"a": size_bins([0.2, 3, 20], [1, 0, 1]), "b": size_bins([0.2, 3, 20], [1, 1, 1])}}
+    data = {"GTVn": {"a": [("<1 ml", 1, 1), (">=1 ml", 1, 2)], "b": [("<1 ml", 1, 1), (">=1 ml", 2, 2)]}}
     assert size_sensitivity_png(data).startswith(PNG_SIGNATURE)
+    forest = plots.forest_png([("GTVn DSCagg", [("dual", 0.02, -0.01, 0.05, [0.01, 0.03])]),
+                               ("GTVp DSCagg", [("dual", -0.01, -0.02, 0.0, [])])], baseline="baseline")
+    assert _png_shape(forest)[:2] != _png_shape(plots.no_data_png("x"))[:2]
     ps = {"GTVp": {"a": [(0.8, 0.9)], "b": [(0.7, 0.6), (0.9, NAN), (0.75, 0.65)]}, "GTVn": {"a": [(0.5, 0.4)]}}
     assert precision_sensitivity_png(ps).startswith(PNG_SIGNATURE)
 

@@ -1,4 +1,4 @@
-"""Figures and the self-contained HTML report (floor 2: imports only vadice.io and vadice.lesions).
+"""Figures and the self-contained HTML report (top floor: reads vadice.metrics outputs, computes no metric).
 
 ``overlay``: contour PNGs of GTVp/GTVn on the slice of largest tumour burden.
 ``plots``: report figures as PNG bytes and the nnU-Net training-log parser.

@@ -1,18 +1,21 @@
 """The self-contained ``report.html`` of an experiment.
 
 Reads what the evaluation and comparison steps wrote (``cases.csv``,
-``lesions.csv``, ``summary.json``, ``comparison.json``) and nnU-Net's training
-logs, draws the figures, and renders one HTML file with every image embedded
-as a base64 data URI and inline CSS: it opens offline, can be mailed, and
-archived next to the run. The files are parsed here with the ``csv``/``json``
-modules rather than through ``vadice.metrics`` so the report depends only on
-the file formats, not on the code that produced them.
+``summary.json``, ``comparison.json``) and nnU-Net's training logs, draws the
+figures, and renders one HTML file with every image embedded as a base64 data
+URI and inline CSS: it opens offline, can be mailed, and archived next to the
+run. Every cohort number (DSCagg, pooled lesion sensitivity and precision,
+size bins, per-seed values, Δ, CI, verdict) is taken from ``comparison.json``,
+computed once by :mod:`vadice.metrics.compare`; evaluation folders are read
+with that module's reader, for the per-case distributions and the overlays.
+
+The report opens with the answer (warnings, the headline numbers with their
+differences, CIs and verdicts, one figure) and ends with settings and manifest.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as _dt
 import json
 import math
@@ -25,41 +28,35 @@ import jinja2
 
 import vadice
 from vadice.io import InputError, write_text
+from vadice.metrics.compare import headline_rows, load_evaluation
 from vadice.report import plots
 
 # (id, heading) of every section, in order; tests and docs rely on these.
 SECTIONS = (
-    ("settings", "Settings"),
-    ("comparison", "Comparison table"),
+    ("answer", "Answer"),
+    ("comparison", "All metrics"),
+    ("inputs", "What the numbers rest on"),
     ("distributions", "Per-case distributions"),
     ("lesion-size", "Sensitivity by lesion size"),
     ("precision-sensitivity", "Precision and sensitivity per label"),
     ("training", "Training curves"),
     ("cases", "Best and worst cases"),
-    ("notes", "Notes"),
+    ("notes", "How to read this report"),
+    ("settings", "Settings and manifest"),
 )
-DEFAULT_LABEL_NAMES = {1: "GTVp", 2: "GTVn"}
 DISTRIBUTION_METRICS = ("dsc", "sds", "msd", "hd95")
-REQUIRED_CASE_COLUMNS = ("case", "label", "dsc")
-NUMERIC_CASE_COLUMNS = ("dsc", "sds", "msd", "hd95", "gt_volume_ml", "pred_volume_ml", "intersection_ml",
-                        "n_gt_lesions", "n_gt_detected", "n_pred_lesions", "n_pred_matched")
+# The loss each set-up trains with (what the training curves show).
+TRAINING_LOSS = {"baseline": "Dice + cross-entropy", "dual": "VA Dice + cross-entropy",
+                 "selective-ln": "VA Dice + cross-entropy"}
 METRIC_NAMES = {
     "dscagg": "DSCagg",
     "dscagg_mean": "DSCagg (mean of labels)",
     "dsc": "DSC",
-    "dsc_mean": "DSC mean",
-    "dsc_median": "DSC median",
     "sds": "SDS",
-    "sds_mean": "SDS mean",
     "msd": "MSD (mm)",
-    "msd_mean": "MSD mean (mm)",
     "hd95": "HD95 (mm)",
-    "hd95_mean": "HD95 mean (mm)",
-    "hd95_median": "HD95 median (mm)",
     "lesion_sensitivity": "Lesion sensitivity",
     "lesion_precision": "Lesion precision",
-    "sensitivity": "Lesion sensitivity (per case)",
-    "precision": "Lesion precision (per case)",
 }
 
 
@@ -69,21 +66,15 @@ class ReportInputs:
 
     Attributes:
       title: report title.
-      settings: experiment settings shown in the Settings section (flat or nested dict).
-      notes: free-text notes shown first in Notes (e.g. the CPU-preset caveat).
+      settings: experiment settings shown at the end (flat or nested dict).
+      notes: free-text notes shown at the top (e.g. the CPU-preset caveat).
       comparison: content of ``comparison.json`` (``vadice compare``), or None.
-      evaluations: ``{setup: {seed: evaluation folder}}`` (folders holding
-        ``cases.csv`` and, optionally, ``lesions.csv`` / ``summary.json``).
-        Set-up order is the display order unless ``comparison["runs"]`` gives one.
+      evaluations: ``{setup: {seed: evaluation folder}}`` (``vadice evaluate``
+        folders). Set-up order is the display order unless ``comparison["runs"]`` gives one.
       training_logs: ``{setup: [(run label, training_log_*.txt path), ...]}``;
         entries with the same run label are merged (a resumed training writes
         a second log file).
       overlays: ``[(caption, PNG path), ...]`` for Best and worst cases.
-      seed_spread: optional ``{label: {metric: {setup: {"min", "max", "sd", "n_seeds"}}}}``
-        shown next to each difference in the comparison table: for the first
-        set-up the spread of its value over seeds, for the others the spread
-        of their per-seed difference to the first (what ``vadice experiment``
-        writes).
       manifest: optional run manifest (versions, commit, seeds, ...).
     """
 
@@ -94,161 +85,7 @@ class ReportInputs:
     evaluations: dict[str, dict[int, Path]] = field(default_factory=dict)
     training_logs: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)
     overlays: list[tuple[str, Path]] = field(default_factory=list)
-    seed_spread: dict | None = None
     manifest: dict | None = None
-
-
-# ---------------------------------------------------------------------------
-# Reading evaluation folders
-
-
-def label_name(value: Any, names: Mapping[int, str] | None = None) -> str:
-    """Normalise a label given as a name (``"GTVn"``) or an integer (``2``/``"2"``) to its name."""
-    text = str(value).strip()
-    try:
-        as_int = int(float(text))
-    except ValueError:
-        return text
-    if float(text) != as_int:
-        return text
-    return (names or DEFAULT_LABEL_NAMES).get(as_int, text)
-
-
-def _parse_float(text: str | None) -> float:
-    if text is None:
-        return math.nan
-    text = text.strip()
-    if text == "" or text.lower() in ("nan", "none", "null", "na"):
-        return math.nan
-    return float(text)
-
-
-def _parse_bool(text: str | None) -> bool:
-    return str(text).strip().lower() in ("1", "1.0", "true", "yes", "y", "t")
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            return list(reader.fieldnames or []), rows
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(path, f"unreadable CSV ({exc})") from None
-
-
-def _evaluation_dir(evaluation_dir: str | os.PathLike) -> Path:
-    path = Path(evaluation_dir)
-    if not path.is_dir():
-        raise InputError(path, "evaluation folder not found")
-    return path
-
-
-def read_cases(evaluation_dir: str | os.PathLike, names: Mapping[int, str] | None = None) -> list[dict]:
-    """Rows of ``cases.csv`` with numeric columns as floats (empty field -> NaN) and label names.
-
-    Raises:
-      InputError: folder or file missing, required columns (case, label, dsc)
-        missing, or a numeric field that is not a number.
-    """
-    path = _evaluation_dir(evaluation_dir) / "cases.csv"
-    columns, raw = _read_csv(path)
-    missing = [c for c in REQUIRED_CASE_COLUMNS if c not in columns]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}; is this a vadice evaluation folder?")
-    rows = []
-    for i, r in enumerate(raw, start=2):
-        row: dict[str, Any] = {"case": r["case"], "label": label_name(r["label"], names)}
-        for key, text in r.items():
-            if key in ("case", "label") or key is None:
-                continue
-            try:
-                row[key] = _parse_float(text)
-            except ValueError:
-                # Extra text columns (e.g. distance_flag) stay text; the metric columns must be numbers.
-                if key in NUMERIC_CASE_COLUMNS or key.startswith("sds_"):
-                    raise InputError(path, f"line {i}: column {key!r} is not a number: {text!r}") from None
-                row[key] = text
-        rows.append(row)
-    return rows
-
-
-def read_lesions(evaluation_dir: str | os.PathLike, names: Mapping[int, str] | None = None) -> list[dict] | None:
-    """Rows of ``lesions.csv`` (volume_ml float, detected bool), or None when the file is absent."""
-    path = _evaluation_dir(evaluation_dir) / "lesions.csv"
-    if not path.exists():
-        return None
-    columns, raw = _read_csv(path)
-    missing = [c for c in ("label", "source", "volume_ml", "detected") if c not in columns]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}")
-    rows = []
-    for i, r in enumerate(raw, start=2):
-        try:
-            volume = _parse_float(r["volume_ml"])
-        except ValueError:
-            raise InputError(path, f"line {i}: volume_ml is not a number: {r['volume_ml']!r}") from None
-        rows.append({
-            "case": r.get("case", ""),
-            "label": label_name(r["label"], names),
-            "source": str(r["source"]).strip().lower(),
-            "volume_ml": volume,
-            "detected": _parse_bool(r["detected"]),
-        })
-    return rows
-
-
-def read_summary(evaluation_dir: str | os.PathLike) -> dict:
-    """``summary.json`` as a dict ({} when absent)."""
-    path = _evaluation_dir(evaluation_dir) / "summary.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(path, "expected a JSON object")
-    return data
-
-
-def _summary_label_names(summary: Mapping) -> dict[int, str] | None:
-    """Label id -> name from the evaluation settings, when the summary records them."""
-    settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
-    labels = settings.get("labels") if isinstance(settings, dict) else None
-    if isinstance(labels, dict):
-        out = {}
-        for k, v in labels.items():
-            # Accept {"GTVp": 1} as well as {"1": "GTVp"}.
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[int(v)] = str(k)
-            elif str(k).strip().lstrip("-").isdigit():
-                out[int(k)] = str(v)
-        return out or None
-    return None
-
-
-def _summary_label_block(summary: Mapping, label: str) -> dict:
-    """The per-label block of a summary, wherever the evaluation nested it."""
-    for container in (summary, summary.get("labels"), summary.get("per_label")):
-        if isinstance(container, dict):
-            block = container.get(label)
-            if isinstance(block, dict):
-                return block
-    return {}
-
-
-def _size_edges(summary: Mapping) -> tuple[float, ...]:
-    settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
-    for key in ("size_bins_ml", "size_bins", "size_edges_ml", "size_bin_edges_ml", "bins_ml"):
-        value = settings.get(key)
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
-            edges = tuple(float(v) for v in value if math.isfinite(float(v)) and float(v) > 0)
-            if edges and all(b > a for a, b in zip(edges, edges[1:])):
-                return edges
-    return plots.DEFAULT_SIZE_EDGES_ML
 
 
 def best_and_worst_cases(
@@ -263,27 +100,26 @@ def best_and_worst_cases(
     least ``2k`` cases the two lists do not share a case.
 
     Args:
-      evaluation_dir: folder holding ``cases.csv``.
-      label: label name (``"GTVn"``) or id (``2``).
+      evaluation_dir: a ``vadice evaluate`` folder.
+      label: label name (``"GTVn"``) or value (``2``) as in its summary.json.
       k: how many cases in each list.
 
     Returns:
       ``(best, worst)``: lists of ``(case, dsc)``, best first / worst first.
 
     Raises:
-      InputError: ``cases.csv`` missing or malformed, or no row for ``label``.
+      InputError: a malformed evaluation folder, or no row for ``label``.
       ValueError: ``k < 1``.
     """
     if int(k) < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    evaluation_dir = _evaluation_dir(evaluation_dir)
-    names = _summary_label_names(read_summary(evaluation_dir))
-    rows = read_cases(evaluation_dir, names)
-    wanted = label_name(label, names)
+    summary, rows, _ = load_evaluation(evaluation_dir)
+    by_value = {str(v): name for name, v in (summary["settings"].get("labels") or {}).items()}
+    wanted = by_value.get(str(label), str(label))
     selected = [r for r in rows if r["label"] == wanted]
     if not selected:
         present = sorted({r["label"] for r in rows})
-        raise InputError(evaluation_dir / "cases.csv",
+        raise InputError(Path(evaluation_dir) / "cases.csv",
                          f"no rows for label {wanted!r} (labels present: {', '.join(present) or 'none'})")
     scored = sorted(((r["case"], float(r["dsc"])) for r in selected if math.isfinite(r["dsc"])),
                     key=lambda t: (t[1], t[0]))
@@ -328,6 +164,8 @@ def _fmt_p(x: Any) -> str:
 def _metric_title(metric: str) -> str:
     if metric in METRIC_NAMES:
         return METRIC_NAMES[metric]
+    if metric.startswith("lesion_sensitivity "):
+        return f"Lesion sensitivity, truth lesions {metric.split(' ', 1)[1]}"
     if metric.startswith("sds_") and metric.endswith("mm"):
         return f"SDS at {metric[4:-2]} mm"
     return metric
@@ -350,20 +188,6 @@ def _flat_items(d: Mapping, limit: int = 400) -> list[tuple[str, str]]:
     return out
 
 
-def _spread_text(spread: Any, metric: str) -> str:
-    if not isinstance(spread, dict):
-        return ""
-    parts = []
-    if _is_num(spread.get("sd")):
-        parts.append(f"SD {_fmt_value(spread['sd'], metric)}")
-    if _is_num(spread.get("min")) and _is_num(spread.get("max")):
-        parts.append(f"{_fmt_value(spread['min'], metric)}–{_fmt_value(spread['max'], metric)}")
-    n = spread.get("n_seeds")
-    if _is_num(n):
-        parts.append(f"{int(n)} seed{'s' if int(n) != 1 else ''}")
-    return ", ".join(parts)
-
-
 # ---------------------------------------------------------------------------
 # Section builders
 
@@ -376,51 +200,50 @@ def _setup_order(inputs: ReportInputs) -> list[str]:
     return order
 
 
-def _comparison_rows(comparison: Mapping | None, seed_spread: Mapping | None) -> tuple[list[dict], list[str]]:
-    if not comparison:
-        return [], []
-    runs = [str(r) for r in comparison.get("runs") or []]
-    first = runs[0] if runs else ""
+def _entries(row: Mapping, runs: Sequence[str]) -> list[dict]:
+    """One display entry per run of a comparison row: value (with counts), Δ, CI, per-seed Δ, verdict, p."""
+    metric = str(row["metric"])
+    first = runs[0]
     out = []
-    for row in comparison.get("rows") or []:
-        if not isinstance(row, dict):
-            continue
-        label, metric = str(row.get("label", "")), str(row.get("metric", ""))
-        spreads = ((seed_spread or {}).get(label) or {}).get(metric) or {}
-        entries = []
-        for run in runs:
-            get = lambda key: (row.get(key) or {}).get(run)  # noqa: E731
-            lo, hi = get("ci_low"), get("ci_high")
-            p_holm = get("p_holm")
-            entries.append({
-                "run": run,
-                "value": _fmt_value(get("values"), metric),
-                "diff": "" if run == first else _fmt_diff(get("diff"), metric),
-                "ci": "" if run == first else (
-                    f"[{_fmt_diff(lo, metric)}, {_fmt_diff(hi, metric)}]" if _is_num(lo) and _is_num(hi) else "–"),
-                "p": "" if run == first else _fmt_p(get("p")),
-                "p_holm": "" if run == first else _fmt_p(p_holm),
-                "significant": _is_num(p_holm) and float(p_holm) < 0.05,
-                "n_pairs": "" if run == first or get("n_pairs") is None else str(get("n_pairs")),
-                "spread": _spread_text(spreads.get(run), metric),
-            })
-        kind = str(row.get("kind", ""))
-        title = _metric_title(metric)
-        if kind == "per_case" and (metric in DISTRIBUTION_METRICS or metric.startswith("sds_")):
+    for run in runs:
+        value = _fmt_value(row["values"].get(run), metric)
+        counts = (row.get("counts") or {}).get(run)
+        if counts:
+            value += f" ({counts[0]}/{counts[1]})"
+        undefined = ""
+        if row["kind"] == "per_case":
+            undefined = f"{row['n_undefined'][run]} of {row['n_values'][run]}"
+        entry = {"run": run, "value": value, "undefined": undefined, "diff": "", "ci": "", "seeds": "",
+                 "verdict": "", "p": "", "p_holm": "", "n_pairs": str(row["n_pairs"].get(run, "")),
+                 "significant": False, "consistent": False, "boot": ""}
+        if run != first:
+            lo, hi = row["ci_low"].get(run), row["ci_high"].get(run)
+            sd = row["seed_diffs"].get(run) or []
+            p_holm = row["p_holm"].get(run)
+            entry.update(
+                diff=_fmt_diff(row["diff"].get(run), metric),
+                ci=f"[{_fmt_diff(lo, metric)}, {_fmt_diff(hi, metric)}]" if _is_num(lo) and _is_num(hi) else "–",
+                seeds=(", ".join(_fmt_diff(x, metric) for x in sd) + f" ({row['n_seeds_agree'][run]} of {len(sd)} "
+                       "agree)") if sd else "–",
+                verdict=row["verdict"].get(run) or "", consistent=row["verdict"].get(run) == "consistent",
+                p=_fmt_p(row["p"].get(run)), p_holm=_fmt_p(p_holm),
+                significant=_is_num(p_holm) and float(p_holm) < 0.05,
+                boot=str(row["n_boot_valid"].get(run, "")),
+            )
+        out.append(entry)
+    return out
+
+
+def _table_rows(rows: Sequence[Mapping], runs: Sequence[str]) -> list[dict]:
+    out = []
+    for row in rows:
+        title = _metric_title(str(row["metric"]))
+        if row["kind"] == "per_case":
             unit = " (mm)" if title.endswith(" (mm)") else ""
             title = title.removesuffix(unit) + ", mean per case" + unit
-        out.append({"label": label, "metric": title, "kind": kind.replace("_", "-"),
-                    "entries": entries})
-    return out, runs
-
-
-def _mean(values: Sequence[float]) -> float:
-    vals = [float(v) for v in values if _is_num(v)]
-    return sum(vals) / len(vals) if vals else math.nan
-
-
-def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else math.nan
+        out.append({"label": row["label"], "metric": title, "kind": row["kind"].replace("_", "-"),
+                    "flag": bool(row.get("undefined_differ")), "entries": _entries(row, runs)})
+    return out
 
 
 def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
@@ -434,134 +257,90 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
       ``out_path`` as a Path.
 
     Raises:
-      InputError: an evaluation folder or its ``cases.csv`` is missing or
-        malformed (named in the message); nothing is written then.
+      InputError: an evaluation folder is missing or malformed (named in the
+        message); nothing is written then.
     """
     out_path = Path(out_path)
     if out_path.exists() and out_path.is_dir():
         raise InputError(out_path, "report path is a directory; give a file name such as report.html")
     setups = _setup_order(inputs)
+    comparison = inputs.comparison or {}
+    runs = [str(r) for r in comparison.get("runs") or []]
+    rows = [r for r in comparison.get("rows") or [] if isinstance(r, dict)]
 
     # Read everything first so a bad input fails before anything is drawn or written.
-    evals: dict[str, dict[int, dict]] = {}
+    evals: dict[str, dict[Any, dict]] = {}
     for setup, per_seed in inputs.evaluations.items():
         evals[setup] = {}
-        for seed, folder in sorted(per_seed.items(), key=lambda kv: (not isinstance(kv[0], int),
-                                                                     kv[0] if isinstance(kv[0], int) else str(kv[0]))):
-            summary = read_summary(folder)
-            names = _summary_label_names(summary)
-            evals[setup][seed] = {
-                "dir": Path(folder),
-                "summary": summary,
-                "cases": read_cases(folder, names),
-                "lesions": read_lesions(folder, names),
-            }
+        for seed, folder in sorted(per_seed.items(), key=lambda kv: str(kv[0])):
+            summary, cases, _ = load_evaluation(folder)
+            evals[setup][seed] = {"dir": Path(folder), "summary": summary, "cases": cases}
     all_evals = [e for per in evals.values() for e in per.values()]
     labels = list(dict.fromkeys(r["label"] for e in all_evals for r in e["cases"]))
     multi_seed = any(len(per) > 1 for per in evals.values())
+    shown = [s for s in setups if s in evals]
 
-    def key_of(case: str, seed: Any) -> Any:
-        return (case, seed) if multi_seed else case
+    # The answer: headline rows and their figure.
+    headline = _table_rows(headline_rows(comparison), runs) if rows else []
+    forest = [(f"{r['label']} {_metric_title(r['metric'])}",
+               [(run, r["diff"][run], r["ci_low"][run], r["ci_high"][run], r["seed_diffs"][run] or [])
+                for run in runs[1:]]) for r in headline_rows(comparison)] if rows else []
+    forest_img = _png_uri(plots.forest_png(forest, setups=runs, baseline=runs[0] if runs else "baseline"))
+    table = _table_rows(rows, runs)
 
-    # Per-case distributions.
-    columns = {k for e in all_evals for r in e["cases"] for k in r}
-    metrics = [m for m in DISTRIBUTION_METRICS if m in columns]
+    # Per-case distributions (one point per case, and seed).
     distributions = []
-    for metric in metrics:
-        data = {lab: {s: {} for s in setups if s in evals} for lab in labels}
+    for metric in DISTRIBUTION_METRICS:
+        data = {lab: {s: {} for s in shown} for lab in labels}
         for setup, per in evals.items():
             for seed, e in per.items():
                 for r in e["cases"]:
-                    data[r["label"]][setup][key_of(r["case"], seed)] = r.get(metric, math.nan)
+                    data[r["label"]][setup][(r["case"], seed) if multi_seed else r["case"]] = r[metric]
         distributions.append({"title": _metric_title(metric),
-                              "img": _png_uri(plots.paired_distribution_png(metric, data, setups=[s for s in setups if s in evals]))})
-    if not distributions:
-        distributions.append({"title": "Per-case metrics",
-                              "img": _png_uri(plots.no_data_png("Per-case metrics", "no evaluation folders"))})
+                              "img": _png_uri(plots.paired_distribution_png(metric, data, setups=shown))})
 
-    # Lesion detection by size, pooled over seeds.
-    size_data: dict[str, dict[str, list]] = {lab: {} for lab in labels}
-    size_missing = []
-    for setup, per in evals.items():
-        vols: dict[str, list] = {lab: [] for lab in labels}
-        dets: dict[str, list] = {lab: [] for lab in labels}
-        edges = plots.DEFAULT_SIZE_EDGES_ML
-        for seed, e in per.items():
-            edges = _size_edges(e["summary"])
-            if e["lesions"] is None:
-                size_missing.append(f"{setup} seed {seed}: no lesions.csv in {e['dir']}")
-                continue
-            for r in e["lesions"]:
-                if r["source"] == "gt" and r["label"] in vols:
-                    vols[r["label"]].append(r["volume_ml"])
-                    dets[r["label"]].append(r["detected"])
-        for lab in labels:
-            size_data[lab][setup] = plots.size_bins(vols[lab], dets[lab], edges)
-    size_img = _png_uri(plots.size_sensitivity_png(size_data, setups=[s for s in setups if s in evals]))
-    size_table = []
-    for lab in labels:
-        for setup in setups:
-            bins = size_data.get(lab, {}).get(setup)
-            if bins:
-                size_table.append({"label": lab, "setup": setup,
-                                   "cells": [f"{d}/{t}" if t else "–" for _, d, t in bins]})
-    first_bins = next((bins for per in size_data.values() for bins in per.values() if bins), [])
-    size_bin_header = [name for name, _, _ in first_bins]
-
-    # Lesion precision / sensitivity per label, per seed and pooled (from cases.csv counts).
-    ps_data: dict[str, dict[str, list]] = {lab: {} for lab in labels}
+    # Size bins, precision and sensitivity: the comparison's pooled counts (one computation).
+    size_data: dict[str, dict[str, list]] = {}
+    ps_data: dict[str, dict[str, list]] = {}
     ps_table = []
-    have_counts = {"n_gt_lesions", "n_gt_detected", "n_pred_lesions", "n_pred_matched"} <= columns
-    if have_counts:
-        for lab in labels:
-            for setup in setups:
-                if setup not in evals:
-                    continue
-                tot = {"gt": 0.0, "det": 0.0, "pred": 0.0, "match": 0.0}
-                points = []
-                for seed, e in evals[setup].items():
-                    s = {"gt": 0.0, "det": 0.0, "pred": 0.0, "match": 0.0}
-                    for r in e["cases"]:
-                        if r["label"] != lab:
-                            continue
-                        for k_, col in (("gt", "n_gt_lesions"), ("det", "n_gt_detected"),
-                                        ("pred", "n_pred_lesions"), ("match", "n_pred_matched")):
-                            if _is_num(r.get(col)):
-                                s[k_] += float(r[col])
-                    points.append((_ratio(s["det"], s["gt"]), _ratio(s["match"], s["pred"])))
-                    for k_ in tot:
-                        tot[k_] += s[k_]
-                ps_data[lab][setup] = points
-                ps_table.append({
-                    "label": lab, "setup": setup, "n_seeds": len(points),
-                    "sens": f"{_fmt_value(_ratio(tot['det'], tot['gt']))} ({int(tot['det'])}/{int(tot['gt'])})",
-                    "prec": f"{_fmt_value(_ratio(tot['match'], tot['pred']))} ({int(tot['match'])}/{int(tot['pred'])})",
-                })
-    ps_img = _png_uri(plots.precision_sensitivity_png(ps_data, setups=[s for s in setups if s in evals]))
-
-    # Per-set-up summary (mean over seeds), from summary.json where present, else pooled from cases.csv.
-    summary_rows = []
-    for setup in setups:
-        if setup not in evals:
+    for row in rows:
+        lab, metric = row["label"], str(row["metric"])
+        if metric.startswith("lesion_sensitivity "):
+            for run in runs:
+                det, tot = (row.get("counts") or {}).get(run) or (0, 0)
+                size_data.setdefault(lab, {}).setdefault(run, []).append((metric.split(" ", 1)[1], det, tot))
+    by_key = {(r["label"], r["metric"]): r for r in rows}
+    for lab in labels:
+        sens, prec = by_key.get((lab, "lesion_sensitivity")), by_key.get((lab, "lesion_precision"))
+        if not sens or not prec:
             continue
-        for lab in labels:
-            dscagg, dsc_mean = [], []
-            for e in evals[setup].values():
-                block = _summary_label_block(e["summary"], lab)
-                value = block.get("dscagg")
-                if not _is_num(value):
-                    rows = [r for r in e["cases"] if r["label"] == lab]
-                    inter = sum(r.get("intersection_ml", math.nan) for r in rows)
-                    denom = sum(r.get("gt_volume_ml", math.nan) + r.get("pred_volume_ml", math.nan) for r in rows)
-                    value = 2 * inter / denom if _is_num(inter) and _is_num(denom) and denom > 0 else math.nan
-                dscagg.append(value)
-                dsc_mean.append(_mean([r.get("dsc", math.nan) for r in e["cases"] if r["label"] == lab]))
-            summary_rows.append({"setup": setup, "label": lab, "n_seeds": len(evals[setup]),
-                                 "n_cases": len({r["case"] for e in evals[setup].values()
-                                                 for r in e["cases"] if r["label"] == lab}),
-                                 "dscagg": _fmt_value(_mean(dscagg)), "dsc_mean": _fmt_value(_mean(dsc_mean))})
+        for run in runs:
+            ps_data.setdefault(lab, {})[run] = list(zip(sens["seed_values"][run], prec["seed_values"][run]))
+            cs, cp = sens["counts"].get(run) or (0, 0), prec["counts"].get(run) or (0, 0)
+            ps_table.append({"label": lab, "setup": run, "n_seeds": len(sens["seed_values"][run]),
+                             "sens": f"{_fmt_value(sens['values'][run])} ({cs[0]}/{cs[1]})",
+                             "prec": f"{_fmt_value(prec['values'][run])} ({cp[0]}/{cp[1]})",
+                             "sens_seeds": ", ".join(_fmt_value(v) for v in sens["seed_values"][run]),
+                             "prec_seeds": ", ".join(_fmt_value(v) for v in prec["seed_values"][run])})
+    size_img = _png_uri(plots.size_sensitivity_png(size_data, setups=runs))
+    size_table = [{"label": lab, "setup": run, "cells": [f"{d}/{t}" if t else "–" for _, d, t in bins]}
+                  for lab, per in size_data.items() for run, bins in per.items()]
+    size_bin_header = [name for name, _, _ in next((b for per in size_data.values() for b in per.values()), [])]
+    ps_img = _png_uri(plots.precision_sensitivity_png(ps_data, setups=runs))
 
-    # Training curves.
+    # What the numbers rest on: per set-up inputs from the comparison.
+    inputs_rows = []
+    for run, info in (comparison.get("inputs") or {}).items():
+        excluded = "; ".join(f"{lab}: both empty {d.get('both_empty', 0)}, truth only empty "
+                             f"{d.get('gt_empty_only', 0)}, prediction only empty {d.get('pred_empty_only', 0)}"
+                             + (f", penalised {d['penalised']}" if "penalised" in d else "")
+                             for lab, d in (info.get("excluded") or {}).items())
+        inputs_rows.append({"setup": run, "seeds": (comparison.get("n_seeds") or {}).get(run, ""),
+                            "missing": info.get("missing_predictions", 0),
+                            "resampled": info.get("resampled_predictions", 0),
+                            "excluded": excluded or "–", "notes": "; ".join(info.get("dscagg_notes") or []) or "–"})
+
+    # Training curves, labelled with the loss each set-up trains with.
     curves: dict[str, list] = {}
     training_missing = []
     for setup, entries in inputs.training_logs.items():
@@ -573,11 +352,13 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
                 training_missing.append(f"{setup}, {run_label}: {path} not found")
         curves[setup] = [(run_label, plots.parse_training_log(paths)) for run_label, paths in grouped.items()]
     training_img = _png_uri(plots.training_curves_png(curves, setups=[s for s in setups if s in curves]))
-    training_table = [{"setup": s, "run": r, "epochs": len(log),
+    training_table = [{"setup": s, "loss": TRAINING_LOSS.get(s, "nnU-Net's loss of this trainer"), "run": r,
+                       "epochs": len(log),
                        "last_train": _fmt_value(log.train_loss[-1] if len(log) else math.nan),
                        "last_val": _fmt_value(log.val_loss[-1] if len(log) else math.nan),
                        "last_dice": ", ".join(_fmt_value(v) for v in log.pseudo_dice[-1]) if len(log) else "–"}
-                      for s, runs in curves.items() for r, log in runs]
+                      for s, runs_ in curves.items() for r, log in runs_]
+    losses = [(s, TRAINING_LOSS.get(s, "nnU-Net's loss of this trainer")) for s in setups if s in curves]
 
     # Overlays.
     overlays = []
@@ -593,18 +374,12 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
             continue
         overlays.append({"caption": caption, "img": _png_uri(data), "problem": None})
 
-    comparison_rows, runs = _comparison_rows(inputs.comparison, inputs.seed_spread)
-    n_cases = (inputs.comparison or {}).get("n_cases")
+    n_cases = comparison.get("n_cases")
     if not _is_num(n_cases):
         n_cases = max((len({r["case"] for r in e["cases"]}) for e in all_evals), default=0)
     n_seeds = max((len(per) for per in evals.values()), default=0)
-
-    settings_items = _flat_items(inputs.settings or {})
-    comparison_settings = _flat_items((inputs.comparison or {}).get("settings") or {})
-    eval_settings = next((e["summary"].get("settings") for e in all_evals
-                          if isinstance(e["summary"].get("settings"), dict)), None)
-    manifest_items = _flat_items(inputs.manifest or {}, limit=200)
-    manifest_json = json.dumps(inputs.manifest, indent=2, default=str, sort_keys=True) if inputs.manifest else ""
+    st = comparison.get("settings") or {}
+    eval_settings = next((e["summary"]["settings"] for e in all_evals), None)
 
     html = _template().render(
         title=inputs.title,
@@ -612,32 +387,39 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
         generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         version=getattr(vadice, "__version__", "?"),
         setups=setups,
-        settings_items=settings_items,
-        comparison_settings=comparison_settings,
-        eval_settings=_flat_items(eval_settings or {}),
-        manifest_items=manifest_items,
-        manifest_json=manifest_json,
-        eval_dirs=[(s, seed, str(e["dir"])) for s, per in evals.items() for seed, e in per.items()],
-        comparison_rows=comparison_rows,
+        warnings=list(comparison.get("warnings") or []),
+        verdicts=comparison.get("verdicts") or {},
+        headline=headline,
+        forest_img=forest_img,
+        table=table,
         runs=runs,
         baseline=runs[0] if runs else (setups[0] if setups else ""),
-        has_spread=bool(inputs.seed_spread),
-        summary_rows=summary_rows,
+        confidence=f"{float(st.get('confidence', 0.95)):.0%}",
+        n_boot=st.get("n_boot", ""),
+        zero_method=st.get("zero_method", ""),
+        pseudo=list(st.get("pair_key") or ["case"]) == ["case", "seed"],
+        penalty=st.get("empty_distance_penalty"),
+        inputs_rows=inputs_rows,
         distributions=distributions,
         size_img=size_img,
         size_table=size_table,
         size_bin_header=size_bin_header,
-        size_missing=size_missing,
         ps_img=ps_img,
         ps_table=ps_table,
-        have_counts=have_counts,
         training_img=training_img,
         training_table=training_table,
         training_missing=training_missing,
+        losses=losses,
         overlays=overlays,
         user_notes=list(inputs.notes or []),
         n_cases=int(n_cases),
         n_seeds=n_seeds,
+        settings_items=_flat_items(inputs.settings or {}),
+        comparison_settings=_flat_items(st),
+        eval_settings=_flat_items(eval_settings or {}),
+        manifest_items=_flat_items(inputs.manifest or {}, limit=200),
+        manifest_json=json.dumps(inputs.manifest, indent=2, default=str, sort_keys=True) if inputs.manifest else "",
+        eval_dirs=[(s, seed, str(e["dir"])) for s, per in evals.items() for seed, e in per.items()],
     )
     return write_text(out_path, html)
 
@@ -667,7 +449,9 @@ th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: left; vertica
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.group-start td { border-top: 2px solid #999; }
-.sig { font-weight: bold; color: #b00020; }
+.sig { font-weight: bold; color: #0a6b2b; }
+.psig { font-weight: bold; }
+.alert { background: #fde2e1; border-left: 4px solid #b00020; padding: .5em .8em; margin: .8em 0; font-weight: bold; }
 .muted { color: #777; }
 .warn { background: #fff4d6; border-left: 4px solid #f0b400; padding: .5em .8em; margin: .8em 0; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -680,6 +464,9 @@ pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .8em; }
 <h1>{{ title }}</h1>
 <p class="muted">Generated by vadice {{ version }} on {{ generated }}. Set-ups: {{ setups | join(", ") or "none" }};
 {{ n_cases }} case{{ "s" if n_cases != 1 }}; up to {{ n_seeds }} seed{{ "s" if n_seeds != 1 }} per set-up.</p>
+{% for w in warnings %}
+<div class="alert">⚠ {{ w }}</div>
+{% endfor %}
 {% for note in user_notes %}
 <div class="warn">{{ note }}</div>
 {% endfor %}
@@ -688,8 +475,176 @@ pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .8em; }
 {% endfor %}
 </ol></nav>
 
+<section id="answer">
+<h2>Answer</h2>
+{% if headline %}
+<p><b>Rule.</b> Δ = set-up − {{ baseline }}. The CI is a {{ confidence }} two-level bootstrap interval
+({{ n_boot }} resamples): patients are resampled (the same patients for both set-ups), then seeds (per set-up,
+whole models). A difference is <b>consistent</b> only when its CI excludes 0 <i>and</i> every seed's Δ (seed k
+against {{ baseline }}'s seed k) has the sign of the pooled Δ. Otherwise it is <i>seeds disagree</i>,
+<i>CI includes 0</i>, or <i>one seed</i> (the CI excludes 0 but with one seed training noise is not assessed).
+Values pool every case and seed; brackets give the counts (detected/truth lesions, matched/predicted components).</p>
+<table>
+<tr><th>label</th><th>metric</th><th>set-up</th><th>value</th><th>Δ vs {{ baseline }}</th><th>{{ confidence }} CI of Δ</th>
+<th>Δ of each seed</th><th>verdict</th></tr>
+{% for row in headline %}
+{% for e in row.entries %}
+<tr{% if loop.first %} class="group-start"{% endif %}>
+{% if loop.first %}<td rowspan="{{ row.entries | length }}">{{ row.label }}</td>
+<td rowspan="{{ row.entries | length }}">{{ row.metric }}</td>{% endif %}
+<td>{{ e.run }}</td><td class="num">{{ e.value }}</td><td class="num">{{ e.diff }}</td><td class="num">{{ e.ci }}</td>
+<td class="num">{{ e.seeds }}</td><td{% if e.consistent %} class="sig"{% endif %}>{{ e.verdict }}</td>
+</tr>
+{% endfor %}
+{% endfor %}
+</table>
+<figure><img src="{{ forest_img }}" alt="Headline differences with CIs and per-seed differences">
+<figcaption>Each headline Δ (large point) with its {{ confidence }} CI (bar) and the Δ of each seed (×).
+A bar that crosses the vertical line at 0 is compatible with no difference.</figcaption></figure>
+{% else %}
+<p class="muted">No comparison given (run <code>vadice compare</code> on two or more evaluations).</p>
+{% endif %}
+</section>
+
+<section id="comparison">
+<h2>All metrics</h2>
+{% if table %}
+<p>Same rule as above. <b>Per-case metrics</b> (DSC, SDS, MSD, HD95): the value is the mean over the
+<i>pairs</i> column's cases, those where the metric is defined in every set-up and seed, so each value minus
+{{ baseline }}'s value is Δ. <i>undefined</i> counts the (case, seed) values of that set-up where the metric is
+undefined (DSC: both masks empty; distances: one side empty{% if penalty is not none %}; here one-side-empty
+distances were set to the penalty {{ penalty }} mm and are included{% endif %}); ⚠ marks a metric whose
+undefined counts differ between set-ups: a set-up that predicts nothing on hard cases loses them from HD95/MSD.
+p: Wilcoxon signed-rank on per-case values averaged over seeds (zero_method={{ zero_method }}); Holm p: adjusted
+across all tests of the table; <span class="psig">bold</span> = Holm p &lt; 0.05.
+{% if pseudo %}<b>These p values pair (case, seed) units: pseudo-replication (seeds of one patient are not
+independent; n = cases × seeds, seeds paired by position); they are too small.</b>{% endif %}
+<i>resamples</i>: bootstrap resamples with a defined Δ (of {{ n_boot }}).</p>
+<table>
+<tr><th>label</th><th>metric</th><th>set-up</th><th>value</th><th>undefined (case, seed)</th><th>Δ vs {{ baseline }}</th>
+<th>{{ confidence }} CI of Δ</th><th>Δ of each seed</th><th>verdict</th><th>p</th><th>Holm p</th><th>pairs</th>
+<th>resamples</th></tr>
+{% for row in table %}
+{% for e in row.entries %}
+<tr{% if loop.first %} class="group-start"{% endif %}>
+{% if loop.first %}<td rowspan="{{ row.entries | length }}">{{ row.label }}</td>
+<td rowspan="{{ row.entries | length }}">{{ row.metric }}{% if row.flag %} ⚠ undefined counts differ{% endif %}</td>{% endif %}
+<td>{{ e.run }}</td><td class="num">{{ e.value }}</td><td class="num">{{ e.undefined }}</td>
+<td class="num">{{ e.diff }}</td><td class="num">{{ e.ci }}</td><td class="num">{{ e.seeds }}</td>
+<td{% if e.consistent %} class="sig"{% endif %}>{{ e.verdict }}</td><td class="num">{{ e.p }}</td>
+<td class="num{% if e.significant %} psig{% endif %}">{{ e.p_holm }}</td><td class="num">{{ e.n_pairs }}</td>
+<td class="num">{{ e.boot }}</td>
+</tr>
+{% endfor %}
+{% endfor %}
+</table>
+{% else %}
+<p class="muted">No comparison given.</p>
+{% endif %}
+</section>
+
+<section id="inputs">
+<h2>What the numbers rest on</h2>
+{% if inputs_rows %}
+<p>Summed over each set-up's seed folders. Excluded: (case, seed) values left out of means because the metric is
+undefined there; predictions missing were evaluated as empty masks; resampled ones were put on the truth grid.</p>
+<table><tr><th>set-up</th><th>seeds</th><th>missing predictions</th><th>resampled predictions</th>
+<th>excluded values</th><th>DSCagg notes</th></tr>
+{% for r in inputs_rows %}<tr><td>{{ r.setup }}</td><td class="num">{{ r.seeds }}</td><td class="num">{{ r.missing }}</td>
+<td class="num">{{ r.resampled }}</td><td>{{ r.excluded }}</td><td>{{ r.notes }}</td></tr>
+{% endfor %}</table>
+{% else %}<p class="muted">No comparison given.</p>{% endif %}
+</section>
+
+<section id="distributions">
+<h2>Per-case distributions</h2>
+<p>One point per case{% if n_seeds > 1 %} and seed{% endif %}; grey lines join the same case{% if n_seeds > 1 %}
+and seed{% endif %} across set-ups, so a set-up that helps most cases shows lines sloping the same way. Boxes: median
+and quartiles. Undefined values (NaN: both masks empty for DSC, one side empty for distances) are left out;
+<i>n</i> under each box counts the points drawn.</p>
+{% for d in distributions %}
+<figure><img src="{{ d.img }}" alt="{{ d.title }}"><figcaption>{{ d.title }}</figcaption></figure>
+{% endfor %}
+</section>
+
+<section id="lesion-size">
+<h2>Sensitivity by lesion size</h2>
+<p>Fraction of truth lesions (connected components) detected, by truth lesion volume (the evaluation's size bins),
+pooled over cases and seeds per set-up. Cells: detected/total truth lesions. Small bins hold few lesions: a bar of
+1/2 is not a rate.</p>
+<figure><img src="{{ size_img }}" alt="Sensitivity by lesion size"></figure>
+{% if size_table %}
+<table><tr><th>label</th><th>set-up</th>{% for b in size_bin_header %}<th>truth lesions {{ b }}: detected/total</th>{% endfor %}</tr>
+{% for r in size_table %}<tr><td>{{ r.label }}</td><td>{{ r.setup }}</td>{% for c in r.cells %}<td class="num">{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% endif %}
+</section>
+
+<section id="precision-sensitivity">
+<h2>Precision and sensitivity per label</h2>
+<p>Sensitivity: detected truth lesions / truth lesions. Precision: predicted components that match a truth lesion /
+predicted components. Pooled over all cases and seeds (the large point); one small point per seed.</p>
+<figure><img src="{{ ps_img }}" alt="Precision and sensitivity per label"></figure>
+{% if ps_table %}
+<table><tr><th>label</th><th>set-up</th><th>sensitivity, pooled (detected/total)</th><th>per seed</th>
+<th>precision, pooled (matched/predicted)</th><th>per seed</th></tr>
+{% for r in ps_table %}<tr><td>{{ r.label }}</td><td>{{ r.setup }}</td><td class="num">{{ r.sens }}</td>
+<td class="num">{{ r.sens_seeds }}</td><td class="num">{{ r.prec }}</td><td class="num">{{ r.prec_seeds }}</td></tr>
+{% endfor %}</table>
+{% endif %}
+</section>
+
+<section id="training">
+<h2>Training curves</h2>
+<p>From nnU-Net's training logs. Each set-up's loss is the one it trains with
+({% for s, loss in losses %}{{ s }}: {{ loss }}{% if not loop.last %}; {% endif %}{% endfor %}{% if not losses %}no logs{% endif %}),
+so loss values are comparable within a set-up, not across set-ups with different losses. The pseudo Dice is
+nnU-Net's quick estimate on validation patches, not the evaluation above.</p>
+<figure><img src="{{ training_img }}" alt="Training curves"></figure>
+{% if training_table %}
+<table><tr><th>set-up</th><th>loss</th><th>run</th><th>epochs</th><th>last train loss</th><th>last val loss</th><th>last pseudo Dice</th></tr>
+{% for r in training_table %}<tr><td>{{ r.setup }}</td><td>{{ r.loss }}</td><td>{{ r.run }}</td><td class="num">{{ r.epochs }}</td>
+<td class="num">{{ r.last_train }}</td><td class="num">{{ r.last_val }}</td><td class="num">{{ r.last_dice }}</td></tr>
+{% endfor %}</table>
+{% endif %}
+{% for m in training_missing %}<p class="muted">{{ m }}</p>{% endfor %}
+</section>
+
+<section id="cases">
+<h2>Best and worst cases</h2>
+<p>Contours on the axial slice with the largest tumour burden: solid = prediction, dashed = truth;
+GTVp red, GTVn cyan. Pixel aspect follows the voxel spacing; the image is shown in voxel order.</p>
+{% if overlays %}
+<div class="gallery">
+{% for o in overlays %}
+<figure>{% if o.img %}<img src="{{ o.img }}" alt="{{ o.caption }}">{% else %}<p class="muted">{{ o.problem }}</p>{% endif %}
+<figcaption>{{ o.caption }}</figcaption></figure>
+{% endfor %}
+</div>
+{% else %}<p class="muted">No overlays given.</p>{% endif %}
+</section>
+
+<section id="notes">
+<h2>How to read this report</h2>
+<ul>
+<li><b>DSCagg</b> (the HNTS-MRG 2024 ranking metric): per structure, 2·Σ|A∩B| / Σ(|A|+|B|), volumes pooled over all
+cases and, here, all seeds of a set-up; one definition everywhere in this report. Pooling weights large tumours
+heavily, so a missed small node barely moves it: read it together with lesion sensitivity by size.</li>
+<li><b>Verdicts</b>: {% for k, v in verdicts.items() %}<i>{{ k }}</i>: {{ v }}{% if not loop.last %}; {% endif %}{% endfor %}.
+The rule can fail either way: the pooled Δ is (close to) the mean of the seeds' Δs, so "Δ inside the seed range"
+would always hold and is not used.</li>
+<li><b>p</b>: Wilcoxon signed-rank test on paired per-case values (averaged over seeds); <b>Holm p</b> is adjusted for
+testing many metrics and labels at once. Judge significance on Holm p only.</li>
+<li>With few cases ({{ n_cases }} here) and few seeds ({{ n_seeds }}), differences are unlikely to be significant, and
+a non-significant p is not evidence that set-ups are equal: it may only mean too few cases.</li>
+<li>Training is noisy: retraining the same set-up with another seed can change lesion sensitivity by more than the
+differences between set-ups (on a synthetic probe, node sensitivity of one set-up ranged 0.77–0.92 over three seeds).
+{% if n_seeds < 2 %}Run several seeds (<code>--seeds 0,1,2</code>) so the CI and the verdict account for it.{% endif %}</li>
+</ul>
+</section>
+
 <section id="settings">
-<h2>Settings</h2>
+<h2>Settings and manifest</h2>
 {% if settings_items %}
 <table><tr><th>setting</th><th>value</th></tr>
 {% for k, v in settings_items %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>
@@ -715,131 +670,6 @@ pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .8em; }
 {% for s, seed, d in eval_dirs %}<tr><td>{{ s }}</td><td>{{ seed }}</td><td>{{ d }}</td></tr>{% endfor %}
 </table></details>
 {% endif %}
-</section>
-
-<section id="comparison">
-<h2>Comparison table</h2>
-{% if comparison_rows %}
-<p>Each set-up against <b>{{ baseline }}</b> (the first). Δ = set-up − {{ baseline }}. 95 % CI: patient-level
-bootstrap interval of Δ (cohort metrics). p: Wilcoxon signed-rank on paired per-case values; Holm p: adjusted
-across all tests of the table{% if has_spread %}; seed spread: for the first set-up its value across seeds, for the others their Δ computed seed by seed (SD, min–max){% endif %}.
-<span class="sig">Bold red</span> = Holm-adjusted p &lt; 0.05.</p>
-<table>
-<tr><th>label</th><th>metric</th><th>kind</th><th>set-up</th><th>value</th><th>Δ vs {{ baseline }}</th>
-<th>95 % CI of Δ</th><th>p</th><th>Holm p</th><th>pairs</th>{% if has_spread %}<th>seed spread</th>{% endif %}</tr>
-{% for row in comparison_rows %}
-{% for e in row.entries %}
-<tr{% if loop.first %} class="group-start"{% endif %}>
-{% if loop.first %}<td rowspan="{{ row.entries | length }}">{{ row.label }}</td>
-<td rowspan="{{ row.entries | length }}">{{ row.metric }}</td>
-<td rowspan="{{ row.entries | length }}">{{ row.kind }}</td>{% endif %}
-<td>{{ e.run }}</td><td class="num">{{ e.value }}</td><td class="num">{{ e.diff }}</td><td class="num">{{ e.ci }}</td>
-<td class="num">{{ e.p }}</td><td class="num{% if e.significant %} sig{% endif %}">{{ e.p_holm }}</td>
-<td class="num">{{ e.n_pairs }}</td>{% if has_spread %}<td class="num">{{ e.spread }}</td>{% endif %}
-</tr>
-{% endfor %}
-{% endfor %}
-</table>
-{% else %}
-<p class="muted">No comparison given (run <code>vadice compare</code> on two or more evaluations).</p>
-{% endif %}
-{% if summary_rows %}
-<h3>Per-set-up summary</h3>
-<p class="muted">Mean over seeds of each evaluation's DSCagg and mean per-case DSC.</p>
-<table><tr><th>set-up</th><th>label</th><th>DSCagg</th><th>DSC mean</th><th>cases</th><th>seeds</th></tr>
-{% for r in summary_rows %}<tr><td>{{ r.setup }}</td><td>{{ r.label }}</td><td class="num">{{ r.dscagg }}</td>
-<td class="num">{{ r.dsc_mean }}</td><td class="num">{{ r.n_cases }}</td><td class="num">{{ r.n_seeds }}</td></tr>
-{% endfor %}</table>
-{% endif %}
-</section>
-
-<section id="distributions">
-<h2>Per-case distributions</h2>
-<p>One point per case{% if n_seeds > 1 %} and seed{% endif %}; grey lines join the same case{% if n_seeds > 1 %}
-and seed{% endif %} across set-ups, so a set-up that helps most cases shows lines sloping the same way. Boxes: median
-and quartiles. Cases where a metric is undefined (NaN: both masks empty for DSC, one side empty for distances)
-are left out; <i>n</i> under each box counts the points drawn.</p>
-{% for d in distributions %}
-<figure><img src="{{ d.img }}" alt="{{ d.title }}"><figcaption>{{ d.title }}</figcaption></figure>
-{% endfor %}
-</section>
-
-<section id="lesion-size">
-<h2>Sensitivity by lesion size</h2>
-<p>Fraction of truth lesions (connected components) detected, by truth lesion volume, pooled over cases and seeds
-per set-up. Labels on bars: detected/total. Small bins hold few lesions: a bar of 1/2 is not a rate.</p>
-<figure><img src="{{ size_img }}" alt="Sensitivity by lesion size"></figure>
-{% if size_table %}
-<table><tr><th>label</th><th>set-up</th>{% for b in size_bin_header %}<th>{{ b }}</th>{% endfor %}</tr>
-{% for r in size_table %}<tr><td>{{ r.label }}</td><td>{{ r.setup }}</td>{% for c in r.cells %}<td class="num">{{ c }}</td>{% endfor %}</tr>
-{% endfor %}</table>
-{% endif %}
-{% for m in size_missing %}<p class="muted">{{ m }}</p>{% endfor %}
-</section>
-
-<section id="precision-sensitivity">
-<h2>Precision and sensitivity per label</h2>
-<p>Sensitivity: detected truth lesions / truth lesions. Precision: predicted components that match a truth lesion /
-predicted components. Pooled over all cases; one small point per seed, the large point is their mean.</p>
-<figure><img src="{{ ps_img }}" alt="Precision and sensitivity per label"></figure>
-{% if ps_table %}
-<table><tr><th>label</th><th>set-up</th><th>sensitivity (detected/total)</th><th>precision (matched/predicted)</th><th>seeds</th></tr>
-{% for r in ps_table %}<tr><td>{{ r.label }}</td><td>{{ r.setup }}</td><td class="num">{{ r.sens }}</td>
-<td class="num">{{ r.prec }}</td><td class="num">{{ r.n_seeds }}</td></tr>
-{% endfor %}</table>
-{% elif not have_counts %}<p class="muted">cases.csv has no lesion-count columns.</p>{% endif %}
-</section>
-
-<section id="training">
-<h2>Training curves</h2>
-<p>From nnU-Net's training logs. Losses are nnU-Net's (Dice + cross-entropy, negative values: lower is better);
-the pseudo Dice is nnU-Net's quick estimate on validation patches, not the evaluation above.</p>
-<figure><img src="{{ training_img }}" alt="Training curves"></figure>
-{% if training_table %}
-<table><tr><th>set-up</th><th>run</th><th>epochs</th><th>last train loss</th><th>last val loss</th><th>last pseudo Dice</th></tr>
-{% for r in training_table %}<tr><td>{{ r.setup }}</td><td>{{ r.run }}</td><td class="num">{{ r.epochs }}</td>
-<td class="num">{{ r.last_train }}</td><td class="num">{{ r.last_val }}</td><td class="num">{{ r.last_dice }}</td></tr>
-{% endfor %}</table>
-{% endif %}
-{% for m in training_missing %}<p class="muted">{{ m }}</p>{% endfor %}
-</section>
-
-<section id="cases">
-<h2>Best and worst cases</h2>
-<p>Contours on the axial slice with the largest tumour burden: solid = prediction, dashed = truth;
-GTVp red, GTVn cyan. Pixel aspect follows the voxel spacing; the image is shown in voxel order.</p>
-{% if overlays %}
-<div class="gallery">
-{% for o in overlays %}
-<figure>{% if o.img %}<img src="{{ o.img }}" alt="{{ o.caption }}">{% else %}<p class="muted">{{ o.problem }}</p>{% endif %}
-<figcaption>{{ o.caption }}</figcaption></figure>
-{% endfor %}
-</div>
-{% else %}<p class="muted">No overlays given.</p>{% endif %}
-</section>
-
-<section id="notes">
-<h2>Notes</h2>
-{% for note in user_notes %}<div class="warn">{{ note }}</div>
-{% endfor %}
-<h3>How to read this report</h3>
-<ul>
-<li><b>DSCagg</b> is the HNTS-MRG 2024 ranking metric: per structure, 2·Σ|A∩B| / Σ(|A|+|B|) with volumes pooled over
-all cases; the challenge ranks by the mean of GTVp and GTVn. Pooling weights large tumours heavily, so a missed
-small node barely moves it: read it together with per-case DSC and the lesion-wise sensitivity by size.</li>
-<li><b>Δ</b> is each set-up minus {{ baseline or "the first set-up" }}. The <b>95 % CI</b> (cohort metrics) is a
-patient-level bootstrap interval of Δ: an interval that contains 0 means the data are compatible with no difference.</li>
-<li><b>p</b> is the Wilcoxon signed-rank test on paired per-case values (same case{% if n_seeds > 1 %} and seed{% endif %});
-<b>Holm p</b> is adjusted for testing many metrics and labels at once. Judge significance on Holm p only.</li>
-<li>With few cases ({{ n_cases }} here) and few seeds ({{ n_seeds }}), differences are unlikely to be significant, and
-a non-significant p is not evidence that set-ups are equal: it may only mean too few cases.</li>
-<li>Training is noisy: retraining the same set-up with another seed can change lesion sensitivity by more than the
-differences between set-ups (on a synthetic probe, node sensitivity of one set-up ranged 0.77–0.92 over three seeds).
-{% if has_spread %}Compare each Δ with the seed spread next to it; a Δ inside that spread is within training noise.
-{% else %}Run several seeds (<code>--seeds 0,1,2</code>) to see this spread next to each difference.{% endif %}</li>
-<li>Empty masks: DSC is undefined (NaN) when truth and prediction are both empty; surface distances are undefined when
-one side is empty. Such values are excluded from means and plots and counted in each evaluation's summary.json.</li>
-</ul>
 </section>
 </body>
 </html>

@@ -32,7 +32,6 @@ METRIC_TITLES = {
     "msd": "Mean surface distance (mm)",
     "hd95": "HD95 (mm)",
 }
-DEFAULT_SIZE_EDGES_ML = (0.5, 1.0, 5.0, 10.0)
 
 
 def setup_colors(setups: Iterable[str]) -> dict[str, str]:
@@ -132,46 +131,6 @@ def paired_distribution_png(
 # Lesion detection
 
 
-def size_bin_names(edges_ml: Sequence[float]) -> list[str]:
-    """Human names of the bins defined by ascending edges: ``< e0``, ``e0–e1`` ..., ``≥ eN``."""
-    edges = [float(e) for e in edges_ml]
-    if any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"size bin edges must be strictly increasing, got {edges}")
-    if not edges:
-        return ["all"]
-    names = [f"< {edges[0]:g} ml"]
-    names += [f"{a:g}–{b:g} ml" for a, b in zip(edges, edges[1:])]
-    names.append(f"≥ {edges[-1]:g} ml")
-    return names
-
-
-def size_bins(
-    volumes_ml: Sequence[float],
-    detected: Sequence[bool],
-    edges_ml: Sequence[float] = DEFAULT_SIZE_EDGES_ML,
-) -> list[tuple[str, int, int]]:
-    """Count detected and total truth lesions per volume bin.
-
-    Bins are half-open ``[a, b)``, matching the evaluation's ``< 0.5``,
-    ``0.5–1`` ... ``≥ 10`` ml convention. Lesions with a non-finite volume are
-    skipped.
-
-    Returns:
-      ``[(bin_name, n_detected, n_total), ...]`` for every bin (empty bins too).
-    """
-    names = size_bin_names(edges_ml)
-    det = np.zeros(len(names), dtype=int)
-    tot = np.zeros(len(names), dtype=int)
-    edges = np.asarray(edges_ml, dtype=float)
-    for v, d in zip(volumes_ml, detected):
-        if not _finite(v):
-            continue
-        b = int(np.searchsorted(edges, float(v), side="right"))
-        tot[b] += 1
-        det[b] += bool(d)
-    return [(n, int(a), int(b)) for n, a, b in zip(names, det, tot)]
-
-
 def size_sensitivity_png(
     data: Mapping[str, Mapping[str, Sequence[tuple[str, int, int]]]],
     setups: Sequence[str] | None = None,
@@ -179,8 +138,8 @@ def size_sensitivity_png(
     """Grouped bars of lesion sensitivity per size bin, one group per bin, one bar per set-up.
 
     Args:
-      data: ``{label: {setup: [(bin_name, n_detected, n_total), ...]}}`` as
-        returned by :func:`size_bins`. Bins with no lesions show no bar and
+      data: ``{label: {setup: [(bin_name, n_detected, n_total), ...]}}``, the
+        pooled counts of the comparison's size-bin rows. Bins with no lesions show no bar and
         ``n=0``.
       setups: bar order (default: order of appearance).
 
@@ -223,6 +182,50 @@ def size_sensitivity_png(
         ax.grid(axis="y", alpha=0.3)
         handles = [Line2D([], [], color=colors[s], linewidth=6, label=s) for s in setups]
         ax.legend(handles=handles, fontsize=7, loc="upper left", ncol=max(1, len(setups)))
+    fig.tight_layout()
+    return figure_to_png(fig)
+
+
+def forest_png(
+    items: Sequence[tuple[str, Sequence[tuple[str, float, float, float, Sequence[float]]]]],
+    setups: Sequence[str] | None = None,
+    baseline: str = "baseline",
+) -> bytes:
+    """Each headline difference with its CI and its per-seed differences, one row per metric.
+
+    Args:
+      items: ``[(metric title, [(setup, Δ, ci_low, ci_high, per-seed Δs), ...]), ...]``;
+        non-finite values are skipped.
+      setups: colour order (default: order of appearance).
+      baseline: name of the reference, for the axis label.
+
+    Returns:
+      PNG bytes: a horizontal interval per set-up and metric, a large point at
+      Δ, small crosses at the per-seed Δs, and a line at 0.
+    """
+    title = "Differences to " + baseline
+    rows = [(name, e) for name, entries in items for e in entries if _finite(e[1])]
+    if not rows:
+        return no_data_png(title, "no finite differences")
+    if setups is None:
+        setups = list(dict.fromkeys(e[0] for _, e in rows))
+    colors = setup_colors([baseline] + [s for s in setups if s != baseline])
+    fig = _new_figure(8.0, 1.0 + 0.32 * len(rows))
+    ax = fig.add_subplot(1, 1, 1)
+    for y, (name, (setup, diff, low, high, seed_diffs)) in enumerate(reversed(rows)):
+        color = colors.get(setup, PALETTE[0])
+        if _finite(low) and _finite(high):
+            ax.plot([low, high], [y, y], color=color, linewidth=2.2, solid_capstyle="butt")
+        ax.scatter([diff], [y], s=36, color=color, edgecolor="black", linewidth=0.5, zorder=3)
+        sd = [float(v) for v in seed_diffs if _finite(v)]
+        if sd:
+            ax.scatter(sd, [y] * len(sd), s=22, marker="x", color="#333333", linewidth=0.9, zorder=4)
+    ax.axvline(0.0, color="#555555", linewidth=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{name} — {e[0]}" for name, e in reversed(rows)], fontsize=8)
+    ax.set_xlabel(f"Δ = set-up − {baseline}   (bar: 95 % CI, patients then seeds; ×: one seed's Δ)", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return figure_to_png(fig)
 
