@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from vadice.cli import UsageError
@@ -179,3 +181,64 @@ def run_gc_predict(args) -> int:
     out = gc_predict(args.task, args.input, args.output, segment)
     print(f"wrote {out}")
     return 0
+
+
+@dataclass(frozen=True)
+class StagedInput:
+    """What ``vadice predict`` reads: ``folder`` of NIfTI inputs; ``series``/``case`` set for a DICOM input."""
+
+    folder: Path
+    series: object | None = None  # vadice.dicom.series.MRSeries
+    case: str | None = None
+
+
+def _case_name(series) -> str:
+    name = re.sub(r"[^A-Za-z0-9.-]+", "_", str(series.slices[0].get("PatientID", "") or "")).strip("._-")
+    return name or "case"
+
+
+def stage_predict_input(input_path, tmp_dir, series_uid: str | None = None) -> StagedInput:
+    """Turn ``vadice predict``'s input into a folder of NIfTI files.
+
+    A folder holding NIfTI files is used as it is; ``.mha`` files (a folder of
+    them, or one file) are converted to ``.nii.gz`` under ``tmp_dir`` keeping
+    their names (so ``_0000`` channel suffixes still work); any other folder
+    is read as one DICOM MR series and staged as ``<PatientID>_0000.nii.gz``.
+
+    Args:
+      input_path: ``-i`` of ``vadice predict``.
+      tmp_dir: an empty folder that outlives the prediction.
+      series_uid: ``--series``; only for DICOM inputs.
+
+    Returns:
+      :class:`StagedInput`.
+
+    Raises:
+      InputError: unreadable inputs (see vadice.dicom.series.read_series).
+      UsageError: ``--series`` with a non-DICOM input.
+    """
+    from vadice.dicom.container import read_mha
+    from vadice.io import InputError, is_nifti, write_nifti, write_sitk
+
+    input_path, tmp_dir = Path(input_path), Path(tmp_dir)
+    if not input_path.exists():
+        raise InputError(input_path, "input not found")
+    files = [input_path] if input_path.is_file() else sorted(
+        p for p in input_path.iterdir() if p.is_file() and not p.name.startswith("."))
+    mha = [p for p in files if p.suffix.lower() == ".mha"]
+    if any(is_nifti(p) for p in files) or (input_path.is_file() and not mha):
+        if series_uid:
+            raise UsageError("--series applies to a DICOM folder input only")
+        return StagedInput(input_path)
+    if mha:
+        if series_uid:
+            raise UsageError("--series applies to a DICOM folder input only")
+        for path in mha:
+            write_sitk(read_mha(path), tmp_dir / (path.stem + ".nii.gz"))
+        return StagedInput(tmp_dir)
+    from vadice.dicom.series import read_series
+
+    series = read_series(input_path, series_uid)
+    case = _case_name(series)
+    write_nifti(series.array, series.geometry, tmp_dir / f"{case}_0000.nii.gz")
+    return StagedInput(tmp_dir, series, case)
