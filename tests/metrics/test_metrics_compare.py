@@ -233,3 +233,32 @@ def test_cli(runs, capsys):
     assert main(["-q", "compare", str(a), str(b), "--names", "x", "--out", str(out)]) == 2
     assert main(["-q", "compare", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "c2")]) == 2
     assert not (tmp_path / "c2").exists()
+
+
+def test_empty_penalty_is_counted_as_penalised_not_excluded(runs, tmp_path):
+    tmp_path, gt_dir, pred_dir, _, _ = runs
+    empty = tmp_path / "pred_nolymph"
+    empty.mkdir()
+    for i in range(6):
+        g, p, _ = label_pair(i)
+        p[p == 2] = 0
+        write_nifti(p, _geom(g.shape, (2.0, 0.5, 0.75)), empty / f"case_{i:03d}.nii.gz")
+    plain, penal = tmp_path / "e_plain", tmp_path / "e_penalty"
+    evaluate_folders(gt_dir, empty, plain, progress=False)
+    evaluate_folders(gt_dir, empty, penal, progress=False, empty_distance_penalty=50.0)
+    n_missed = sum(1 for i in range(6) if (label_pair(i)[0] == 2).any())
+    ex = json.loads((plain / "summary.json").read_text())["labels"]["GTVn"]
+    assert ex["excluded"]["pred_empty_only"] == n_missed and ex["penalised"]["pred_empty_only"] == 0
+    pen = json.loads((penal / "summary.json").read_text())
+    assert pen["labels"]["GTVn"]["excluded"]["pred_empty_only"] == 0
+    assert pen["labels"]["GTVn"]["penalised"]["pred_empty_only"] == n_missed
+    assert "included in means" in pen["conventions"]["empty_distances"]
+    # In penalty mode HD95 is defined everywhere and every case is in the shown mean.
+    ev_dir = tmp_path / "e_penalty_base"
+    evaluate_folders(gt_dir, pred_dir, ev_dir, progress=False, empty_distance_penalty=50.0)
+    out = tmp_path / "cmp_pen"
+    res = compare_runs([ev_dir, penal], ["base", "nolymph"], out, n_boot=20)
+    hd = next(r for r in res["rows"] if r["label"] == "GTVn" and r["metric"] == "hd95")
+    assert hd["n_undefined"]["nolymph"] == 0 and hd["n_pairs"]["nolymph"] == 6
+    assert hd["values"]["nolymph"] == pytest.approx(50.0)
+    assert "set to the penalty 50 mm and included" in (out / "comparison.md").read_text()

@@ -375,9 +375,11 @@ def _run_inputs(runs: list) -> dict:
         out["resampled_predictions"] += len(summary.get("resampled_predictions") or [])
         for lab, block in (summary.get("labels") or {}).items():
             for k, v in (block.get("excluded") or {}).items():
-                if isinstance(v, (int, float)):
-                    out["excluded"].setdefault(lab, {}).setdefault(k, 0)
-                    out["excluded"][lab][k] += int(v)
+                out["excluded"].setdefault(lab, {}).setdefault(k, 0)
+                out["excluded"][lab][k] += int(v)
+            for k, v in (block.get("penalised") or {}).items():
+                out["excluded"].setdefault(lab, {}).setdefault("penalised", 0)
+                out["excluded"][lab]["penalised"] += int(v)
             note = block.get("dscagg_note")
             if note and f"{lab}: {note}" not in out["dscagg_notes"]:
                 out["dscagg_notes"].append(f"{lab}: {note}")

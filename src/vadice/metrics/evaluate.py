@@ -74,9 +74,11 @@ CONVENTIONS = {
     "msd": "Mean symmetric surface distance: area-weighted mean of both directed distance sets pooled.",
     "hd95": "directed (default): max of the two directed area-weighted 95th percentiles; pooled: 95th "
             "percentile of both sets pooled (can hide a distant false positive).",
-    "empty_distances": "MSD/HD95 with one side empty are undefined: NaN with distance_flag gt_empty/pred_empty "
-                       "(or the fixed empty_distance_penalty when set), excluded from means and counted in "
-                       "excluded.gt_empty_only / excluded.pred_empty_only; both empty: NaN, flag both_empty.",
+    "empty_distances": "MSD/HD95 with one side empty are undefined: NaN with distance_flag gt_empty/pred_empty, "
+                       "excluded from means and counted in excluded.gt_empty_only / excluded.pred_empty_only. "
+                       "With empty_distance_penalty set they take that value instead, are included in means and "
+                       "counted in penalised.gt_empty_only / penalised.pred_empty_only (excluded counts 0). Both "
+                       "empty: NaN, flag both_empty, always excluded.",
     "lesions": "Connected components per label. Truth lesion detected if a predicted component of the same "
                "label overlaps it (any overlap; or IoU >= t with match iou:t). Predicted component matched "
                "likewise. Sensitivity = detected/truth lesions, precision = matched/predicted components, "
@@ -494,10 +496,15 @@ def summarize(results: Sequence[CaseResult], labels: Mapping[str, int], toleranc
             "hd95_mean": _nanstat(hd, np.mean),
             "hd95_median": _nanstat(hd, np.median),
             "n_distance": int(np.count_nonzero(~np.isnan(hd))) if rs else 0,
+            # With empty_distance_penalty one-side-empty distances are finite: penalised and included, not excluded.
             "excluded": {
                 "both_empty": flags.count("both_empty"),
-                "gt_empty_only": flags.count("gt_empty"),
-                "pred_empty_only": flags.count("pred_empty"),
+                "gt_empty_only": sum(f == "gt_empty" and math.isnan(h) for f, h in zip(flags, hd)),
+                "pred_empty_only": sum(f == "pred_empty" and math.isnan(h) for f, h in zip(flags, hd)),
+            },
+            "penalised": {
+                "gt_empty_only": sum(f == "gt_empty" and not math.isnan(h) for f, h in zip(flags, hd)),
+                "pred_empty_only": sum(f == "pred_empty" and not math.isnan(h) for f, h in zip(flags, hd)),
             },
             "lesion_sensitivity": n_det / n_gt if n_gt else float("nan"),
             "lesion_precision": n_match / n_pred if n_pred else float("nan"),
