@@ -393,3 +393,19 @@ def test_trainer_dir_is_found_by_nnunet(monkeypatch):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     assert cls is not None and issubclass(cls, nnUNetTrainer) and cls.va_preset == "selective-ln"
+
+
+def test_options_file_names_a_weighting_and_explicit_keys_override_it(tmp_path):
+    from vadice.nnunet.trainers import read_va_options
+
+    cfg = tmp_path / "va.json"
+    cfg.write_text(json.dumps({"preset": "selective-ln", "weighting": "equal-mass"}))
+    opts = read_va_options(cfg)
+    assert opts["va_labels"] == (2,) and opts["r_min"] is None and opts["r_max"] is None
+    cfg.write_text(json.dumps({"weighting": "equal-mass", "r_max": 50}))
+    assert read_va_options(cfg)["r_max"] == 50 and read_va_options(cfg)["r_min"] is None
+    # no weighting named: the options stay what they were (runs recorded before weightings existed resume)
+    assert read_va_options(None) == {"va_labels": (1, 2)}
+    cfg.write_text(json.dumps({"weighting": "flat"}))
+    with pytest.raises(ValueError, match="unknown weighting 'flat'"):
+        read_va_options(cfg)

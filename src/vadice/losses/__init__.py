@@ -2,6 +2,7 @@
 
 from vadice.losses.va_dice import (
     PRESETS,
+    WEIGHTINGS,
     VolumeAwareDiceCELoss,
     VolumeAwareDiceLoss,
     loss_from_preset,
@@ -11,6 +12,7 @@ from vadice.losses.va_dice import (
 
 __all__ = [
     "PRESETS",
+    "WEIGHTINGS",
     "VolumeAwareDiceCELoss",
     "VolumeAwareDiceLoss",
     "loss_from_preset",

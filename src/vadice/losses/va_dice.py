@@ -33,6 +33,7 @@ from vadice.lesions import check_connectivity, label_components
 
 __all__ = [
     "PRESETS",
+    "WEIGHTINGS",
     "VolumeAwareDiceCELoss",
     "VolumeAwareDiceLoss",
     "loss_from_preset",
@@ -46,6 +47,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "baseline": dict(va_labels=()),
     "dual": dict(va_labels=(1, 2)),
     "selective-ln": dict(va_labels=(2,)),
+}
+
+# How lesions are weighted against each other (docs/va-loss.md, "Defaults"). "bounded" is what
+# VolumeAwareDiceLoss() does; "equal-mass" drops the clipping so that, in mass mode, every lesion
+# of at least v_min_mm3 carries the same total weight however far apart the volumes are.
+WEIGHTINGS: dict[str, dict[str, Any]] = {
+    "bounded": dict(gamma=1.0, v_min_mm3=10.0, r_min=0.1, r_max=10.0),
+    "equal-mass": dict(gamma=1.0, v_min_mm3=10.0, r_min=None, r_max=None),
 }
 
 
@@ -578,38 +587,49 @@ class VolumeAwareDiceCELoss(nn.Module):
         return loss
 
 
-def loss_from_preset(name: str, **overrides) -> VolumeAwareDiceCELoss:
+def loss_from_preset(name: str, weighting: str = "bounded", **overrides) -> VolumeAwareDiceCELoss:
     """The training loss (VA Dice + CE) of a named set-up.
 
     Args:
       name: one of ``PRESETS``: ``baseline`` (M = ∅, nnU-Net's DC+CE),
         ``dual`` (M = {1, 2}), ``selective-ln`` (M = {2}).
+      weighting: one of ``WEIGHTINGS``: ``bounded`` (the defaults: ratios
+        clipped to [0.1, 10] around the pool's geometric-mean volume) or
+        ``equal-mass`` (no clipping: equal total weight per lesion).
       **overrides: options of :class:`VolumeAwareDiceCELoss` /
         :class:`VolumeAwareDiceLoss` (e.g. ``batch_dice``, ``ddp``, ``gamma``).
 
     Raises:
-      ValueError: unknown preset name or invalid option.
+      ValueError: unknown preset or weighting name, or invalid option.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown VA loss preset {name!r}; choose one of {sorted(PRESETS)}")
-    return VolumeAwareDiceCELoss(**{**PRESETS[name], **overrides})
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown VA weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+    return VolumeAwareDiceCELoss(**{**PRESETS[name], **WEIGHTINGS[weighting], **overrides})
 
 
-def median_lesion_volumes(tables: Iterable[Iterable[Any]], labels: Iterable[int] | None = None) -> dict[int, float]:
-    """Median whole-case lesion volume per label over training cases (absolute mode's v_ref).
+def median_lesion_volumes(tables: Iterable[Iterable[Any]], labels: Iterable[int] | None = None,
+                          allow_missing: bool = False) -> dict[int, float | None]:
+    """Median whole-case lesion volume per label over cases (absolute mode's v_ref).
+
+    The one place vadice computes it: the lesion table's ``median_volume_mm3``
+    and the VA trainers' absolute-mode reference come from here too.
 
     Args:
       tables: one lesion table per case; a table is an iterable of
         :class:`vadice.lesions.Lesion` objects or of mappings with keys
         ``label`` and ``volume_mm3``.
       labels: labels that must get a reference (``None``: every label seen).
+      allow_missing: give ``None`` for a requested label without any lesion
+        instead of raising.
 
     Returns:
       ``{label: median volume in mm³}``, lesions of all cases pooled.
 
     Raises:
-      ValueError: a requested label has no lesion, or a volume is not finite
-        and > 0.
+      ValueError: a requested label has no lesion (unless ``allow_missing``),
+        or a volume is not finite and > 0.
     """
     pooled: dict[int, list[float]] = {}
     for case, table in enumerate(tables):
@@ -624,6 +644,6 @@ def median_lesion_volumes(tables: Iterable[Iterable[Any]], labels: Iterable[int]
             pooled.setdefault(int(label), []).append(vol)
     wanted = sorted(pooled) if labels is None else [int(lab) for lab in labels]
     missing = [lab for lab in wanted if lab not in pooled]
-    if missing:
+    if missing and not allow_missing:
         raise ValueError(f"no lesion of label(s) {missing} in the tables: no reference volume can be measured")
-    return {lab: float(np.median(pooled[lab])) for lab in wanted}
+    return {lab: float(np.median(pooled[lab])) if lab in pooled else None for lab in wanted}

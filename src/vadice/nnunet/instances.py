@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from vadice.io import InputError, sha256_file, write_text
 from vadice.lesions import check_connectivity, label_lesions
+from vadice.losses import median_lesion_volumes
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,8 @@ def _label_case(job: _Job) -> tuple[str, dict]:
 
 
 def _medians(cases: dict, labels: Iterable[int]) -> dict:
-    out = {}
-    for label in labels:
-        vols = [l["volume_mm3"] for c in cases.values() for l in c["lesions"].values() if l["label"] == label]
-        out[str(label)] = float(np.median(vols)) if vols else None
-    return out
+    tables = [entry["lesions"].values() for entry in cases.values()]
+    return {str(k): v for k, v in median_lesion_volumes(tables, labels, allow_missing=True).items()}
 
 
 def _write_table(folder: Path, header: dict, cases: dict) -> None:
@@ -345,13 +343,10 @@ class LesionTable:
             table[i, : len(self.volumes[c])] = self.volumes[c]
         return table, {c: i for i, c in enumerate(cases)}
 
-    def median_volumes(self, cases: Sequence[str], labels: Iterable[int]) -> dict[int, float | None]:
-        """Median lesion volume per label over the given cases (``None`` if the label has no lesion)."""
-        out = {}
-        for label in labels:
-            vols = np.concatenate([self.volumes[c][self.lesion_labels[c] == label] for c in cases] or [np.zeros(0)])
-            out[int(label)] = float(np.median(vols)) if vols.size else None
-        return out
+    def lesion_tables(self, cases: Sequence[str]) -> list[list[dict]]:
+        """One list of ``{label, volume_mm3}`` per case, as :func:`vadice.losses.median_lesion_volumes` takes."""
+        return [[{"label": int(lab), "volume_mm3": float(vol)}
+                 for lab, vol in zip(self.lesion_labels[c][1:], self.volumes[c][1:]) if lab > 0] for c in cases]
 
 
 def load_lesion_table(folder: str | os.PathLike) -> LesionTable:

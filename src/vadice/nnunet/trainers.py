@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from vadice.losses import PRESETS, VolumeAwareDiceCELoss
+from vadice.losses import PRESETS, WEIGHTINGS, VolumeAwareDiceCELoss, median_lesion_volumes
 from vadice.nnunet.instances import (
     lesion_dataset_class,
     lesion_folder,
@@ -48,7 +48,7 @@ ENV_VA_CONFIG = "VADICE_VA_CONFIG"
 OPTIONS_FILE = "vadice_va.json"       # next to the plans, read by nnUNetTrainerVA
 PROVENANCE_FILE = "vadice_va.json"    # in the fold's output folder, written by every VA trainer
 
-VA_OPTION_KEYS = ("preset", "va_labels", "gamma", "mode", "v_ref", "v_min_mm3", "r_min", "r_max")
+VA_OPTION_KEYS = ("preset", "weighting", "va_labels", "gamma", "mode", "v_ref", "v_min_mm3", "r_min", "r_max")
 
 
 def _env_int(name: str, minimum: int) -> int | None:
@@ -118,13 +118,15 @@ def read_va_options(path: str | os.PathLike | None) -> dict:
     """Options of :class:`nnUNetTrainerVA` from a JSON file (``None``: the dual preset's defaults).
 
     Keys (all optional): ``preset`` ("dual", "selective-ln", "baseline"),
-    ``va_labels``, ``gamma``, ``mode`` ("mass"/"absolute"), ``v_ref`` (mm³,
-    number or {label: mm³}; absolute mode defaults to the median lesion volume
-    per label over the fold's training cases), ``v_min_mm3``, ``r_min``,
-    ``r_max`` (null = unbounded).
+    ``weighting`` ("bounded", the loss's defaults, or "equal-mass": no
+    clipping; see :data:`vadice.losses.WEIGHTINGS`), ``va_labels``, ``gamma``,
+    ``mode`` ("mass"/"absolute"), ``v_ref`` (mm³, number or {label: mm³};
+    absolute mode defaults to the median lesion volume per label over the
+    fold's training cases), ``v_min_mm3``, ``r_min``, ``r_max`` (null =
+    unbounded). Explicit keys override the weighting's values.
 
     Raises:
-      ValueError: unreadable file, unknown key or preset (the loss validates values).
+      ValueError: unreadable file, unknown key, preset or weighting (the loss validates values).
     """
     if path is None:
         raw = {}
@@ -141,7 +143,12 @@ def read_va_options(path: str | os.PathLike | None) -> dict:
     preset = raw.get("preset", "dual")
     if preset not in PRESETS:
         raise ValueError(f"{path}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    options = {**PRESETS[preset], **{k: v for k, v in raw.items() if k != "preset"}}
+    weighting = raw.get("weighting")
+    if weighting is not None and weighting not in WEIGHTINGS:
+        raise ValueError(f"{path}: unknown weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
+    # a named weighting is spelled out, so the run's record says which bounds were used
+    options = {**PRESETS[preset], **(WEIGHTINGS[weighting] if weighting else {}),
+               **{k: v for k, v in raw.items() if k not in ("preset", "weighting")}}
     if isinstance(options.get("v_ref"), dict):
         options["v_ref"] = {int(k): v for k, v in options["v_ref"].items()}
     if "va_labels" in options:
@@ -198,7 +205,7 @@ class nnUNetTrainerVA(nnUNetTrainerBudget):
         self._va_rows = rows
         if self.va_options.get("mode") == "absolute" and self.va_options.get("v_ref") is None:
             labels = self.va_options["va_labels"]
-            medians = table.median_volumes(tr_keys, labels)
+            medians = median_lesion_volumes(table.lesion_tables(tr_keys), labels, allow_missing=True)
             missing = [l for l, v in medians.items() if v is None]
             if missing:
                 raise ValueError(f"absolute mode: no lesion of label(s) {missing} in the training cases of fold "
