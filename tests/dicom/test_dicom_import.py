@@ -60,7 +60,10 @@ def test_contours_through_voxel_centres_include_their_boundary(tmp_path, pixel_s
     outer = _square(5, 6, 25, 30)
     hole = _square(10, 12, 14, 20)  # traced along the structure's pixels around a 3x7 hole
     diamond = [(30, 10), (33, 13), (30, 16), (27, 13)]
-    path = _hand_rtstruct(tmp_path / "rs.dcm", w, {"GTVp_1": [(1, outer), (1, hole)], "GTVn": [(2, diamond)]})
+    # rt-utils 1.2.7 writes 1- and 2-point CLOSED_PLANAR contours for nodes of 1 and 2 voxels
+    dot, pair = [(36, 40)], [(2, 30), (2, 31)]
+    path = _hand_rtstruct(tmp_path / "rs.dcm", w, {"GTVp_1": [(1, outer), (1, hole)],
+                                                   "GTVn": [(2, diamond), (0, dot), (0, pair)]})
     labels, used = read_rtstruct(path, read_series(tmp_path / "mr"))
     assert used == {"GTVp_1": 1, "GTVn": 2}
     expected = np.zeros(shape, np.uint8)
@@ -68,6 +71,7 @@ def test_contours_through_voxel_centres_include_their_boundary(tmp_path, pixel_s
     expected[1, 11:14, 13:20] = 0
     rr, cc = np.mgrid[0:shape[1], 0:shape[2]]
     expected[2][np.abs(rr - 30) + np.abs(cc - 13) <= 3] = 2  # the diamond with its edge voxels
+    expected[0, 36, 40] = expected[0, 2, 30] = expected[0, 2, 31] = 2
     np.testing.assert_array_equal(labels, expected)
 
 

@@ -382,10 +382,13 @@ def read_rtstruct(path: str | os.PathLike, series: MRSeries, roi_map: str = DEFA
         for item in roi_contour.get("ContourSequence", []):
             kind = str(item.get("ContourGeometricType", ""))
             data = np.asarray([float(v) for v in item.get("ContourData", [])]).reshape(-1, 3)
-            if kind != "CLOSED_PLANAR" or len(data) < 3:
+            if kind != "CLOSED_PLANAR" or len(data) == 0:
                 log.warning("%s: ROI %r: skipped a %s contour of %d point(s)", path, names[number], kind or "?",
                             len(data))
                 continue
+            if len(data) < 3:  # rt-utils writes these for 1-2 voxel nodes: keep the voxels they sit on
+                log.warning("%s: ROI %r: a degenerate %d-point contour, imported as the voxel(s) on it", path,
+                            names[number], len(data))
             idx = (data - origin) @ to_index.T
             k = float(np.mean(idx[:, 2]))
             if np.ptp(idx[:, 2]) > PLANE_TOL_SLICES or abs(k - round(k)) > PLANE_TOL_SLICES:
