@@ -36,7 +36,9 @@ def test_open_refuses_bad_settings(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         Experiment.open(tmp_path / "file", ExperimentSettings(dataset="1"))
-    monkeypatch.setattr("vadice.nnunet.runner.resolve_dataset", lambda d: None)
+    from vadice.nnunet.runner import DatasetRef, NNUNetPaths
+
+    monkeypatch.setattr("vadice.nnunet.runner.resolve_dataset", lambda d: DatasetRef(1, "Dataset001_X", NNUNetPaths()))
     run = tmp_path / "r2"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"settings": ExperimentSettings(dataset="1").fixed()}))
@@ -50,7 +52,8 @@ def test_open_refuses_bad_settings(tmp_path, monkeypatch):
     (["experiment", "1", "--out", "X", "--seeds", "0,0"], "duplicates"),
     (["experiment", "1", "--out", "X", "--iterations", "0"], "--iterations must be >= 1"),
     (["experiment", "1", "--out", "X", "--unit", "dual:0", "--collect"], "exclude each other"),
-    (["report", "NOWHERE"], "not an experiment run folder"),
+    (["report", "NOWHERE"], "NOWHERE: folder does not exist"),
+    (["report", "."], "not an experiment run folder"),
 ])
 def test_cli_usage_errors(args, expect, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -141,11 +141,15 @@ def test_unit_and_collect_modes(dataset, uninterrupted):
     root, folder, env = dataset
     run = root / "run_c"
     res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--collect"], env)
-    assert res.returncode == 1 and "--unit baseline:0:0" in res.stdout and "--unit dual:1:0" in res.stdout
+    assert res.returncode == 2 and "no experiment run here" in res.stderr and not run.exists()
     res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--unit", "dual:1"], env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert [p.name for p in (run / "units").iterdir()] == ["dual__fold1__seed0.json"]
     assert not (run / "evaluation").exists()
+    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--collect"], env)
+    assert res.returncode == 2 and res.stdout == "" and len(res.stderr.strip().splitlines()) == 1
+    assert "3 unit(s) not finished" in res.stderr and "--unit baseline:0:0" in res.stderr
+    assert "dual:1:0" not in res.stderr
     res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--unit", "lasso:1"], env)
     assert res.returncode == 2 and "SETUP:FOLD" in res.stderr
 

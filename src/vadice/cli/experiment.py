@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vadice.cli import UsageError
+from vadice.io import InputError
 from vadice.cli.options import add_device, parse_folds, parse_int_list
 
 SLURM_HINT = ("cluster: run one unit per job with --unit SETUP:FOLD (see docs/experiment.md for a SLURM array "
@@ -26,12 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dataset", metavar="DATASET", help="nnU-Net dataset id, name (Dataset101_X) or raw folder")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; resumable)")
-    p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds (default 0,1,2,3,4)")
+    p.add_argument("--folds", default="0,1,2,3,4",
+                   help="comma-separated folds of the dataset's split (nnU-Net's default split: 0-4), "
+                        "or 'all' (default 0,1,2,3,4)")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     p.add_argument("--setups", default="baseline,dual,selective-ln",
                    help="comma-separated set-ups, baseline first (default all three)")
     p.add_argument("--preset", choices=("resenc-m", "cpu-small"), default="resenc-m",
-                   help="network plan: real ResEnc M (GPU) or the reduced CPU preset")
+                   help="network plan: resenc-m, nnU-Net's ResEnc M (GPU; the default), or cpu-small, "
+                        "a reduced network for CPU demos")
     add_device(p)
     p.add_argument("--iterations", type=int, help="training iterations per unit (default: nnU-Net's 1000x250)")
     p.add_argument("--epochs", type=int, help="epochs per unit (with --iterations: iterations spread over them)")
@@ -94,18 +98,16 @@ def run_experiment(args) -> int:
     if args.unit and args.collect:
         raise UsageError("--unit and --collect exclude each other")
     settings = _settings(args)
-    exp = Experiment.open(args.out, settings, progress=not args.quiet)
+    # every argument is checked before the run folder is touched: a refused start leaves nothing behind
+    units = [u for text in args.unit for u in parse_unit(text, settings)] if args.unit else None
+    exp = Experiment.open(args.out, settings, progress=not args.quiet, existing=args.collect)
     if args.collect:
         missing = exp.missing()
         if missing:
-            print(f"{len(missing)} unit(s) not finished:")
-            for unit in missing:
-                print(f"  --unit {unit.setup}:{unit.fold}:{unit.seed}")
-            return 1
+            shown = " ".join(f"--unit {u.setup}:{u.fold}:{u.seed}" for u in missing[:6])
+            raise InputError(exp.run_dir, f"{len(missing)} unit(s) not finished; run them first: {shown}"
+                             + (" …" if len(missing) > 6 else ""))
     else:
-        units = None
-        if args.unit:
-            units = [u for text in args.unit for u in parse_unit(text, settings)]
         exp.run_units(units)
         if args.unit:
             print(f"unit(s) done: {', '.join(args.unit)}; when all are done: vadice experiment … --collect")
@@ -121,8 +123,12 @@ def run_experiment(args) -> int:
 
 
 def run_report(args) -> int:
+    from pathlib import Path
+
     from vadice.experiment import build_report
 
+    if not Path(args.run_dir).is_dir():
+        raise InputError(args.run_dir, "folder does not exist")
     path = build_report(args.run_dir, out=args.out)
     print(f"report: {path}")
     return 0

@@ -88,8 +88,11 @@ def register(subparsers) -> None:
                     "fold is not retrained.")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--loss", choices=tuple(TRAINER_FOR_LOSS), required=True)
-    p.add_argument("--fold", type=_fold, required=True, help="0-4 or 'all'")
-    p.add_argument("--preset", choices=PRESET_CHOICES, default="resenc-m", help="plans made by `vadice plan`")
+    p.add_argument("--fold", type=_fold, required=True,
+                   help="a fold of the dataset's split (0-4 with nnU-Net's default 5-fold split, or the folds of "
+                        "splits_final.json) or 'all'")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default="resenc-m",
+                   help="which `vadice plan` plans to train: resenc-m (the default) or cpu-small")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="cuda", help="default cuda")
     p.add_argument("--iterations", type=_positive_int, metavar="N",
                    help="total training iterations (split evenly over --epochs, default 1 epoch)")

@@ -40,7 +40,7 @@ from typing import Iterable, Iterator, Sequence
 
 from vadice.io import InputError, is_nifti, sha256_file, write_text
 from vadice.nnunet import BUDGET_TRAINER, TRAINER_FOR_LOSS, trainer_dir
-from vadice.nnunet.planners import get_preset
+from vadice.nnunet.planners import PRESETS, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ LOSSES = tuple(TRAINER_FOR_LOSS)
 DEVICES = ("cuda", "cpu", "mps")
 PLAN_STATE_FILE = "vadice_plan_state.json"
 TRAIN_SETTINGS_FILE = "vadice_train.json"
+SPLITS_FILE = "splits_final.json"  # nnU-Net's cross-validation folds, in the preprocessed dataset folder
+DEFAULT_FOLDS = 5  # nnU-Net's split when no splits file exists yet
 BUDGET_ENV = ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED", "VADICE_VAL_MIRRORING")
 
 _PATH_VARS = {"raw": "nnUNet_raw", "preprocessed": "nnUNet_preprocessed", "results": "nnUNet_results"}
@@ -417,6 +419,9 @@ def plan(dataset, preset: str = "resenc-m", num_processes: int = 2, verify: bool
     raw_dir = ref.raw_dir
     if not (raw_dir / "dataset.json").is_file():
         raise InputError(raw_dir, "no nnU-Net raw dataset here (dataset.json missing)")
+    images = raw_dir / "imagesTr"
+    if not images.is_dir() or not any(p.is_file() and not p.name.startswith(".") for p in images.iterdir()):
+        raise InputError(images, "no training images (nnU-Net needs imagesTr/<case>_0000.nii.gz files)")
     pre_dir = ref.preprocessed_dir
     pre_dir.mkdir(parents=True, exist_ok=True)
     log_file = pre_dir / "vadice_plan.log"
@@ -610,6 +615,31 @@ def _check_device(device: str, num_gpus: int) -> None:
             raise InputError(None, f"num_gpus {num_gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
+def check_folds(folds: Sequence[int | str], preprocessed_dir: Path | None) -> None:
+    """Refuse folds outside the dataset's cross-validation split.
+
+    nnU-Net trains a fold beyond ``splits_final.json`` on a random 80:20 split
+    instead, with one log line, so ``--fold 7`` would silently train something else.
+    Without a splits file (nnU-Net writes it at the first training) its default
+    5-fold split applies.
+
+    Raises:
+        InputError: a fold that is neither 'all' nor in the split; an unreadable splits file.
+    """
+    path = None if preprocessed_dir is None else Path(preprocessed_dir) / SPLITS_FILE
+    if path is not None and path.is_file():
+        try:
+            n_folds = len(json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            raise InputError(path, "not a readable nnU-Net splits file (a JSON list of folds)") from None
+        source = f"{path} has"
+    else:
+        n_folds, source = DEFAULT_FOLDS, "nnU-Net's default split has"
+    for fold in folds:
+        if fold != "all" and not (isinstance(fold, int) and not isinstance(fold, bool) and 0 <= fold < n_folds):
+            raise InputError(None, f"fold {fold} does not exist: {source} folds 0-{n_folds - 1} (or use 'all')")
+
+
 def _finished(fold_dir: Path) -> bool:
     # nnU-Net writes checkpoint_final.pth, then runs the final validation; summary.json closes it.
     return (fold_dir / "checkpoint_final.pth").is_file() and (fold_dir / "validation" / "summary.json").is_file()
@@ -702,6 +732,10 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     plans_file = pre_dir / f"{spec.plans_identifier}.json"
     hint = f"run `vadice plan {dataset} --preset {spec.name}` first"
     if not plans_file.is_file():
+        planned = [name for name, other in PRESETS.items() if (pre_dir / f"{other.plans_identifier}.json").is_file()]
+        if planned:  # e.g. a CPU user who planned cpu-small and left --preset at its default
+            raise InputError(plans_file, f"no {spec.name} plans for {ref.name}, but {', '.join(planned)} plans "
+                             f"exist: pass --preset {planned[0]}, or {hint}")
         raise InputError(plans_file, f"no {spec.name} plans for {ref.name}: {hint}")
     plans = json.loads(plans_file.read_text())
     conf = plans.get("configurations", {}).get(CONFIGURATION)
@@ -710,6 +744,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     done = _load_state(pre_dir).get("preprocessed", {}).get(conf["data_identifier"], {})
     if not (pre_dir / conf["data_identifier"]).is_dir() or (loss != "baseline" and not done.get("instances")):
         raise InputError(pre_dir / conf["data_identifier"], f"preprocessing is missing or unfinished: {hint}")
+    check_folds((fold,), pre_dir)
 
     results_root = ref.paths.require("results")
     model_dir = results_root / ref.name / f"{trainer}__{spec.plans_identifier}__{CONFIGURATION}"
@@ -727,7 +762,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else None
     if recorded is not None and recorded != settings:
         raise InputError(fold_dir, f"holds a run with other settings ({_settings_diff(recorded, settings)}); "
-                                   "use another results_dir or delete the folder")
+                                   "use another --results folder or delete this one")
     result = dict(dataset_id=ref.id, dataset_name=ref.name, loss=loss, trainer=trainer,
                   plans_identifier=spec.plans_identifier, configuration=CONFIGURATION, fold=fold,
                   model_dir=model_dir, fold_dir=fold_dir, checkpoint=fold_dir / "checkpoint_final.pth",

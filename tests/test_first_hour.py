@@ -1,0 +1,153 @@
+"""What a new user meets first: wrong preset, invalid folds, refused experiment starts, missing folders.
+
+Each bad input must give one `vadice <command>: error: ...` line on stderr, a non-zero exit code,
+and leave nothing behind (no run folder, no nnU-Net results folder).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vadice.cli import main
+from vadice.io import InputError
+from vadice.nnunet import runner
+from vadice.nnunet.planners import PRESETS
+
+NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+DATA_ID = "vadice_data"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for var in NNUNET_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def _one_error_line(capsys, command: str) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"vadice {command}: error: "), err[0]
+    return err[0]
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch) -> dict[str, Path]:
+    """A raw dataset 42 and its preprocessed folder holding cpu-small plans (what `plan --preset cpu-small` leaves)."""
+    roots = {k: tmp_path / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    raw = roots["nnUNet_raw"] / "Dataset042_First"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz",
+                                                  "labels": {"background": 0, "GTVp": 1, "GTVn": 2},
+                                                  "numTraining": 0}))
+    pre = roots["nnUNet_preprocessed"] / "Dataset042_First"
+    (pre / DATA_ID).mkdir(parents=True)
+    plans = {"configurations": {"3d_fullres": {"data_identifier": DATA_ID}}}
+    (pre / f"{PRESETS['cpu-small'].plans_identifier}.json").write_text(json.dumps(plans))
+    for k, v in roots.items():
+        monkeypatch.setenv(k, str(v))
+    return roots
+
+
+def _nothing_trained(roots) -> bool:
+    return not roots["nnUNet_results"].exists()
+
+
+def test_train_with_the_default_preset_after_a_cpu_small_plan_names_cpu_small(roots, capsys):
+    assert main(["train", "42", "--loss", "baseline", "--fold", "0", "--device", "cpu"]) == 2
+    line = _one_error_line(capsys, "train")
+    assert "no resenc-m plans" in line and "--preset cpu-small" in line
+    assert _nothing_trained(roots)
+
+
+def test_train_without_any_plans_says_run_plan(roots, capsys):
+    (roots["nnUNet_preprocessed"] / "Dataset042_First" / f"{PRESETS['cpu-small'].plans_identifier}.json").unlink()
+    assert main(["train", "42", "--loss", "baseline", "--fold", "0", "--device", "cpu"]) == 2
+    line = _one_error_line(capsys, "train")
+    assert "vadice plan 42 --preset resenc-m" in line and "--preset cpu-small" not in line
+
+
+def test_help_of_train_and_experiment_says_the_preset_default(capsys):
+    for command in ("train", "experiment"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        preset_help = text.split("options:", 1)[1].split("--preset", 1)[1].split(" --", 1)[0]
+        assert "resenc-m" in preset_help and "default" in preset_help, (command, preset_help)
+
+
+@pytest.mark.parametrize("fold, splits, message", [
+    ("7", None, "fold 7 does not exist: nnU-Net's default split has folds 0-4"),
+    ("5", None, "fold 5 does not exist"),
+    ("3", 3, "splits_final.json has folds 0-2"),
+])
+def test_train_refuses_a_fold_outside_the_split(roots, capsys, fold, splits, message):
+    pre = roots["nnUNet_preprocessed"] / "Dataset042_First"
+    if splits is not None:
+        (pre / "splits_final.json").write_text(json.dumps([{"train": [], "val": []}] * splits))
+    assert main(["train", "42", "--loss", "baseline", "--fold", fold, "--device", "cpu", "--preset",
+                 "cpu-small"]) == 2
+    assert message in _one_error_line(capsys, "train")
+    assert _nothing_trained(roots)
+
+
+def test_check_folds_accepts_the_split_and_all(tmp_path):
+    runner.check_folds((0, 4, "all"), None)
+    runner.check_folds((0, 4), tmp_path)  # no splits file yet: nnU-Net's 5 folds
+    (tmp_path / "splits_final.json").write_text(json.dumps([{}] * 10))
+    runner.check_folds((9,), tmp_path)
+    with pytest.raises(InputError, match="folds 0-9"):
+        runner.check_folds((10,), tmp_path)
+    (tmp_path / "splits_final.json").write_text("{broken")
+    with pytest.raises(InputError, match="splits file"):
+        runner.check_folds((0,), tmp_path)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds", "0,9"], "fold 9 does not exist"),
+    (["--unit", "bogus:0"], "--unit 'bogus:0'"),
+    (["--unit", "dual:3"], "not among --folds"),
+    (["--collect"], "no experiment run here"),
+])
+def test_refused_experiment_leaves_no_run_folder(roots, tmp_path, capsys, extra, message):
+    run = tmp_path / "runs" / "new"
+    args = ["experiment", "42", "--out", str(run), "--preset", "cpu-small", "--device", "cpu", "--folds", "0,1"]
+    assert main(args + extra) == 2
+    assert message in _one_error_line(capsys, "experiment")
+    assert not run.exists() and not (tmp_path / "runs").exists()
+    assert _nothing_trained(roots)
+
+
+def test_collect_lists_the_units_still_missing_on_stderr(roots, tmp_path, capsys):
+    from vadice.experiment import ExperimentSettings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    settings = ExperimentSettings(dataset="42", preset="cpu-small", folds=(0,), setups=("baseline", "dual"),
+                                  device="cpu")
+    (run / "manifest.json").write_text(json.dumps({"settings": settings.fixed()}))
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["experiment", "42", "--out", str(run), "--preset", "cpu-small", "--device", "cpu", "--folds", "0",
+                 "--setups", "baseline,dual", "--collect"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    line = captured.err.strip()
+    assert "2 unit(s) not finished" in line and "--unit baseline:0:0 --unit dual:0:0" in line
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_report_on_a_missing_folder_says_it_does_not_exist(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert _one_error_line(capsys, "report").endswith("nowhere: folder does not exist")
+
+
+def test_experiment_whose_planning_fails_leaves_no_run_folder(roots, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["-q", "experiment", "42", "--out", str(run), "--preset", "cpu-small", "--device", "cpu",
+                 "--folds", "0"]) == 2  # the raw dataset has no images: nnU-Net rejects it
+    assert "imagesTr: no training images" in _one_error_line(capsys, "experiment")
+    assert not run.exists()
