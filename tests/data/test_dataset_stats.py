@@ -96,6 +96,9 @@ def test_cli_stats_prints_table_and_writes_json_and_png(small_cohort, tmp_path, 
     assert main(["stats", str(small_cohort), "--out", str(out), "--workers", "1"]) == 0
     text = capsys.readouterr().out
     assert "median" in text and "GTVn" in text and "preRT" in text and str(out) in text
+    # Plain headers, each explained: no "per+case", and the percentage column says it is one.
+    assert "per+case" not in text and "% <1ml" in text and "n <0.5ml" in text
+    assert "per case: lesions per case with the label" in text
     stats = json.loads((out / "lesion_stats.json").read_text())
     assert set(stats["groups"]) == {"preRT", "midRT"}
     png = (out / "lesion_volumes.png").read_bytes()

@@ -262,3 +262,13 @@ def test_empty_penalty_is_counted_as_penalised_not_excluded(runs, tmp_path):
     assert hd["n_undefined"]["nolymph"] == 0 and hd["n_pairs"]["nolymph"] == 6
     assert hd["values"]["nolymph"] == pytest.approx(50.0)
     assert "set to the penalty 50 mm and included" in (out / "comparison.md").read_text()
+
+
+def test_evaluate_cli_names_the_undefined_counts(runs, capsys):
+    tmp_path, gt_dir, pred_dir, _, _ = runs
+    assert main(["-q", "evaluate", "--gt", str(gt_dir), "--pred", str(pred_dir), "--out", str(tmp_path / "e_cli")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "e_cli" / "summary.json").read_text())["labels"]["GTVn"]["excluded"]
+    assert "HD95/MSD undefined, left out of means" in out
+    assert (f"both empty {summary['both_empty']}, truth empty {summary['gt_empty_only']}, "
+            f"prediction empty {summary['pred_empty_only']}") in out

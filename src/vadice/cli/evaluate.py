@@ -114,12 +114,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     tol = f"{tolerances[0]:g}"
     print(f"{summary['n_cases']} cases -> {args.out}   DSCagg mean {_fmt(summary['dscagg_mean'])}")
     print(f"{'label':<8} {'DSCagg':>7} {'DSC':>6} {'SDS' + tol:>7} {'MSD':>6} {'HD95md':>6} {'sens':>5} "
-          f"{'prec':>5}  excluded (both/gt/pred empty)")
+          f"{'prec':>5}  HD95/MSD undefined, left out of means")
     for name, s in summary["labels"].items():
         ex = s["excluded"]
+        pen = s.get("penalised") or {}
+        undefined = (f"both empty {ex['both_empty']}, truth empty {ex['gt_empty_only']}, "
+                     f"prediction empty {ex['pred_empty_only']}")
+        if any(pen.values()):
+            undefined += (f"; penalised and included: truth empty {pen['gt_empty_only']}, "
+                          f"prediction empty {pen['pred_empty_only']}")
         print(f"{name:<8} {_fmt(s['dscagg']):>7} {_fmt(s['dsc_mean']):>6} {_fmt(s['sds_mean']):>7} "
               f"{_fmt(s['msd_mean'], 2):>6} {_fmt(s['hd95_median'], 2):>6} {_fmt(s['lesion_sensitivity'], 2):>5} "
-              f"{_fmt(s['lesion_precision'], 2):>5}  {ex['both_empty']}/{ex['gt_empty_only']}/{ex['pred_empty_only']}")
+              f"{_fmt(s['lesion_precision'], 2):>5}  {undefined}")
     if summary["missing_predictions"]:
         print(f"missing predictions counted as empty: {len(summary['missing_predictions'])}")
     return 0

@@ -165,23 +165,25 @@ def _fmt(v, digits=2) -> str:
 def format_statistics(stats: dict) -> str:
     """Readable table of :func:`dataset_statistics` output."""
     lines = [f"{stats['source']} ({stats['layout']}, {stats['connectivity']}-connectivity; volumes in ml)"]
-    head = (f"{'group':<9} {'label':<5} {'cases':>9} {'lesions':>7} {'per+case':>8} {'min':>6} {'q25':>6} "
-            f"{'median':>6} {'q75':>6} {'max':>6} {'<1ml':>6} {'<0.5ml':>6}")
+    head = (f"{'group':<9} {'label':<5} {'with label':>10} {'lesions':>7} {'per case':>8} {'min':>6} {'q25':>6} "
+            f"{'median':>6} {'q75':>6} {'max':>6} {'% <1ml':>6} {'n <0.5ml':>8}")
     lines += [head, "-" * len(head)]
     for g, s in stats["groups"].items():
         for name, lab in s["labels"].items():
             v = lab["volumes_ml"]
             frac = "-" if v["fraction_lt_1ml"] is None else f"{100 * v['fraction_lt_1ml']:.0f}%"
             lines.append(
-                f"{g:<9} {name:<5} {lab['cases_with_label']:>4}/{s['n_cases']:<4} {lab['components_total']:>7} "
+                f"{g:<9} {name:<5} {lab['cases_with_label']:>5}/{s['n_cases']:<4} {lab['components_total']:>7} "
                 f"{_fmt(lab['components_per_positive_case']):>8} {_fmt(v['min']):>6} {_fmt(v['q25']):>6} "
-                f"{_fmt(v['median']):>6} {_fmt(v['q75']):>6} {_fmt(v['max']):>6} {frac:>6} {v['count_lt_0_5ml']:>6}")
+                f"{_fmt(v['median']):>6} {_fmt(v['q75']):>6} {_fmt(v['max']):>6} {frac:>6} {v['count_lt_0_5ml']:>8}")
         lines.append(f"{g:<9} empty masks: {len(s['empty_cases'])}/{s['n_cases']}"
                      + (f" ({', '.join(s['empty_cases'][:10])}{' ...' if len(s['empty_cases']) > 10 else ''})"
                         if s["empty_cases"] else ""))
         for name, lab in s["labels"].items():
             dist = ", ".join(f"{k}:{n}" for k, n in lab["components_per_case"].items())
             lines.append(f"{g:<9} {name} lesions per case {{{dist}}}")
+    lines.append("with label: cases holding the label / all cases; per case: lesions per case with the label; "
+                 "min..max: lesion volumes; % <1ml: share of lesions under 1 ml; n <0.5ml: lesions under 0.5 ml")
     return "\n".join(lines)
 
 
