@@ -134,21 +134,22 @@ def lesion_groups(y, inst, batch_dice):
 @given(seed=seeds, shape=shapes)
 def test_3_gamma1_every_lesion_gets_equal_gradient_mass(batch_dice, seed, shape):
     logits, y, inst, vols = make_batch(seed, shape, n_lesions=5)
+    groups = lesion_groups(y, inst, batch_dice)
+    sizes = {g: [(inst[b, 0] == k).sum().item() for b, k in m] for g, m in groups.items()}
+    # only pools holding lesions of different sizes can tell equal mass from plain Dice
+    assume(any(len(set(s)) > 1 for s in sizes.values()))
     probs = torch.softmax(logits.double(), 1)
     loss = VolumeAwareDiceLoss(gamma=1.0, v_min_mm3=1e-3, batch_dice=batch_dice, apply_nonlin=None, **NO_CLIP)
     _, grad = loss_and_grad(loss, probs, y, inst, vols)
-    checked = 0
-    for (_, label), members in lesion_groups(y, inst, batch_dice).items():
-        masses = [grad[b, label][inst[b, 0] == k].abs().sum().item() for b, k in members]
-        np.testing.assert_allclose(masses, masses[0], rtol=1e-9)
-        checked += len(members) > 1
-    # The plain Dice gives lesions gradient mass proportional to size: make sure this is not the same.
     _, plain = loss_and_grad(VolumeAwareDiceLoss(va_labels=(), apply_nonlin=None, batch_dice=batch_dice),
                              probs, y, inst, vols)
-    for (_, label), members in lesion_groups(y, inst, batch_dice).items():
-        sizes = [(inst[b, 0] == k).sum().item() for b, k in members]
-        masses = [plain[b, label][inst[b, 0] == k].abs().sum().item() for b, k in members]
-        np.testing.assert_allclose(np.asarray(masses) / sizes, masses[0] / sizes[0], rtol=1e-9)
+    for (_, label), members in groups.items():
+        masses = [grad[b, label][inst[b, 0] == k].abs().sum().item() for b, k in members]
+        np.testing.assert_allclose(masses, masses[0], rtol=1e-9)
+        # plain Dice: mass per voxel is the same, so mass grows with size (the imbalance VA removes)
+        plain_masses = np.asarray([plain[b, label][inst[b, 0] == k].abs().sum().item() for b, k in members])
+        np.testing.assert_allclose(plain_masses / sizes[(_, label)], plain_masses[0] / sizes[(_, label)][0],
+                                   rtol=1e-9)
 
 
 @BOTH
@@ -156,10 +157,12 @@ def test_3_gamma1_every_lesion_gets_equal_gradient_mass(batch_dice, seed, shape)
 @given(seed=seeds, shape=shapes)
 def test_3_gamma1_missing_any_lesion_costs_the_same(batch_dice, seed, shape):
     _, y, inst, vols = make_batch(seed, shape, n_lesions=5)
+    groups = lesion_groups(y, inst, batch_dice)
+    assume(any(len({(inst[b, 0] == k).sum().item() for b, k in m}) > 1 for m in groups.values()))
     perfect = torch.zeros(y.shape[0], 3, *y.shape[2:], dtype=torch.float64).scatter_(1, y, 1.0)
     loss = VolumeAwareDiceLoss(gamma=1.0, v_min_mm3=1e-3, batch_dice=batch_dice, apply_nonlin=None, **NO_CLIP)
     base = loss(perfect, y, inst, vols).item()
-    for members in lesion_groups(y, inst, batch_dice).values():
+    for members in groups.values():
         costs = []
         for b, k in members:
             missed = perfect.clone()
@@ -197,7 +200,7 @@ def test_4_selective_ln_keeps_pt_term_and_gradient(batch_dice, seed, shape, mode
 @pytest.mark.parametrize("mode", ["mass", "absolute"])
 @PROPS
 @given(seed=seeds, shape=shapes, data=st.data())
-def test_5_invariant_to_id_permutation_translation_and_flip(batch_dice, mode, seed, shape, data):
+def test_5_invariant_to_id_numbering(batch_dice, mode, seed, shape, data):
     margin = 1
     logits, y, inst, vols = make_batch(seed, shape, n_lesions=4, margin=margin, case_volumes=True)
     loss = VolumeAwareDiceLoss(batch_dice=batch_dice, mode=mode, v_ref=4.0 if mode == "absolute" else None,
@@ -218,23 +221,14 @@ def test_5_invariant_to_id_permutation_translation_and_flip(batch_dice, mode, se
     torch.testing.assert_close(v, v0, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(g, g0, rtol=1e-5, atol=1e-8)
 
-    # Translate every lesion (with the network output) by up to the free margin.
+    # The patch-level fallback numbers components in raster order, which a translation or a flip changes:
+    # its loss must not depend on that numbering. (With explicit ids, translation and flip invariance of a
+    # per-voxel weighted sum holds by construction, so it is not tested.)
     dims = tuple(range(2, y.ndim))
     shifts = tuple(data.draw(st.integers(-margin, margin)) for _ in dims)
     roll = lambda t: torch.roll(t, shifts, dims)  # noqa: E731
-    v, g = loss_and_grad(loss, roll(logits), roll(y), roll(inst), vols)
-    torch.testing.assert_close(v, v0, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(g, roll(g0), rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(loss.voxel_weights(roll(y), roll(inst), vols), roll(w0))
-
-    # Flip the patch along any axis.
     axis = data.draw(st.sampled_from(dims))
     flip = lambda t: torch.flip(t, (axis,))  # noqa: E731
-    v, g = loss_and_grad(loss, flip(logits), flip(y), flip(inst), vols)
-    torch.testing.assert_close(v, v0, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(g, flip(g0), rtol=1e-5, atol=1e-8)
-
-    # The patch-level fallback (no instance map) is invariant too.
     f0 = loss(logits, y)
     torch.testing.assert_close(loss(flip(logits), flip(y)), f0, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(loss(roll(logits), roll(y)), f0, rtol=1e-6, atol=1e-7)

@@ -108,16 +108,19 @@ def test_seg_with_instances_rejects_shape_mismatch():
 
 
 def test_only_the_spatial_transform_is_swapped():
-    plain = _transforms((16, 32, 32))
-    ours = lesion_training_transforms(_transforms((16, 32, 32)))
-    kinds = [type(t) for t in ours.transforms]
-    assert kinds.count(LesionSpatialTransform) == 1
-    assert [k.__name__ for k in kinds if k is not LesionSpatialTransform] == \
-        [type(t).__name__ for t in plain.transforms if type(t).__name__ != "SpatialTransform"]
-    swapped = next(t for t in ours.transforms if isinstance(t, LesionSpatialTransform))
-    original = next(t for t in plain.transforms if type(t).__name__ == "SpatialTransform")
-    assert swapped.__dict__.keys() == original.__dict__.keys()
-    assert swapped.mode_seg == original.mode_seg and swapped.patch_size == original.patch_size
+    pipeline = _transforms((16, 32, 32))
+    before = list(pipeline.transforms)
+    original = next(t for t in before if type(t).__name__ == "SpatialTransform")
+    ours = lesion_training_transforms(pipeline)
+    assert len(ours.transforms) == len(before)
+    for old, new in zip(before, ours.transforms):
+        if old is original:
+            assert type(new) is LesionSpatialTransform
+            # every parameter nnU-Net chose is carried over as the very same object
+            assert vars(new).keys() == vars(original).keys()
+            assert all(vars(new)[k] is v for k, v in vars(original).items())
+        else:
+            assert new is old  # the other steps are nnU-Net's own objects, in nnU-Net's order
 
 
 def _check_ids(labels_in, ids_in, labels_out, ids_out):

@@ -339,8 +339,21 @@ def test_group_inputs_orders_channels_and_checks_them(tmp_path):
 
 
 def test_presets_are_honestly_named():
-    assert PRESETS["resenc-m"].plans_identifier == "nnUNetResEncUNetMPlans"
-    assert PRESETS["cpu-small"].plans_identifier == "vadiceCPUSmallPlans"
+    """Each preset's plans identifier is the name its planner writes; only ResEnc M's planner writes ResEnc M's."""
+    import inspect
+
+    from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
+        nnUNetPlannerResEncM,
+    )
+
+    def written_name(planner):
+        return inspect.signature(planner.__init__).parameters["plans_name"].default
+
+    assert PRESETS["resenc-m"].planner is nnUNetPlannerResEncM
+    for preset in PRESETS.values():
+        assert written_name(preset.planner) == preset.plans_identifier
+    resenc_name = written_name(nnUNetPlannerResEncM)
+    assert [p.name for p in PRESETS.values() if p.plans_identifier == resenc_name] == ["resenc-m"]
 
 
 def test_cpu_small_plan(planned):
