@@ -21,7 +21,7 @@ COMMAND_MODULES = (
     "vadice.cli.predict",     # predict
     "vadice.cli.evaluate",    # evaluate, compare
     "vadice.cli.experiment",  # experiment, report, demo
-    "vadice.cli.dicom",       # import-rtstruct, export-rtstruct, gc-predict
+    "vadice.cli.dicom",       # import-rtstruct, export-rtstruct, gc-predict, export-model
 )
 
 

@@ -73,6 +73,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where to run the network (default: cuda when available)")
     p.set_defaults(func=run_gc_predict)
 
+    p = sub.add_parser(
+        "export-model",
+        help="pack a trained model (or an experiment run's set-up) into one zip for colleagues",
+        description="Writes nnU-Net's model-zip layout (installable with nnUNetv2_install_pretrained_model_from_zip) "
+        "plus vadice_model.json (version, folds, checkpoint SHA-256) and, from an experiment run folder, the run's "
+        "manifest.json (settings) and comparison.json (evaluation summary). `vadice predict -m model.zip` and "
+        "`vadice gc-predict --model model.zip` use it directly.",
+        epilog="example: vadice export-model runs/task1 --setup dual --out vadice_task1_dual.zip",
+    )
+    p.add_argument("model", metavar="RUN_OR_MODEL_DIR", help="Trainer__Plans__configuration folder or a run folder")
+    p.add_argument("--out", required=True, help="zip file to write")
+    p.add_argument("--setup", choices=("baseline", "dual", "selective-ln"), help="with a run folder: which set-up")
+    p.add_argument("--seed", type=int, default=0, help="with a run folder: which seed (default 0)")
+    p.add_argument("--folds", default="available",
+                   help="comma-separated folds, 'all', or 'available' = every fold with a checkpoint (default)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing zip")
+    p.set_defaults(func=run_export_model)
+
 
 def parse_output_types(text: str, allowed: tuple[str, ...] = OUTPUT_TYPES) -> tuple[str, ...]:
     """``'nifti,rtstruct'`` -> ``('nifti', 'rtstruct')``; raises UsageError on unknown or empty."""
@@ -155,7 +174,7 @@ def run_gc_predict(args) -> int:
     from vadice.io import InputError
     from vadice.predict import model_channels, predict
 
-    model = Path(args.model)
+    model = resolve_model(args.model)
     n_channels = model_channels(model)
     if n_channels != len(TASK_INPUTS[args.task]):
         raise InputError(model, f"model has {n_channels} input channel(s); task {args.task} needs "
@@ -242,3 +261,24 @@ def stage_predict_input(input_path, tmp_dir, series_uid: str | None = None) -> S
     case = _case_name(series)
     write_nifti(series.array, series.geometry, tmp_dir / f"{case}_0000.nii.gz")
     return StagedInput(tmp_dir, series, case)
+
+
+def resolve_model(path) -> Path:
+    """A model folder, or the folder inside a model zip (unpacked once into the cache)."""
+    from vadice.sharing import model_from_zip
+
+    path = Path(path)
+    return model_from_zip(path) if path.suffix.lower() == ".zip" else path
+
+
+def run_export_model(args) -> int:
+    from vadice.experiment import model_dir_from
+    from vadice.sharing import export_model
+
+    _refuse_existing([args.out], args.overwrite)
+    model = model_dir_from(args.model, args.setup, args.seed)
+    run_dir = Path(args.model) if args.setup else None
+    folds = None if args.folds == "available" else parse_folds(args.folds)
+    out = export_model(model, args.out, folds=folds, checkpoint=args.checkpoint, run_dir=run_dir)
+    print(f"wrote {out}")
+    return 0

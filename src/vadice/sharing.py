@@ -1,0 +1,136 @@
+"""Shareable models: a trained model folder (or an experiment run's set-up) as one zip, and back.
+
+The zip uses nnU-Net's own model-zip layout (``nnUNetv2_export_model_to_zip``):
+``<Dataset>/<Trainer__Plans__configuration>/{dataset.json, plans.json,
+dataset_fingerprint.json, fold_<f>/{checkpoint_final.pth, debug.json,
+progress.png, validation/summary.json}}``, so ``nnUNetv2_install_pretrained_model_from_zip``
+installs it too (plain nnU-Net then needs ``nnUNet_extTrainer=$(vadice nnunet-path)``
+for vadice's trainers). vadice adds ``vadice_model.json`` (version, folds,
+checkpoint SHA-256) and, from an experiment run, its ``manifest.json`` (the
+settings) and ``comparison.json`` (the evaluation summary), all inside the model
+folder. No nnU-Net import here: this is file handling only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from vadice import __version__
+from vadice.io import InputError, atomic_dir, atomic_file, sha256_file
+
+log = logging.getLogger(__name__)
+
+MODEL_FILES = ("dataset.json", "plans.json", "dataset_fingerprint.json")
+FOLD_EXTRAS = ("debug.json", "progress.png", "validation/summary.json")
+INFO_NAME = "vadice_model.json"
+
+
+def _fold_names(model_dir: Path, folds: Sequence[int | str] | None, checkpoint: str) -> list[str]:
+    if folds is None:
+        names = sorted(p.name for p in model_dir.glob("fold_*") if (p / checkpoint).is_file())
+        if not names:
+            raise InputError(model_dir, f"no fold_*/{checkpoint} in this model folder")
+        return names
+    names = [f"fold_{f}" for f in folds]
+    for name in names:
+        if not (model_dir / name / checkpoint).is_file():
+            raise InputError(model_dir / name / checkpoint, "checkpoint not found")
+    return names
+
+
+def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, folds: Sequence[int | str] | None = None,
+                 checkpoint: str = "checkpoint_final.pth", run_dir: str | os.PathLike | None = None) -> Path:
+    """Write a trained model folder as a zip (atomically).
+
+    Args:
+      model_dir: ``Trainer__Plans__configuration`` folder.
+      out: the zip to write.
+      folds: folds to include (default: every fold with ``checkpoint``).
+      checkpoint: checkpoint file name in each fold.
+      run_dir: the experiment run folder the model came from, if any: its
+        ``manifest.json`` and ``comparison/comparison.json`` go in too.
+
+    Returns:
+      ``out``.
+
+    Raises:
+      InputError: not a model folder, missing checkpoints.
+    """
+    model_dir = Path(model_dir)
+    for name in MODEL_FILES[:2]:
+        if not (model_dir / name).is_file():
+            raise InputError(model_dir, f"not a trained nnU-Net model folder (no {name})")
+    fold_names = _fold_names(model_dir, folds, checkpoint)
+    dataset = model_dir.parent.name if model_dir.parent.name.startswith("Dataset") else "Dataset000_vadice"
+    prefix = PurePosixPath(dataset, model_dir.name)
+    info = {"vadice_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": model_dir.name, "dataset": dataset, "checkpoint": checkpoint,
+            "folds": [n[len("fold_"):] for n in fold_names],
+            "checkpoint_sha256": {n: sha256_file(model_dir / n / checkpoint) for n in fold_names}}
+    with atomic_file(out, suffix=".part.zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in MODEL_FILES:
+            if (model_dir / name).is_file():
+                zf.write(model_dir / name, str(prefix / name))
+        for fold in fold_names:
+            zf.write(model_dir / fold / checkpoint, str(prefix / fold / checkpoint))
+            for extra in FOLD_EXTRAS:
+                if (model_dir / fold / extra).is_file():
+                    zf.write(model_dir / fold / extra, str(prefix / fold / extra))
+        if run_dir is not None:
+            for rel in ("manifest.json", "comparison/comparison.json"):
+                if (Path(run_dir) / rel).is_file():
+                    zf.write(Path(run_dir) / rel, str(prefix / "vadice_run" / PurePosixPath(rel).name))
+                    info.setdefault("run_files", []).append(f"vadice_run/{PurePosixPath(rel).name}")
+        zf.writestr(str(prefix / INFO_NAME), json.dumps(info, indent=2))
+    log.info("wrote %s (%s, folds %s)", out, model_dir.name, ",".join(info["folds"]))
+    return Path(out)
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("VADICE_CACHE") or Path.home() / ".cache" / "vadice") / "models"
+
+
+def model_from_zip(path: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
+    """Unpack a model zip once (keyed by its SHA-256) and return its model folder.
+
+    Args:
+      path: zip written by :func:`export_model` or ``nnUNetv2_export_model_to_zip``.
+      cache: where unpacked models live (default ``$VADICE_CACHE/models`` or ``~/.cache/vadice/models``).
+
+    Returns:
+      The ``Trainer__Plans__configuration`` folder inside the unpacked zip.
+
+    Raises:
+      InputError: not a zip, unsafe member paths, or not exactly one model folder inside.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "model zip not found")
+    if not zipfile.is_zipfile(path):
+        raise InputError(path, "not a zip file")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    target = Path(cache) if cache is not None else _cache_root()
+    target = target / digest
+    if not target.is_dir():
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                parts = PurePosixPath(member).parts
+                if member.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
+                    raise InputError(path, f"unsafe path in zip: {member!r}")
+            try:
+                with atomic_dir(target) as tmp:
+                    zf.extractall(tmp)
+            except FileExistsError:  # another process unpacked it meanwhile
+                pass
+    models = sorted({p.parent for p in target.rglob("plans.json") if (p.parent / "dataset.json").is_file()})
+    if len(models) != 1:
+        raise InputError(path, f"expected one model folder (with dataset.json and plans.json) inside, "
+                         f"found {len(models)}")
+    return models[0]
