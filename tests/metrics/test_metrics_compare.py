@@ -229,7 +229,8 @@ def test_cli(runs, capsys):
     out = tmp_path / "cmp"
     assert main(["-q", "compare", str(a), str(b), "--names", "baseline,dual", "--out", str(out),
                  "--n-boot", "100"]) == 0
-    assert "dscagg" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dscagg" in out and "consistent = CI excludes 0" in out and "warning: One seed per run" in out
     assert main(["-q", "compare", str(a), str(b), "--names", "x", "--out", str(out)]) == 2
     assert main(["-q", "compare", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "c2")]) == 2
     assert not (tmp_path / "c2").exists()

@@ -132,7 +132,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from vadice.metrics.compare import compare_runs
+    from vadice.metrics.compare import compare_runs, headline_rows
 
     if len(args.runs) < 2:
         raise _usage("compare needs at least two evaluation folders")
@@ -145,14 +145,11 @@ def run_compare(args: argparse.Namespace) -> int:
                           zero_method=args.zero_method)
     base = result["runs"][0]
     print(f"{result['n_cases']} cases, reference {base} -> {args.out}")
-    for r in result["rows"]:
-        if r["metric"] not in ("dscagg", "dscagg_mean", "dsc", "hd95", "lesion_sensitivity"):
-            continue
-        parts = []
-        for n in result["runs"][1:]:
-            if r["kind"] == "cohort":
-                parts.append(f"{n}: Δ {_fmt(r['diff'][n])} [{_fmt(r['ci_low'][n])}, {_fmt(r['ci_high'][n])}]")
-            else:
-                parts.append(f"{n}: Δ {_fmt(r['diff'][n])} p_holm {_fmt(r['p_holm'][n])}")
-        print(f"{r['label']:<6} {r['metric']:<20} {base} {_fmt(r['values'][base])}  " + "  ".join(parts))
+    for w in result["warnings"]:
+        print(f"warning: {w}")
+    print("consistent = CI excludes 0 and every seed's Δ has the pooled sign (comparison.md gives the rule)")
+    for r in headline_rows(result):
+        parts = [f"{n}: Δ {_fmt(r['diff'][n])} [{_fmt(r['ci_low'][n])}, {_fmt(r['ci_high'][n])}] {r['verdict'][n]}"
+                 for n in result["runs"][1:]]
+        print(f"{r['label']:<6} {r['metric']:<28} {base} {_fmt(r['values'][base])}  " + "  ".join(parts))
     return 0

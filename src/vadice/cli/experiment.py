@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train the three loss set-ups over folds and seeds, evaluate and compare them",
         description="For each set-up (baseline, dual, selective-ln), fold and seed: train through nnU-Net "
         "(resuming finished or interrupted parts), keep the fold's out-of-fold predictions, then evaluate "
-        "every set-up on the pooled predictions, compare them against the baseline (paired by case and seed) "
-        "and write report.html.",
+        "every set-up on the pooled predictions, compare them against the baseline (paired by case, seeds "
+        "pooled; a difference is 'consistent' when its patient-and-seed bootstrap CI excludes 0 and every "
+        "seed agrees in sign) and write report.html.",
         epilog="examples:\n  vadice experiment 101 --out runs/task1 --folds 0,1,2,3,4 --seeds 0,1,2\n"
         "  vadice experiment 101 --out runs/task1 --unit dual:3      # one unit (e.g. a SLURM array task)\n"
         "  vadice experiment 101 --out runs/task1 --collect          # evaluate + compare + report\n",
@@ -51,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes for the evaluation")
     p.add_argument("--pair-by", choices=("case", "case-seed"), default="case",
                    help="Wilcoxon pairing with several seeds: 'case' averages each case over seeds first "
-                   "(patients are the independent units; default), 'case-seed' pairs (case, seed) units")
+                   "(patients are the independent units; default), 'case-seed' pairs (case, seed) units: "
+                   "pseudo-replication, p too small, flagged in the outputs")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.set_defaults(func=run_experiment)
 
