@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from metrics_cases import label_pair
+from metrics_cases import blobs, label_pair
 from vadice.metrics.lesionwise import match_lesions, parse_match, size_stratified_sensitivity
 
 STRUCT = {6: ndimage.generate_binary_structure(3, 1), 18: ndimage.generate_binary_structure(3, 2),
@@ -132,3 +132,37 @@ def test_input_checks():
         match_lesions(a, np.zeros((3, 3, 4), np.uint8), (1, 1, 1))
     with pytest.raises(TypeError, match="integer"):
         match_lesions(a.astype(float), a, (1, 1, 1))
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_lesion_counts_match_panoptica(case):
+    # An independent implementation: panoptica's connected components + one-to-one IoU >= 0.5 matching.
+    import warnings
+
+    from panoptica import (ConnectedComponentsInstanceApproximator, InputType, Metric, NaiveThresholdMatching,
+                           Panoptica_Evaluator, disable_citation_reminder)
+    from panoptica.utils.segmentation_class import LabelGroup, SegmentationClassGroups
+
+    disable_citation_reminder()
+    labels = {"GTVp": 1, "GTVn": 2}
+    evaluator = Panoptica_Evaluator(
+        expected_input=InputType.SEMANTIC, instance_approximator=ConnectedComponentsInstanceApproximator(),
+        instance_matcher=NaiveThresholdMatching(),
+        segmentation_class_groups=SegmentationClassGroups({n: LabelGroup(v) for n, v in labels.items()}),
+        instance_metrics=[Metric.IOU], global_metrics=[Metric.DSC], decision_metric=Metric.IOU,
+        decision_threshold=0.5)
+    # Predictions with every outcome: kept (IoU >= 0.5), shifted by a voxel (IoU < 0.5), thinned (some
+    # components split), and false-positive nodes.
+    gt, _, spacing = label_pair(case, shape=(16, 28, 28))
+    rng = np.random.default_rng(case)
+    pred = np.roll(gt, case % 2, axis=2)
+    pred[rng.random(gt.shape) < 0.3] = 0
+    pred[blobs(rng, gt.shape, 2, 1) & (pred == 0)] = 2
+    ours = match_lesions(gt, pred, spacing, labels.values(), connectivity=26, match="iou:0.5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = evaluator.evaluate(pred, gt, voxelspacing=spacing, verbose=False)
+    for name, value in labels.items():
+        les, pan = ours[value], theirs[name.lower()]  # panoptica lower-cases group names
+        assert (les.n_gt, les.n_pred, les.n_gt_detected, les.n_pred - les.n_pred_matched,
+                les.n_gt - les.n_gt_detected) == (pan.n_ref_instances, pan.n_pred_instances, pan.tp, pan.fp, pan.fn)
