@@ -409,3 +409,68 @@ def test_options_file_names_a_weighting_and_explicit_keys_override_it(tmp_path):
     cfg.write_text(json.dumps({"weighting": "flat"}))
     with pytest.raises(ValueError, match="unknown weighting 'flat'"):
         read_va_options(cfg)
+
+
+def _va_reference():
+    """tests/losses/va_synth.py: the loop-based reading of the VA Dice definition (float64 NumPy)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "losses" / "va_synth.py"
+    spec = importlib.util.spec_from_file_location("va_synth_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode", ["mass", "absolute"])
+def test_va_deep_supervision_equals_independent_per_scale_sum(nnunet_env, lesions, tmp_path, monkeypatch, mode):
+    """The trainer's loss on a real batch = Σ_i w_i (loop-reference VA Dice_i + nnU-Net's CE_i), w_i from nnU-Net."""
+    from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
+
+    ref = _va_reference()
+    cfg = tmp_path / "va.json"
+    cfg.write_text(json.dumps({"preset": "dual", "mode": mode}))
+    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
+    monkeypatch.setenv("VADICE_SEED", "1")
+    tr = _trainer(nnunet_env, "nnUNetTrainerVA", patch=(12, 24, 24))
+    tr.initialize()
+    labels, ids, volumes = tr.lesion_inputs(next(tr.get_dataloaders()[0]))
+    n = len(tr._get_deep_supervision_scales())
+    assert len(labels) == len(ids) == n > 1
+    # nnU-Net's deep-supervision weights, written out: 1/2^i, the last scale 0, normalised
+    w = np.array([1 / 2 ** i for i in range(n)])
+    w[-1] = 0
+    w /= w.sum()
+    torch.manual_seed(0)
+    outputs = [torch.randn(l.shape[0], 3, *l.shape[2:], dtype=torch.float64) for l in labels]
+    v_ref = tr.va_v_ref if mode == "absolute" else None
+    rows = [volumes[b] for b in range(volumes.shape[0])]
+    expected = 0.0
+    for i in range(n):
+        if w[i] == 0:
+            continue
+        weights = ref.reference_weights(labels[i], ids[i], rows, (1, 2), 1.0, mode, v_ref, 10.0, 0.1, 10.0,
+                                        tr.configuration_manager.batch_dice)
+        dice = ref.reference_dice_loss(torch.softmax(outputs[i], 1).numpy(), labels[i], weights,
+                                       tr.configuration_manager.batch_dice)
+        ce = RobustCrossEntropyLoss()(outputs[i], labels[i].long()).item()
+        expected += w[i] * (dice + ce)
+    got = tr.loss(outputs, labels, instances=ids, volumes=volumes).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    if mode == "absolute":
+        # the reference volume is the fold's training-case median; lesions in this batch weigh differently
+        assert set(v_ref) == {1, 2} and all(v > 0 for v in v_ref.values())
+
+
+def test_absolute_mode_training_step_updates_the_network(nnunet_env, lesions, tmp_path, monkeypatch):
+    cfg = tmp_path / "va.json"
+    cfg.write_text(json.dumps({"preset": "dual", "mode": "absolute"}))
+    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
+    monkeypatch.setenv("VADICE_SEED", "2")
+    tr = _trainer(nnunet_env, "nnUNetTrainerVA", patch=(12, 24, 24))
+    tr.initialize()
+    assert tr.loss.loss.dc.mode == "absolute" and tr.loss.loss.dc.v_ref == tr.va_v_ref
+    before = [p.detach().clone() for p in tr.network.parameters()]
+    out = tr.train_step(next(tr.get_dataloaders()[0]))
+    assert np.isfinite(out["loss"])
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, tr.network.parameters()))
