@@ -115,3 +115,26 @@ def test_slices_of_different_size_in_one_series(tmp_path):
     (tmp_path / "s2" / "IM0000").rename(tmp_path / "s" / "extra")
     with pytest.raises(InputError, match="slice size 8x10 differs"):
         read_series(tmp_path / "s")
+
+
+def test_jpeg_lossless_series(tmp_path):
+    """The usual PACS export compression; pydicom decodes it through python-gdcm (transcoded here with GDCM)."""
+    import gdcm
+
+    pix = _pixels((3, 16, 20))
+    w = write_series(tmp_path / "s", pix)
+    for path in w.files:
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(path))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(path))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        assert writer.Write()
+    assert pydicom.dcmread(w.files[0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    np.testing.assert_array_equal(read_series(tmp_path / "s").array, pix)
