@@ -134,7 +134,19 @@ def test_input_checks():
         match_lesions(a.astype(float), a, (1, 1, 1))
 
 
-@pytest.mark.parametrize("case", range(8))
+def _edge_case():
+    """IoU exactly 0.5 (a match at the threshold) and a node of two cubes touching at a corner only."""
+    gt = np.zeros((12, 16, 16), np.uint8)
+    pred = np.zeros_like(gt)
+    gt[1:5, 1:5, 1:5] = 1
+    pred[1:3, 1:5, 1:5] = 1  # 32 of 64 voxels: IoU 0.5
+    gt[6:8, 6:8, 6:8] = 2
+    gt[8:10, 8:10, 8:10] = 2  # joined only diagonally: one lesion at 26-connectivity, two at 6
+    pred[8:10, 8:10, 8:10] = 2
+    return gt, pred, (2.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("case", list(range(8)) + ["edge"])
 def test_lesion_counts_match_panoptica(case):
     # An independent implementation: panoptica's connected components + one-to-one IoU >= 0.5 matching.
     import warnings
@@ -153,11 +165,14 @@ def test_lesion_counts_match_panoptica(case):
         decision_threshold=0.5)
     # Predictions with every outcome: kept (IoU >= 0.5), shifted by a voxel (IoU < 0.5), thinned (some
     # components split), and false-positive nodes.
-    gt, _, spacing = label_pair(case, shape=(16, 28, 28))
-    rng = np.random.default_rng(case)
-    pred = np.roll(gt, case % 2, axis=2)
-    pred[rng.random(gt.shape) < 0.3] = 0
-    pred[blobs(rng, gt.shape, 2, 1) & (pred == 0)] = 2
+    if case == "edge":
+        gt, pred, spacing = _edge_case()
+    else:
+        gt, _, spacing = label_pair(case, shape=(16, 28, 28))
+        rng = np.random.default_rng(case)
+        pred = np.roll(gt, case % 2, axis=2)
+        pred[rng.random(gt.shape) < 0.3] = 0
+        pred[blobs(rng, gt.shape, 2, 1) & (pred == 0)] = 2
     ours = match_lesions(gt, pred, spacing, labels.values(), connectivity=26, match="iou:0.5")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
