@@ -218,3 +218,29 @@ def test_translation_invariance(a, b, spacing, shift):
     m2 = surface_metrics(big_a, big_b, spacing, (1.0,))
     np.testing.assert_allclose([m1["sds"][1.0], m1["msd"], m1["hd95"]], [m2["sds"][1.0], m2["msd"], m2["hd95"]],
                                rtol=1e-9, equal_nan=True)
+
+
+def test_separated_groups_against_deepmind(deepmind):
+    # Groups one empty plane apart (split into their own boxes), a group touching another only at a corner
+    # (not separable: same box), and a distant false positive: the surfaces must equal DeepMind's on the
+    # whole volume.
+    from vadice.metrics.surface import separated_boxes
+
+    gt = np.zeros((20, 40, 40), bool)
+    pred = np.zeros_like(gt)
+    gt[2:6, 2:8, 2:8] = True
+    gt[2:6, 9:12, 2:8] = True  # one empty plane (y = 8) from the first block
+    gt[6:8, 12:14, 8:10] = True  # touches the second block at a corner only
+    pred[2:6, 3:8, 2:8] = True
+    pred[2:5, 9:12, 2:7] = True
+    pred[15:18, 33:37, 30:36] = True  # far false positive
+    boxes = separated_boxes(gt)
+    assert len(boxes) == 2 and sorted(int(np.count_nonzero(gt[b])) for b in boxes) == [72 + 8, 144]
+    assert len(separated_boxes(pred)) == 3 and separated_boxes(np.zeros_like(gt)) == []
+    spacing = (2.0, 0.5, 0.7)
+    ref = deepmind.compute_surface_distances(gt, pred, spacing)
+    sd = surface_distances(gt, pred, spacing)
+    assert _rel(sd.areas_gt.sum(), ref["surfel_areas_gt"].sum()) < 1e-12
+    assert _rel(sd.areas_pred.sum(), ref["surfel_areas_pred"].sum()) < 1e-12
+    np.testing.assert_allclose(sd.distances_gt_to_pred, np.sort(ref["distances_gt_to_pred"]), rtol=1e-12)
+    np.testing.assert_allclose(sd.distances_pred_to_gt, np.sort(ref["distances_pred_to_gt"]), rtol=1e-12)
