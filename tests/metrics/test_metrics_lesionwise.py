@@ -181,3 +181,21 @@ def test_lesion_counts_match_panoptica(case):
         les, pan = ours[value], theirs[name.lower()]  # panoptica lower-cases group names
         assert (les.n_gt, les.n_pred, les.n_gt_detected, les.n_pred - les.n_pred_matched,
                 les.n_gt - les.n_gt_detected) == (pan.n_ref_instances, pan.n_pred_instances, pan.tp, pan.fp, pan.fn)
+
+
+def test_lesions_in_raster_order_across_separated_groups():
+    # Groups lie side by side along x, so splitting the volume visits them in x order; lesions must still come
+    # in raster (z, y, x) order of their first voxel, as scipy.ndimage numbers them.
+    gt = np.zeros((10, 12, 40), np.uint8)
+    gt[3:9, 2:5, 0:3] = 2  # first voxel z=3, leftmost
+    gt[0:2, 6:8, 30:34] = 2  # first voxel z=0, rightmost
+    gt[1:4, 0:2, 15:16] = 2  # first voxel z=1, middle
+    pred = np.zeros_like(gt)
+    pred[0:2, 6:8, 31:35] = 2
+    pred[5:9, 2:5, 1:3] = 2
+    res = match_lesions(gt, pred, (1.0, 1.0, 1.0), labels=(2,))[2]
+    ref, n = ndimage.label(gt == 2, STRUCT[26])
+    assert res.gt_voxels.tolist() == [int(np.sum(ref == k)) for k in range(1, n + 1)] == [16, 6, 54]
+    assert res.gt_detected.tolist() == [True, False, True]
+    pref, m = ndimage.label(pred == 2, STRUCT[26])
+    assert res.pred_voxels.tolist() == [int(np.sum(pref == k)) for k in range(1, m + 1)] == [16, 24]

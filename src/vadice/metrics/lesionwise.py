@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from vadice.lesions import check_connectivity, check_spacing, label_components
-from vadice.metrics.surface import bounding_box
+from vadice.metrics.surface import separated_boxes
 
 DEFAULT_SIZE_BINS_ML = (0.5, 1.0, 5.0, 10.0)
 
@@ -156,12 +156,27 @@ def match_lesions(
     labels = [int(l) for l in labels]
     voxel_mm3 = float(np.prod(spacing))
 
-    box = bounding_box((gt != 0) | (pred != 0))
-    if box is None:
-        empty_i, empty_b, empty_f = np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0)
-        return {l: LesionMatch(l, voxel_mm3, empty_i, empty_b, empty_f, empty_i, empty_b, empty_f) for l in labels}
-    g_inst, g_lab = label_components(gt[box], labels, connectivity)
-    p_inst, p_lab = label_components(pred[box], labels, connectivity)
+    # Components never cross an empty plane, so each separated group of voxels (any label, either mask) is
+    # matched on its own small box: a distant false positive no longer stretches one box over the volume.
+    parts = [_match_box(gt[box], pred[box], labels, connectivity, rule, threshold, box, gt.shape)
+             for box in separated_boxes((gt != 0) | (pred != 0))]
+    out = {}
+    for l in labels:
+        fields = []
+        for side in ("gt", "pred"):
+            key = np.concatenate([np.zeros(0, np.int64)] + [p[l][side][0] for p in parts])
+            order = np.argsort(key, kind="stable")  # raster order of the first voxel, over the whole volume
+            fields += [np.concatenate([empty] + [p[l][side][k] for p in parts])[order]
+                       for k, empty in ((1, np.zeros(0, np.int64)), (2, np.zeros(0, bool)), (3, np.zeros(0)))]
+        out[l] = LesionMatch(l, voxel_mm3, *fields)
+    return out
+
+
+def _match_box(gt: np.ndarray, pred: np.ndarray, labels: list[int], connectivity: int, rule: str,
+               threshold: float | None, box: tuple[slice, ...], shape: tuple[int, ...]) -> dict:
+    """Matching inside one box: ``{label: {"gt"|"pred": (first-voxel flat index, size, hit, dsc)}}``."""
+    g_inst, g_lab = label_components(gt, labels, connectivity)
+    p_inst, p_lab = label_components(pred, labels, connectivity)
     n_g, n_p = g_lab.size - 1, p_lab.size - 1
     g_size = np.bincount(g_inst.reshape(-1), minlength=n_g + 1).astype(np.int64)
     p_size = np.bincount(p_inst.reshape(-1), minlength=n_p + 1).astype(np.int64)
@@ -192,15 +207,24 @@ def match_lesions(
 
     out = {}
     for l in labels:
-        gi = np.flatnonzero(g_lab == l)
-        pi = np.flatnonzero(p_lab == l)
-        gi, pi = gi[gi > 0], pi[pi > 0]
-        out[l] = LesionMatch(
-            label=l, voxel_mm3=voxel_mm3,
-            gt_voxels=g_size[gi], gt_detected=detected[gi], gt_dsc=g_dsc[gi],
-            pred_voxels=p_size[pi], pred_matched=matched[pi], pred_dsc=p_dsc[pi],
-        )
+        out[l] = {}
+        for side, inst, lab, size, hit, dsc in (("gt", g_inst, g_lab, g_size, detected, g_dsc),
+                                                ("pred", p_inst, p_lab, p_size, matched, p_dsc)):
+            ids = np.flatnonzero(lab == l)
+            ids = ids[ids > 0]
+            out[l][side] = (_first_voxels(inst, ids, box, shape), size[ids], hit[ids], dsc[ids])
     return out
+
+
+def _first_voxels(inst: np.ndarray, ids: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Flat index in the full volume of the first voxel (raster order) of each id of ``inst`` (a crop at ``box``)."""
+    if ids.size == 0:
+        return np.zeros(0, np.int64)
+    flat = inst.reshape(-1)
+    where = np.flatnonzero(flat)
+    found, first = np.unique(flat[where], return_index=True)
+    local = np.unravel_index(where[first[np.searchsorted(found, ids)]], inst.shape)
+    return np.ravel_multi_index(tuple(c + b.start for c, b in zip(local, box)), shape).astype(np.int64)
 
 
 def bin_names(bins_ml: Sequence[float] = DEFAULT_SIZE_BINS_ML) -> list[str]:
