@@ -47,7 +47,7 @@ def test_cli_choices_match_the_library():
 def test_nnunet_path_prints_trainer_dir(capsys):
     assert main(["nnunet-path"]) == 0
     out = capsys.readouterr().out.strip()
-    assert Path(out) == trainer_dir() and (Path(out) / "trainers.py").is_file()
+    assert Path(out) == trainer_dir() and (Path(out) / "vadice_trainers.py").is_file()
 
 
 def test_nnunet_path_export_keeps_existing_value(capsys, tmp_path):

@@ -83,9 +83,11 @@ def test_plan_train_each_trainer_and_predict(tmp_path):
 
     env["nnUNet_n_proc_DA"] = "0"
     trainers = [BUDGET_TRAINER, TRAINER_FOR_LOSS["dual"], TRAINER_FOR_LOSS["selective-ln"]]
+    shell_env = {k: v for k, v in env.items() if k != "nnUNet_extTrainer"}
     for trainer in trainers:
-        _run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-p", plans_id, "-tr", trainer,
-              "-device", "cpu"], env)
+        # a fresh shell, as a user types it: nothing but nnU-Net's command and `vadice nnunet-path`
+        _run(["sh", "-c", f'nnUNet_extTrainer="$("{BIN / "vadice"}" nnunet-path)" exec "{BIN / "nnUNetv2_train"}" '
+                          f'{DATASET_ID} 3d_fullres 0 -p {plans_id} -tr {trainer} -device cpu'], shell_env)
         out = res / NAME / f"{trainer}__{plans_id}__3d_fullres" / "fold_0"
         assert (out / "checkpoint_final.pth").is_file()
         logs = "".join(p.read_text() for p in out.glob("training_log_*.txt"))

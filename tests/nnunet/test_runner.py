@@ -224,12 +224,19 @@ def test_epoch_lines_are_recognised():
     assert runner._EPOCH_END.search("2026-11-27 07:35:01.314418: Epoch time: 25.95 s")
 
 
-def test_find_trainer_class_prefers_vadice_and_falls_back_to_nnunet():
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+def test_runner_patches_nothing_in_nnunet_or_torch():
+    """The training entry and the predictor use nnU-Net's own lookup and torch's own thread setting."""
+    import nnunetv2.inference.predict_from_raw_data as pfr
+    import nnunetv2.run.run_training as rt
+    import torch
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    budget = runner.find_trainer_class("nnUNetTrainerBudget")
-    assert issubclass(budget, nnUNetTrainer) and budget.__module__ == "vadice.nnunet.trainers"
-    assert runner.find_trainer_class("nnUNetTrainer") is nnUNetTrainer
+    source = Path(runner.__file__).read_text()
+    assert "setattr(" not in source and "recursive_find_trainer_class_by_name" not in source
+    assert not hasattr(runner, "find_trainer_class")
+    assert rt.recursive_find_trainer_class_by_name is recursive_find_trainer_class_by_name
+    assert pfr.recursive_find_trainer_class_by_name is recursive_find_trainer_class_by_name
+    assert torch.set_num_threads.__module__ == "torch"
 
 
 def test_raw_signature_changes_with_content(tmp_path):

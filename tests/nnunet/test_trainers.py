@@ -250,6 +250,7 @@ def test_preset_trainers_build_va_loss(nnunet_env, lesions, name, labels):
     assert isinstance(tr.loss, DeepSupervisionVALoss)
     dc = tr.loss.loss.dc
     assert dc.va_labels == labels and dc.mode == "mass" and dc.batch_dice == tr.configuration_manager.batch_dice
+    assert dc.check_values is False  # no host syncs per scale in training; the pipeline guarantees the ranges
     # nnU-Net's deep-supervision weights: 1/2^i, last 0, normalised
     n = len(tr._get_deep_supervision_scales())
     w = np.array([1 / 2 ** i for i in range(n)])
@@ -381,18 +382,67 @@ def test_missing_lesion_table_is_a_clear_error(nnunet_env, lesions, tmp_path):
         backup.rename(table)
 
 
-def test_trainer_dir_is_found_by_nnunet(monkeypatch):
-    from vadice.nnunet import TRAINER_FOR_LOSS, trainer_dir
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+def test_nnunet_finds_vadice_classes_themselves_in_the_trainer_dir(monkeypatch):
+    """nnU-Net's own lookup, as nnUNetv2_train and nnUNetv2_predict run it, returns vadice's classes (no copies)."""
+    import pkgutil
 
-    assert (trainer_dir() / "trainers.py").is_file()
-    assert TRAINER_FOR_LOSS["dual"] == "nnUNetTrainerVADual"
-    # exactly how nnU-Net searches nnUNet_extTrainer: the folder's modules imported by file name
-    cls = recursive_find_python_class(str(trainer_dir()), "nnUNetTrainerVASelectiveLN", None,
-                                      base_folder=str(trainer_dir()), cleanup_imports_from_base_folder=True)
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    assert cls is not None and issubclass(cls, nnUNetTrainer) and cls.va_preset == "selective-ln"
+    from vadice.nnunet import BUDGET_TRAINER, TRAINER_FOR_LOSS, VA_TRAINERS, trainer_dir
+    from vadice.nnunet import trainers
+
+    # the folder holds the trainer module only: nnU-Net imports every module there as a top-level module
+    assert [m.name for m in pkgutil.iter_modules([str(trainer_dir())])] == ["vadice_trainers"]
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
+    for name in (*VA_TRAINERS, BUDGET_TRAINER, TRAINER_FOR_LOSS["selective-ln"]):
+        assert recursive_find_trainer_class_by_name(name) is getattr(trainers, name)
+
+
+def test_va_trainer_composes_with_nnunet_variants(nnunet_env, lesions, monkeypatch):
+    """Multiple inheritance with nnU-Net's augmentation and epoch-count variants keeps both behaviours."""
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDAOrd0 import (
+        nnUNetTrainer_DASegOrd0,
+    )
+    from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import (
+        nnUNetTrainer_5epochs,
+    )
+
+    from vadice.nnunet.instances import LesionSpatialTransform
+    from vadice.nnunet.trainers import nnUNetTrainerVADual
+
+    class VADualSegOrd5(nnUNetTrainerVADual, nnUNetTrainer_DASegOrd0, nnUNetTrainer_5epochs):
+        pass
+
+    for var in ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS"):
+        monkeypatch.delenv(var, raising=False)
+    plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
+    plans["continue_training"] = False
+    plans["configurations"]["3d_fullres"]["patch_size"] = [12, 24, 24]
+    dataset_json = json.loads((nnunet_env["pre"] / "dataset.json").read_text())
+    tr = VADualSegOrd5(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    assert tr.num_epochs == 5  # the epoch variant's __init__ ran
+    tr.initialize()
+    transforms = tr.get_training_transforms([12, 24, 24], (0, 0), [[1, 1, 1], [0.5, 0.5, 0.5]], (0, 1, 2), False,
+                                            foreground_labels=[1, 2])
+    spatial = [t for t in transforms.transforms if isinstance(t, LesionSpatialTransform)]
+    # the DASegOrd0 variant's spatial transform (nearest-neighbour labels), swapped for the id-carrying one
+    assert len(spatial) == 1 and spatial[0].mode_seg == "nearest"
+    out = tr.train_step(next(tr.get_dataloaders()[0]))
+    assert np.isfinite(out["loss"])
+
+
+def test_torch_threads_is_a_trainer_option(nnunet_env, monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("VADICE_TORCH_THREADS", "1")
+        torch.set_num_threads(2)  # what nnUNetv2_train does on CPU before it builds the trainer
+        _trainer(nnunet_env, "nnUNetTrainerBudget")
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("VADICE_TORCH_THREADS", "0")
+        with pytest.raises(ValueError, match="VADICE_TORCH_THREADS must be >= 1"):
+            _trainer(nnunet_env, "nnUNetTrainerBudget")
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_options_file_names_a_weighting_and_explicit_keys_override_it(tmp_path):
@@ -474,3 +524,56 @@ def test_absolute_mode_training_step_updates_the_network(nnunet_env, lesions, tm
     out = tr.train_step(next(tr.get_dataloaders()[0]))
     assert np.isfinite(out["loss"])
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, tr.network.parameters()))
+
+
+def test_numpy_dataset_variant_carries_the_same_ids(nnunet_env, lesions, tmp_path):
+    """nnU-Net's .npz dataset format: same lesion table, the 2-channel case, and the source check."""
+    import pickle
+    import shutil
+
+    import blosc2
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    from vadice.nnunet.instances import (
+        LesionDatasetNumpy,
+        SegWithInstances,
+        lesion_dataset_class,
+        load_lesion_table,
+        preprocess_instances,
+    )
+
+    src = nnunet_env["pre"]
+    base = tmp_path / src.name
+    folder = base / "nnUNetPlans_3d_fullres"
+    folder.mkdir(parents=True)
+    for name in (f"{nnunet_env['plans_id']}.json", "dataset.json"):
+        shutil.copy2(src / name, base / name)
+    cases = [f"case{i:02d}" for i in range(5)]
+    for case in cases:
+        data = np.asarray(blosc2.open(str(src / folder.name / f"{case}.b2nd"))[:])
+        seg = np.asarray(blosc2.open(str(src / folder.name / f"{case}_seg.b2nd"))[:])
+        np.savez_compressed(folder / f"{case}.npz", data=data, seg=seg)
+        shutil.copy2(src / folder.name / f"{case}.pkl", folder / f"{case}.pkl")
+    assert infer_dataset_class(str(folder)).__name__ == "nnUNetDatasetNumpy"
+    out = preprocess_instances(base, "3d_fullres", nnunet_env["plans_id"], progress=False)
+    ours, theirs = load_lesion_table(out), load_lesion_table(lesions)
+    for case in cases:
+        np.testing.assert_allclose(ours.volumes[case], theirs.volumes[case])
+        np.testing.assert_array_equal(ours.lesion_labels[case], theirs.lesion_labels[case])
+    ours.verify_sources(folder, cases)
+
+    dataset = lesion_dataset_class(infer_dataset_class(str(folder)))(str(folder), cases)
+    assert isinstance(dataset, LesionDatasetNumpy)
+    _, both, _, _ = dataset.load_case("case02")
+    assert isinstance(both, SegWithInstances) and both.shape[0] == 2
+    seg = np.load(folder / "case02.npz")["seg"]
+    inst = np.asarray(blosc2.open(str(lesions / "case02_inst.b2nd"))[:])
+    np.testing.assert_array_equal(np.asarray(both), np.concatenate([seg, inst]).astype(np.int16))
+
+    # a rewritten .npz is caught like a rewritten .b2nd
+    with np.load(folder / "case02.npz") as z:
+        data, seg = z["data"], z["seg"]
+    np.savez_compressed(folder / "case02.npz", data=data, seg=np.where(seg == 2, 0, seg))
+    with pytest.raises(InputError, match="case02.npz: changed since lesion ids of case 'case02'"):
+        load_lesion_table(out).verify_sources(folder, cases)
+    assert pickle.loads(pickle.dumps(dataset)).source_folder == dataset.source_folder

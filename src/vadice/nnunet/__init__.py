@@ -21,8 +21,16 @@ BUDGET_TRAINER = "nnUNetTrainerBudget"
 # Volume-aware trainer whose options come from a JSON file (VADICE_VA_CONFIG or vadice_va.json).
 GENERIC_VA_TRAINER = "nnUNetTrainerVA"
 VA_TRAINERS = ("nnUNetTrainerVA", "nnUNetTrainerVADual", "nnUNetTrainerVASelectiveLN")
+# Torch CPU threads of the training process, read by the vadice trainers (nnUNetv2_train sets one per core).
+THREADS_ENV = "VADICE_TORCH_THREADS"
 
 
 def trainer_dir() -> Path:
-    """Directory to put in ``nnUNet_extTrainer`` so plain nnU-Net finds the vadice trainers."""
-    return Path(__file__).resolve().parent
+    """Directory to put in ``nnUNet_extTrainer`` so plain nnU-Net finds the vadice trainers.
+
+    It holds one module that re-exports the classes of :mod:`vadice.nnunet.trainers`,
+    and nothing else: nnU-Net imports every module of that folder as a top-level
+    module, in every process that looks a trainer up (``-num_gpus`` workers,
+    ``nnUNetv2_predict``), and gets vadice's own classes, not copies.
+    """
+    return Path(__file__).resolve().parent / "nnunet_path"

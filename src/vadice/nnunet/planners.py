@@ -12,6 +12,12 @@ is what the CPU demo and tests need. Its plans are called ``vadiceCPUSmallPlans`
 on purpose: a model trained with them is not ResEnc M and must not be reported as
 such.
 
+The override relies on two things of nnU-Net's ExperimentPlanner, which
+pyproject.toml pins to 2.8.x: the planner calls ``self.static_estimate_VRAM_usage``
+while it shrinks the patch, and ``get_plans_for_configuration`` returns the plan as a
+dict with ``batch_size``. ``tests/nnunet/test_runner.py`` checks the resulting patch
+and batch on a real dataset.
+
 Both presets keep ResEnc planners' data identifier for ``3d_fullres``
 (``nnUNetPlans_3d_fullres``): preprocessing depends only on spacing and
 normalisation, which the presets share, so the two reuse one preprocessed copy.
@@ -22,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     nnUNetPlannerResEncM,
 )
@@ -52,19 +57,18 @@ class vadiceCPUSmallPlanner(nnUNetPlannerResEncM):  # noqa: N801 - nnU-Net finds
         self.UNet_max_features_3d = self.max_num_features
         self.UNet_max_features_2d = self.max_num_features
 
-    # nnU-Net calls this through ``self``, so an instance method overrides the staticmethod.
-    def static_estimate_VRAM_usage(self, patch_size, input_channels, output_channels, arch_class_name,
-                                   arch_kwargs, arch_kwargs_req_import):
-        cap = self.max_patch_voxels_3d if len(patch_size) == 3 else self.max_patch_voxels_2d
+    # nnU-Net calls this staticmethod through ``self``, so a classmethod can override it and read the cap.
+    # Only the patch is named; the other arguments go through as given, whatever nnU-Net passes.
+    @classmethod
+    def static_estimate_VRAM_usage(cls, patch_size, *args, **kwargs):
+        cap = cls.max_patch_voxels_3d if len(patch_size) == 3 else cls.max_patch_voxels_2d
         if int(np.prod(patch_size, dtype=np.int64)) > cap:
             return float("inf")
-        return ExperimentPlanner.static_estimate_VRAM_usage(patch_size, input_channels, output_channels,
-                                                            arch_class_name, arch_kwargs, arch_kwargs_req_import)
+        return super().static_estimate_VRAM_usage(patch_size, *args, **kwargs)
 
-    def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
-                                    _cache):
-        plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
-                                                   approximate_n_voxels_dataset, _cache)
+    def get_plans_for_configuration(self, *args, **kwargs):
+        # *args: the parameter list changed between nnU-Net releases (2.8 added ``_cache``)
+        plan = super().get_plans_for_configuration(*args, **kwargs)
         # The GPU heuristic would raise the batch for a narrow network; on CPU the step time grows with it.
         plan["batch_size"] = self.batch_size
         return plan

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from vadice.io import InputError, is_nifti, sha256_file, write_text
-from vadice.nnunet import BUDGET_TRAINER, TRAINER_FOR_LOSS, trainer_dir
+from vadice.nnunet import BUDGET_TRAINER, THREADS_ENV, TRAINER_FOR_LOSS, trainer_dir
 from vadice.nnunet.planners import PRESETS, get_preset
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ _EPOCH_LINE = re.compile(r"(?:^|: )Epoch (\d+)\s*$")
 _EPOCH_END = re.compile(r"(?:^|: )Epoch time: ")
 # The training subprocess: nnU-Net's `nnUNetv2_train` entry point via train_entry() below.
 _TRAIN_ENTRY = "from vadice.nnunet.runner import train_entry; train_entry()"
-THREADS_ENV = "VADICE_TORCH_THREADS"
 
 
 class NNUNetError(RuntimeError):
@@ -191,43 +190,15 @@ def trainer_path() -> Path:
     return Path(trainer_dir())
 
 
-def find_trainer_class(name: str):
-    """nnU-Net trainer class by name, vadice's own first.
-
-    nnU-Net's lookup walks and imports every module of its trainer package before it
-    looks at ``nnUNet_extTrainer``; some of those modules import timm -> torchvision,
-    which fails when torchvision does not match the installed torch (a CPU torch next to
-    PyPI's torchvision, for one). Importing our trainers directly avoids that walk and
-    gives the same classes; any other name goes through nnU-Net's lookup unchanged.
-    """
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    from vadice.nnunet import trainers
-
-    cls = getattr(trainers, name, None)
-    if isinstance(cls, type) and issubclass(cls, nnUNetTrainer):
-        return cls
-    return recursive_find_trainer_class_by_name(name)
-
-
 def train_entry() -> None:
-    """nnU-Net's ``nnUNetv2_train`` entry point, run in the training subprocess.
+    """nnU-Net's ``nnUNetv2_train`` entry point, run in the training subprocess, unchanged.
 
-    Two differences, both outside training itself: vadice's trainers are resolved
-    by :func:`find_trainer_class`, and ``VADICE_TORCH_THREADS`` (if set) caps torch's
-    CPU threads. nnU-Net sets one thread per core on CPU. On a machine shared with
-    other jobs that oversubscribes the cores: a cpu-small step measured 1.4-1.9 s with
-    1 thread and 3.5-26 s with 2 threads on a busy 2-core machine.
+    nnU-Net finds vadice's trainers through ``nnUNet_extTrainer`` (set by
+    :func:`build_env`); the torch thread count is a trainer option
+    (``VADICE_TORCH_THREADS``, read by vadice's trainers), so nothing is patched.
     """
     import nnunetv2.run.run_training as rt
-    import torch
 
-    threads = os.environ.get(THREADS_ENV)
-    if threads:
-        torch.set_num_threads(int(threads))
-        torch.set_num_threads = lambda n: None  # run_training_entry would reset it to the core count
-    rt.recursive_find_trainer_class_by_name = find_trainer_class
     sys.argv[0] = "nnUNetv2_train"
     rt.run_training_entry()
 
@@ -277,16 +248,6 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-@contextlib.contextmanager
-def _patched(module, name: str, value) -> Iterator[None]:
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 @contextlib.contextmanager
@@ -701,7 +662,9 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
         echo: also copy nnU-Net's output to stderr.
         raw, preprocessed: roots overriding ``nnUNet_raw`` / ``nnUNet_preprocessed``.
         threads: torch CPU threads in the training process (default: nnU-Net's, one per
-            core); 1 is much faster on a machine shared with other jobs.
+            core); 1 is much faster on a machine shared with other jobs. A trainer option
+            (``VADICE_TORCH_THREADS``) of vadice's trainers: with it, the baseline runs
+            ``nnUNetTrainerBudget`` (nnU-Net's trainer, loss untouched).
 
     Returns:
         TrainResult.
@@ -722,7 +685,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
             raise InputError(None, f"fold must be a non-negative integer or 'all', got {fold!r}")
     budget = budget_env(iterations, epochs, val_iterations, seed, val_mirroring)
     threads = _positive("threads", threads)
-    trainer = _trainer_for(loss, bool(budget))
+    trainer = _trainer_for(loss, bool(budget) or threads is not None)
     if not isinstance(num_gpus, int) or isinstance(num_gpus, bool):
         raise InputError(None, f"num_gpus must be an integer, got {num_gpus!r}")
     ref = resolve_dataset(dataset, raw=raw, preprocessed=preprocessed, results=results_dir)
@@ -951,8 +914,7 @@ def predict(model_dir, input_dir_or_files, output_dir, folds: Iterable[int | str
     tmp = Path(tempfile.mkdtemp(prefix=".vadice_predict.", dir=output_dir.parent))
     env = {"nnUNet_extTrainer": _with_ext_trainer(os.environ.get("nnUNet_extTrainer"))}
     try:
-        with _environ(env), _quiet_stdout(None), _patched(pfr, "recursive_find_trainer_class_by_name",
-                                                          find_trainer_class):
+        with _environ(env), _quiet_stdout(None):
             predictor = pfr.nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,
                                         use_mirroring=use_mirroring, perform_everything_on_device=device == "cuda",
                                         device=torch.device(device), verbose=False, verbose_preprocessing=False,

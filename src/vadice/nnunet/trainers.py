@@ -15,7 +15,8 @@ must pickle into data-loader workers live in :mod:`vadice.nnunet.instances`.
 
 Environment (read in ``__init__``; unset means nnU-Net's default):
 ``VADICE_EPOCHS``, ``VADICE_ITERS_PER_EPOCH``, ``VADICE_VAL_ITERS``,
-``VADICE_SEED``.
+``VADICE_SEED``, ``VADICE_VAL_MIRRORING``, ``VADICE_TORCH_THREADS`` (torch
+CPU threads of the training process; CPU devices only).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from vadice.nnunet import THREADS_ENV
 from vadice.losses import PRESETS, WEIGHTINGS, VolumeAwareDiceCELoss, median_lesion_volumes
 from vadice.nnunet.instances import (
     lesion_dataset_class,
@@ -93,6 +95,11 @@ class nnUNetTrainerBudget(nnUNetTrainer):
         if seed is not None:
             seed_everything(seed + self.local_rank)
         self.vadice_seed = seed
+        threads = _env_int(THREADS_ENV, 1)
+        if threads is not None and self.device.type == "cpu":
+            # nnUNetv2_train sets one torch thread per core on CPU before building the trainer; on a
+            # machine shared with other jobs that oversubscribes the cores, so the trainer may lower it.
+            torch.set_num_threads(threads)
         # Test-time mirroring multiplies the final validation's inference by up to 8; short
         # budgets (CPU demo, GPU smoke run) switch it off for every set-up alike.
         self.vadice_val_mirroring = _env_int(ENV_VAL_MIRRORING, 0) != 0
@@ -221,7 +228,9 @@ class nnUNetTrainerVA(nnUNetTrainerBudget):
         loss = VolumeAwareDiceCELoss(
             weight_ce=1, weight_dice=1, ignore_label=self.label_manager.ignore_label,
             batch_dice=self.configuration_manager.batch_dice, do_bg=False, smooth=1e-5, ddp=self.is_ddp,
-            v_ref=self.va_v_ref, **kwargs)
+            v_ref=self.va_v_ref, check_values=False, **kwargs)
+        # check_values=False: its range checks cost host syncs per deep-supervision scale, and the data
+        # pipeline already guarantees them (labels from nnU-Net, ids consistent with labels, table per case).
         if self._do_i_compile():
             # as nnU-Net: compile the Dice part only; it sees tensors only (ids and volume table)
             loss.dc = torch.compile(loss.dc)
@@ -268,9 +277,11 @@ class nnUNetTrainerVA(nnUNetTrainerBudget):
         super().initialize()
         self.dataset_class = lesion_dataset_class(self.dataset_class)
 
-    @staticmethod
-    def get_training_transforms(*args, **kwargs):
-        return lesion_training_transforms(nnUNetTrainer.get_training_transforms(*args, **kwargs))
+    @classmethod
+    def get_training_transforms(cls, *args, **kwargs):
+        # nnU-Net calls this through ``self``; super() reaches the next class in the MRO, so a VA trainer
+        # combined with an augmentation variant (e.g. nnUNetTrainer_DASegOrd0) swaps that variant's transform.
+        return lesion_training_transforms(super().get_training_transforms(*args, **kwargs))
 
     def lesion_inputs(self, batch: dict):
         """Splits ``batch['target']`` into labels and lesion ids; looks up the batch's volume table.
