@@ -7,6 +7,8 @@ and leave nothing behind (no run folder, no nnU-Net results folder).
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,118 @@ def test_experiment_whose_planning_fails_leaves_no_run_folder(roots, tmp_path, c
                  "--folds", "0"]) == 2  # the raw dataset has no images: nnU-Net rejects it
     assert "imagesTr: no training images" in _one_error_line(capsys, "experiment")
     assert not run.exists()
+
+
+# --------------------------------------------------------------------------- train: what runs after 100 %
+
+NNUNET_TAIL = """2026-11-30 07:57:45.620597: This split has 4 training and 2 validation cases.
+2026-11-30 07:57:45.904595: Epoch 0
+2026-11-30 07:57:48.576968: Epoch time: 2.67 s
+2026-11-30 07:57:50.214318: Training done.
+2026-11-30 07:57:50.246447: This split has 4 training and 2 validation cases.
+2026-11-30 07:57:50.246500: predicting HNTS_139_preRT
+2026-11-30 07:57:50.269023: HNTS_139_preRT, shape torch.Size([1, 39, 128, 128]), rank 0
+2026-11-30 07:58:21.143854: predicting HNTS_167_preRT
+2026-11-30 07:58:55.820902: Validation complete
+"""
+
+
+def test_train_announces_the_final_validation_case_by_case(tmp_path, caplog):
+    # nnU-Net's real log lines (vadice_train.log of a cpu-small run), replayed by a child process
+    script = tmp_path / "fake_nnunet.py"
+    script.write_text(f"print({NNUNET_TAIL!r}, end='')\n")
+    import sys
+
+    with caplog.at_level(logging.INFO, logger="vadice.nnunet.runner"):
+        rc, _ = runner._run_logged([sys.executable, str(script)], dict(os.environ), tmp_path / "log.txt", 1,
+                                   False, False, "dual fold 0")
+    assert rc == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["dual fold 0: training done; running nnU-Net's final validation (2 cases)...",
+                     "dual fold 0: final validation: case 1 of 2 (HNTS_139_preRT)",
+                     "dual fold 0: final validation: case 2 of 2 (HNTS_167_preRT)"]
+    assert (tmp_path / "log.txt").read_text().endswith(NNUNET_TAIL)
+
+
+def test_train_prints_the_plain_command_once(roots, monkeypatch, capsys, caplog):
+    def fake_run(argv, env, log_path, total_epochs, progress, echo, desc):
+        (log_path.parent / "checkpoint_final.pth").write_bytes(b"w")
+        return 0, ""
+
+    monkeypatch.setattr(runner, "_run_logged", fake_run)
+    with caplog.at_level(logging.INFO):
+        assert main(["train", "42", "--loss", "baseline", "--fold", "0", "--device", "cpu", "--preset",
+                     "cpu-small"]) == 0
+    out = capsys.readouterr()
+    shown = out.out + out.err + "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert shown.count("nnUNetv2_train 42 3d_fullres 0") == 1, shown
+
+
+# --------------------------------------------------------------------------- logging, stats
+
+def test_library_chatter_on_the_root_logger_stays_hidden(tmp_path):
+    # nnU-Net's preprocessing copies labels with distutils' copy_file, which logs "copying A -> B" at INFO on the
+    # root logger: `vadice plan` printed one such line per case.
+    src = tmp_path / "a.txt"
+    src.write_text("x")
+    code = (
+        "import logging, sys\n"
+        "from vadice import cli\n"
+        "from vadice.cli import nnunet\n"
+        "def fake(args):\n"
+        "    from setuptools._distutils.file_util import copy_file\n"
+        f"    copy_file({str(src)!r}, {str(tmp_path / 'b.txt')!r})\n"
+        "    logging.getLogger('vadice.nnunet.runner').info('vadice progress line')\n"
+        "    return 0\n"
+        "nnunet.cmd_nnunet_path = fake\n"
+        "sys.exit(cli.main(sys.argv[1:] + ['nnunet-path']))\n")
+    import subprocess
+    import sys
+
+    for flags, chatter in (([], False), (["-v"], True)):
+        res = subprocess.run([sys.executable, "-c", code, *flags], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "vadice progress line" in res.stderr
+        assert ("copying" in res.stderr) is chatter, res.stderr
+        (tmp_path / "b.txt").unlink()
+
+
+def _bad_mask_dataset(root: Path, bad: dict[str, bytes]) -> Path:
+    """nnU-Net raw dataset 43 with two valid masks and the given broken files."""
+    import numpy as np
+
+    from vadice.io import Geometry, write_nifti
+
+    folder = root / "nnUNet_raw" / "Dataset043_Stats"
+    geom = Geometry((8, 8, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    mask = np.zeros((4, 8, 8), np.uint8)
+    mask[1:3, 2:4, 2:4] = 1
+    for case in ("ok1", "ok2"):
+        write_nifti(mask, geom, folder / "labelsTr" / f"{case}.nii.gz")
+    for name, data in bad.items():
+        (folder / "labelsTr" / name).write_bytes(data)
+    (folder / "dataset.json").write_text("{}")
+    return folder
+
+
+def test_stats_names_every_bad_mask_after_the_bar(tmp_path, capsys, monkeypatch):
+    bad = {f"bad{i}.nii.gz": b"\x1f\x8b\x08\x00garbage" for i in range(5)}
+    folder = _bad_mask_dataset(tmp_path, bad)
+    monkeypatch.chdir(tmp_path)
+    assert main(["stats", str(folder), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("vadice stats: error: 5 of 7 masks are invalid: ")  # on its own line, after the bar
+    assert all(f"bad{i}.nii.gz" in line for i in range(3)) and "and 2 more" in line
+    assert not (tmp_path / "vadice_stats").exists()
+
+
+def test_stats_takes_a_dataset_id_like_plan(tmp_path, capsys, monkeypatch):
+    folder = _bad_mask_dataset(tmp_path, {})
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnUNet_raw"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "stats", "43"]) == 0
+    stats = json.loads((tmp_path / "vadice_stats" / folder.name / "lesion_stats.json").read_text())
+    assert stats["source"] == str(folder.resolve()) and stats["groups"]["labelsTr"]["n_cases"] == 2
+    assert main(["-q", "stats", "44"]) == 2
+    assert "unknown dataset 44" in _one_error_line(capsys, "stats")

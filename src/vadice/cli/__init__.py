@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s")
+    # Only vadice's own messages at INFO: libraries log to the root logger too (nnU-Net's distutils
+    # copy_file says "copying A -> B" for every label during `plan`).
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("vadice").setLevel(level)
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # "NumExpr defaulting to N threads" on every import
     try:
         return int(args.func(args) or 0)

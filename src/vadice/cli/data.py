@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 from vadice.cli import UsageError
@@ -85,13 +86,16 @@ def register(subparsers) -> None:
             "(min, q25, median, q75, max), fraction < 1 ml and count < 0.5 ml; a lesion is a\n"
             "connected component (26-connectivity by default, as in the HNTS-MRG statistics).\n"
             "Input: an HNTS-MRG folder (statistics per timepoint preRT/midRT), one <id>/ case\n"
-            "folder, or an nnU-Net raw dataset (its labelsTr). Prints a table and writes\n"
-            "lesion_stats.json (including every lesion) and lesion_volumes.png."),
+            "folder, or an nnU-Net raw dataset (its labelsTr; also by id or name, as for `plan`).\n"
+            "Prints a table and writes lesion_stats.json (including every lesion) and\n"
+            "lesion_volumes.png."),
         epilog=("examples:\n"
                 "  vadice stats cohort                      # writes ./vadice_stats/cohort/\n"
                 "  vadice stats $nnUNet_raw/Dataset501_HNTSMRGTask1 --out stats_task1"),
+                "  vadice stats 501                         # $nnUNet_raw/Dataset501_*, like vadice plan 501\n"
     )
-    p.add_argument("path", metavar="SRC_OR_DATASET", type=Path, help="HNTS-MRG folder or nnU-Net dataset folder")
+    p.add_argument("path", metavar="SRC_OR_DATASET", type=Path,
+                   help="HNTS-MRG folder, nnU-Net dataset folder, or nnU-Net dataset id / name")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./vadice_stats/<name of SRC_OR_DATASET>)")
     p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="default: 26")
@@ -137,9 +141,20 @@ def _convert(args) -> int:
 
 
 def _stats(args) -> int:
-    stats = dataset_stats.dataset_statistics(args.path, connectivity=args.connectivity, progress=not args.quiet,
+def _stats_source(path: Path) -> Path:
+    """A folder as given; otherwise an nnU-Net dataset id or name, resolved like `vadice plan` does."""
+    text = str(path)
+    if path.exists() or not (text.isdigit() or re.fullmatch(r"Dataset\d{3}_\S+", text)):
+        return path
+    from vadice.nnunet.runner import resolve_dataset  # imports nnunetv2: only for ids and names
+
+    return resolve_dataset(text).raw_dir
+
+
+    source = _stats_source(args.path)
+    stats = dataset_stats.dataset_statistics(source, connectivity=args.connectivity, progress=not args.quiet,
                                              workers=args.workers)
-    out = args.out if args.out is not None else Path("vadice_stats") / args.path.resolve().name
+    out = args.out if args.out is not None else Path("vadice_stats") / source.resolve().name
     json_path, png_path = dataset_stats.write_statistics(stats, out)
     print(dataset_stats.format_statistics(stats))
     if not args.quiet:

@@ -128,13 +128,23 @@ def dataset_statistics(path: str | os.PathLike, connectivity: int = 26, progress
     bar = tqdm(total=len(jobs), desc="stats", unit="mask", disable=not progress)
 
     def one(job):
-        res = _case_lesions(job[1], job[2], connectivity)
-        bar.update()
-        return res
+        try:
+            return _case_lesions(job[1], job[2], connectivity)
+        except InputError as exc:  # every bad mask is reported, not only the first one read
+            return exc
+        finally:
+            bar.update()
 
-    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-        results = list(pool.map(one, jobs))
-    bar.close()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+            results = list(pool.map(one, jobs))
+    finally:
+        bar.close()  # before any error line, so that it does not land inside the bar
+    bad = [r for r in results if isinstance(r, InputError)]
+    if bad:
+        shown = "; ".join(str(e) for e in bad[:3])
+        raise InputError(None, f"{len(bad)} of {len(jobs)} masks are invalid: {shown}"
+                         + (f"; and {len(bad) - 3} more" if len(bad) > 3 else ""))
 
     out = {"source": str(Path(path).resolve()), "layout": layout, "connectivity": connectivity, "groups": {}}
     for g in groups:

@@ -59,6 +59,10 @@ _DATASET_NAME = re.compile(r"^Dataset(\d{3})_\S+$")
 # nnU-Net prints "<timestamp>: Epoch N" when epoch N starts and "<timestamp>: Epoch time: X s" when it ends
 _EPOCH_LINE = re.compile(r"(?:^|: )Epoch (\d+)\s*$")
 _EPOCH_END = re.compile(r"(?:^|: )Epoch time: ")
+# After the last epoch nnU-Net says "Training done.", then predicts each validation case ("predicting <case>")
+_TRAINING_DONE = re.compile(r"(?:^|: )Training done\.")
+_SPLIT_LINE = re.compile(r"This split has \d+ training and (\d+) validation cases")
+_VALIDATION_CASE = re.compile(r"(?:^|: )predicting (\S+)\s*$")
 # The training subprocess: nnU-Net's `nnUNetv2_train` entry point via train_entry() below.
 _TRAIN_ENTRY = "from vadice.nnunet.runner import train_entry; train_entry()"
 
@@ -731,7 +735,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
                   model_dir=model_dir, fold_dir=fold_dir, checkpoint=fold_dir / "checkpoint_final.pth",
                   command=command, log_file=log_path, settings=settings)
     if _finished(fold_dir):
-        log.info("%s: already trained (%s); skipping", fold_dir, "settings match" if recorded else
+        log.debug("%s: already trained (%s); skipping", fold_dir, "settings match" if recorded else
                  "no vadice_train.json: trained outside vadice")
         return TrainResult(**result, skipped=True)
     if _started(fold_dir) and not resume:
@@ -747,7 +751,8 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     if resume:
         argv.append("--c")
     total_epochs = int(budget.get("VADICE_EPOCHS", 1000))  # nnU-Net's default schedule: 1000 epochs
-    log.info("training %s fold %s with %s; equivalent plain nnU-Net command:\n  %s", ref.name, fold, trainer, command)
+    log.info("training %s fold %s with %s; nnU-Net's output: %s", ref.name, fold, trainer, log_path)
+    log.debug("equivalent plain nnU-Net command:\n  %s", command)  # the caller prints it with the result
     start = time.monotonic()
     rc, last = _run_logged(argv, env, log_path, total_epochs, progress, echo, f"{loss} fold {fold}")
     seconds = time.monotonic() - start
@@ -782,12 +787,16 @@ def _run_logged(argv: list[str], env: dict[str, str], log_path: Path, total_epoc
         try:
             for line in proc.stdout:
                 fh.write(line)
+    After the last epoch, nnU-Net's final validation (minutes on a CPU) is announced
+    and each validation case logged as "final validation: case k of n".
+
                 if echo:
                     sys.stderr.write(line)
                 stripped = line.strip()
                 if stripped:
                     last_line = stripped
                     if re.match(r"^\w*(Error|Exception)\b", stripped) or stripped.startswith("AssertionError"):
+    n_validation, validating, validated = None, False, 0
                         last_error = stripped
                 match = _EPOCH_LINE.search(stripped)
                 if match and int(match.group(1)) > bar.n:  # a resumed run starts past epoch 0
@@ -809,6 +818,17 @@ def _run_logged(argv: list[str], env: dict[str, str], log_path: Path, total_epoc
 
 
 def _group_inputs(inputs: Sequence[Path], n_channels: int, file_ending: str) -> dict[str, list[str]]:
+                elif split := _SPLIT_LINE.search(stripped):
+                    n_validation = int(split.group(1))
+                elif _TRAINING_DONE.search(stripped):
+                    bar.close()
+                    validating = True
+                    cases = "" if n_validation is None else f" ({n_validation} cases)"
+                    log.info("%s: training done; running nnU-Net's final validation%s...", desc, cases)
+                elif validating and (case := _VALIDATION_CASE.search(stripped)):
+                    validated += 1
+                    log.info("%s: final validation: case %d of %s (%s)", desc, validated,
+                             n_validation if n_validation is not None else "?", case.group(1))
     """Files named ``<case>_XXXX<ending>`` -> {case: [channel files in order]}."""
     cases: dict[str, dict[int, Path]] = {}
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + r"$")
