@@ -91,8 +91,8 @@ def register(subparsers) -> None:
             "lesion_volumes.png."),
         epilog=("examples:\n"
                 "  vadice stats cohort                      # writes ./vadice_stats/cohort/\n"
-                "  vadice stats $nnUNet_raw/Dataset501_HNTSMRGTask1 --out stats_task1"),
                 "  vadice stats 501                         # $nnUNet_raw/Dataset501_*, like vadice plan 501\n"
+                "  vadice stats $nnUNet_raw/Dataset501_HNTSMRGTask1 --out stats_task1"),
     )
     p.add_argument("path", metavar="SRC_OR_DATASET", type=Path,
                    help="HNTS-MRG folder, nnU-Net dataset folder, or nnU-Net dataset id / name")
@@ -140,7 +140,6 @@ def _convert(args) -> int:
     return 0
 
 
-def _stats(args) -> int:
 def _stats_source(path: Path) -> Path:
     """A folder as given; otherwise an nnU-Net dataset id or name, resolved like `vadice plan` does."""
     text = str(path)
@@ -151,6 +150,7 @@ def _stats_source(path: Path) -> Path:
     return resolve_dataset(text).raw_dir
 
 
+def _stats(args) -> int:
     source = _stats_source(args.path)
     stats = dataset_stats.dataset_statistics(source, connectivity=args.connectivity, progress=not args.quiet,
                                              workers=args.workers)

@@ -772,12 +772,16 @@ def _run_logged(argv: list[str], env: dict[str, str], log_path: Path, total_epoc
                 echo: bool, desc: str) -> tuple[int, str]:
     """Run ``argv``, appending its output to ``log_path``; tqdm over nnU-Net's epoch lines.
 
+    After the last epoch, nnU-Net's final validation (minutes on a CPU) is announced
+    and each validation case logged as "final validation: case k of n".
+
     Returns the exit code and the last line that looks like an error (else the last line).
     """
     from tqdm import tqdm
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     last_line, last_error = "", ""
+    n_validation, validating, validated = None, False, 0
     with open(log_path, "a", encoding="utf-8") as fh, \
             tqdm(total=total_epochs, desc=desc, unit="epoch", disable=not progress, leave=False) as bar:
         fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
@@ -787,22 +791,29 @@ def _run_logged(argv: list[str], env: dict[str, str], log_path: Path, total_epoc
         try:
             for line in proc.stdout:
                 fh.write(line)
-    After the last epoch, nnU-Net's final validation (minutes on a CPU) is announced
-    and each validation case logged as "final validation: case k of n".
-
                 if echo:
                     sys.stderr.write(line)
                 stripped = line.strip()
                 if stripped:
                     last_line = stripped
                     if re.match(r"^\w*(Error|Exception)\b", stripped) or stripped.startswith("AssertionError"):
-    n_validation, validating, validated = None, False, 0
                         last_error = stripped
                 match = _EPOCH_LINE.search(stripped)
                 if match and int(match.group(1)) > bar.n:  # a resumed run starts past epoch 0
                     bar.update(int(match.group(1)) - bar.n)
                 elif _EPOCH_END.search(stripped):
                     bar.update(1)
+                elif split := _SPLIT_LINE.search(stripped):
+                    n_validation = int(split.group(1))
+                elif _TRAINING_DONE.search(stripped):
+                    bar.close()
+                    validating = True
+                    cases = "" if n_validation is None else f" ({n_validation} cases)"
+                    log.info("%s: training done; running nnU-Net's final validation%s...", desc, cases)
+                elif validating and (case := _VALIDATION_CASE.search(stripped)):
+                    validated += 1
+                    log.info("%s: final validation: case %d of %s (%s)", desc, validated,
+                             n_validation if n_validation is not None else "?", case.group(1))
             rc = proc.wait()
         except BaseException:
             proc.terminate()
@@ -818,17 +829,6 @@ def _run_logged(argv: list[str], env: dict[str, str], log_path: Path, total_epoc
 
 
 def _group_inputs(inputs: Sequence[Path], n_channels: int, file_ending: str) -> dict[str, list[str]]:
-                elif split := _SPLIT_LINE.search(stripped):
-                    n_validation = int(split.group(1))
-                elif _TRAINING_DONE.search(stripped):
-                    bar.close()
-                    validating = True
-                    cases = "" if n_validation is None else f" ({n_validation} cases)"
-                    log.info("%s: training done; running nnU-Net's final validation%s...", desc, cases)
-                elif validating and (case := _VALIDATION_CASE.search(stripped)):
-                    validated += 1
-                    log.info("%s: final validation: case %d of %s (%s)", desc, validated,
-                             n_validation if n_validation is not None else "?", case.group(1))
     """Files named ``<case>_XXXX<ending>`` -> {case: [channel files in order]}."""
     cases: dict[str, dict[int, Path]] = {}
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + r"$")
