@@ -99,14 +99,19 @@ def _fmt(values: Sequence[float]) -> str:
 
 
 def _geometry_from_nibabel(img: nib.Nifti1Image) -> Geometry:
-    # nibabel's affine maps voxel (i, j, k) to RAS+ mm; ITK works in LPS+, so flip x and y.
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    return geometry_from_affine(img.affine, img.shape)
+
+
+def geometry_from_affine(affine: np.ndarray, shape: Sequence[int]) -> Geometry:
+    """:class:`Geometry` of a NIfTI image from nibabel's affine (voxel i, j, k -> RAS+ mm) and its shape."""
+    # ITK works in LPS+, so flip x and y.
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
     rot = affine[:3, :3]
     spacing = np.linalg.norm(rot, axis=0)
     spacing_safe = np.where(spacing > 0, spacing, 1.0)
     direction = rot / spacing_safe
     return Geometry(
-        size=tuple(int(s) for s in img.shape[:3]),
+        size=tuple(int(s) for s in shape[:3]),
         spacing=tuple(float(s) for s in spacing),
         origin=tuple(float(s) for s in affine[:3, 3]),
         direction=tuple(float(s) for s in direction.reshape(-1)),

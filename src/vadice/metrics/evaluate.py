@@ -11,6 +11,7 @@ onto the truth grid (nearest neighbour, as HNTS-MRG does), evaluates the cases
 from __future__ import annotations
 
 import csv
+import gzip
 import io as _stdio
 import json
 import math
@@ -23,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -31,6 +33,7 @@ from vadice.io import (
     GEOMETRY_ATOL,
     Geometry,
     InputError,
+    geometry_from_affine,
     is_nifti,
     read_nifti,
     strip_nifti_suffix,
@@ -317,7 +320,8 @@ def read_label_map(path: str | os.PathLike, allowed: Sequence[int]) -> tuple[np.
       InputError: unreadable/truncated file, non-integer values, or labels
         outside ``allowed`` (naming the file and the stray values).
     """
-    data, geom = read_nifti(path)
+    fast = _read_integer_nifti(path)
+    data, geom = fast if fast is not None else read_nifti(path)
     if data.dtype.kind == "f":
         if not np.array_equal(data, np.round(data)):
             raise InputError(path, "mask has non-integer values; expected integer labels")
@@ -337,6 +341,45 @@ def read_label_map(path: str | os.PathLike, allowed: Sequence[int]) -> tuple[np.
         raise InputError(path, f"unexpected label value(s) {', '.join(f'{v:g}' for v in stray)}; "
                                f"allowed {sorted(allowed_set)}")
     return data.astype(np.uint8, copy=False), geom
+
+
+def _read_integer_nifti(path: str | os.PathLike) -> tuple[np.ndarray, Geometry] | None:
+    """Voxels by SimpleITK (about 5x faster than nibabel on a .nii.gz mask), geometry from the header as
+    :func:`vadice.io.read_nifti` computes it; None unless the file is an unscaled integer 3-D NIfTI-1 whose
+    size on disk matches its header.
+
+    SimpleITK reads a .nii.gz cut off mid-data without complaint (zeros for the missing part), so the fast
+    path first checks the gzip trailer's length field (or the plain file's size) against the header; anything
+    unusual (scaling, float data, NIfTI-2, multi-member gzip, a failed check) is left to ``read_nifti`` and
+    its integrity and NaN checks.
+    """
+    path = Path(path)
+    gz = path.name.endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            hdr = nib.Nifti1Header.from_fileobj(fh)
+        shape = tuple(int(n) for n in hdr.get_data_shape())
+        dtype = hdr.get_data_dtype()
+        slope, inter = hdr.get_slope_inter()
+        if (len(shape) != 3 or dtype.kind not in "iub" or slope not in (None, 1.0) or inter not in (None, 0.0)
+                or hdr.get("magic") != b"n+1"):
+            return None
+        expected = int(hdr.get_data_offset()) + int(np.prod(shape)) * dtype.itemsize
+        with open(path, "rb") as fh:
+            if gz:
+                fh.seek(-4, os.SEEK_END)
+                if int.from_bytes(fh.read(4), "little") != expected % 2 ** 32:
+                    return None
+            elif os.fstat(fh.fileno()).st_size < expected:
+                return None
+        image = sitk.ReadImage(str(path), imageIO="NiftiImageIO")
+        data = sitk.GetArrayFromImage(image)
+    except Exception:  # the slow path reports what is wrong with the file
+        return None
+    if data.shape != shape[::-1] or data.dtype.kind != dtype.kind or data.dtype.itemsize != dtype.itemsize:
+        return None
+    # One geometry rule for both readers: nibabel's best affine of this header.
+    return data, geometry_from_affine(hdr.get_best_affine(), shape)
 
 
 def list_cases(folder: str | os.PathLike) -> dict[str, Path]:
@@ -403,7 +446,7 @@ def _resample_to(pred: np.ndarray, pred_geom: Geometry, ref_geom: Geometry) -> n
     return sitk.GetArrayFromImage(f.Execute(to_sitk(pred, pred_geom))).astype(np.uint8, copy=False)
 
 
-def load_pair(gt_path: Path, pred_path: Path | None, label_values: Sequence[int]
+def load_pair(gt_path: Path, pred_path: Path | None, label_values: Sequence[int], strict_geometry: bool = False
               ) -> tuple[np.ndarray, np.ndarray, Geometry, bool]:
     """Read truth and prediction, check labels and spacing, put the prediction on the truth grid.
 
@@ -411,7 +454,8 @@ def load_pair(gt_path: Path, pred_path: Path | None, label_values: Sequence[int]
       ``(gt, pred, gt_geometry, resampled)``.
 
     Raises:
-      InputError: as :func:`read_label_map`, or spacing differing by > 1e-6 mm.
+      InputError: as :func:`read_label_map`, or spacing differing by > 1e-6 mm;
+        with ``strict_geometry``, any other grid difference (size, origin, direction).
     """
     gt, g_geom = read_label_map(gt_path, label_values)
     if pred_path is None:
@@ -421,8 +465,12 @@ def load_pair(gt_path: Path, pred_path: Path | None, label_values: Sequence[int]
             p_geom.spacing, g_geom.spacing, rtol=0, atol=SPACING_ATOL):
         raise InputError(pred_path, f"spacing {_fmt_xyz(p_geom.spacing)} differs from truth "
                                     f"{_fmt_xyz(g_geom.spacing)} ({gt_path.name}) by more than 1e-6 mm")
-    if p_geom.size == g_geom.size and not g_geom.differences(p_geom, atol=GEOMETRY_ATOL):
+    diffs = g_geom.differences(p_geom, atol=GEOMETRY_ATOL)
+    if p_geom.size == g_geom.size and not diffs:
         return gt, pred, g_geom, False
+    if strict_geometry:
+        raise InputError(pred_path, f"grid differs from truth {gt_path.name} ({'; '.join(diffs)}); refused by "
+                                    "--strict-geometry (without it, resampled onto the truth grid)")
     return gt, _resample_to(pred, p_geom, g_geom), g_geom, True
 
 
@@ -440,13 +488,15 @@ class _Job:
     gt_path: Path
     pred_path: Path | None
     options: dict = field(default_factory=dict)
+    strict_geometry: bool = False
 
 
 def _run_job(job: _Job):
     """Worker entry point. Returns the result, or ("error", path, problem): InputError does not pickle."""
     try:
         opts = job.options
-        gt, pred, geom, resampled = load_pair(job.gt_path, job.pred_path, list(opts["labels"].values()))
+        gt, pred, geom, resampled = load_pair(job.gt_path, job.pred_path, list(opts["labels"].values()),
+                                              job.strict_geometry)
         res = evaluate_case(gt, pred, geom.spacing_zyx, case=job.case, **opts)
         return CaseResult(res.case, res.spacing, res.labels, prediction_missing=job.pred_path is None,
                           resampled=resampled)
@@ -623,6 +673,7 @@ def evaluate_folders(
     progress: bool = True,
     size_bins_ml: Sequence[float] = DEFAULT_SIZE_BINS_ML,
     empty_distance_penalty: float | None = None,
+    strict_geometry: bool = False,
 ) -> dict:
     """Evaluate every ``<case>.nii[.gz]`` of ``pred_dir`` against ``gt_dir``.
 
@@ -636,6 +687,9 @@ def evaluate_folders(
       allow_missing: evaluate missing predictions as empty masks.
       progress: tqdm bar over cases.
       size_bins_ml: inner edges of the size bins for stratified sensitivity.
+      strict_geometry: refuse a prediction whose grid differs from the truth's
+        in size, origin or direction instead of resampling it (listed in
+        ``resampled_predictions`` otherwise).
 
     Returns:
       the summary dict written to ``summary.json`` (NaN as float NaN).
@@ -657,7 +711,7 @@ def evaluate_folders(
     pairs = pair_cases(gt_dir, pred_dir, allow_missing)
     opts = dict(labels=labels, tolerances=tolerances, connectivity=connectivity, match=match,
                 hd_mode=hd_mode, empty_distance_penalty=empty_distance_penalty)
-    jobs = [_Job(c, g, p, opts) for c, g, p in pairs]
+    jobs = [_Job(c, g, p, opts, bool(strict_geometry)) for c, g, p in pairs]
 
     results: dict[str, CaseResult] = {}
     bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
@@ -709,6 +763,7 @@ def evaluate_folders(
             "size_bins_ml": bins,
             "empty_distance_penalty": empty_distance_penalty,
             "allow_missing": bool(allow_missing),
+            "strict_geometry": bool(strict_geometry),
             "gt_dir": str(Path(gt_dir).absolute()),
             "pred_dir": str(Path(pred_dir).absolute()),
             "versions": versions(),
