@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 
 def register(subparsers) -> None:
@@ -13,6 +14,8 @@ def register(subparsers) -> None:
         description="DSC, DSCagg, surface Dice, MSD, HD95 and lesion-wise detection per case and label. "
                     "Files are matched by case name (<case>.nii.gz). Writes cases.csv, lesions.csv and "
                     "summary.json into OUT_DIR atomically (an earlier evaluation folder there is replaced).",
+        epilog="examples: vadice evaluate --gt labelsTs --pred seg --out eval_dual --tolerance 1,2 --workers 2; "
+               "vadice evaluate --gt labelsTs --pred seg --out eval_dual --strict-geometry",
     )
     p.add_argument("--gt", required=True, metavar="GT_DIR", help="folder of truth label maps")
     p.add_argument("--pred", required=True, metavar="PRED_DIR", help="folder of predicted label maps")
@@ -33,6 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N", help="parallel processes (default 1)")
     p.add_argument("--allow-missing", action="store_true",
                    help="evaluate missing predictions as empty masks (listed in summary.json)")
+    p.add_argument("--strict-geometry", action="store_true",
+                   help="refuse a prediction whose grid differs from the truth's in size, origin or direction "
+                        "(default: resample it onto the truth grid by nearest neighbour, with a warning)")
     p.set_defaults(func=run_evaluate)
 
     c = subparsers.add_parser(
@@ -41,6 +47,8 @@ def register(subparsers) -> None:
         description="Compare 'vadice evaluate' folders of the same cases against the first: Wilcoxon "
                     "signed-rank with Holm correction for per-case metrics, patient-level bootstrap CIs "
                     "for DSCagg and pooled lesion sensitivity/precision.",
+        epilog="example: vadice compare eval_baseline eval_dual eval_sln --names baseline,dual,selective-ln "
+               "--out comparison",
     )
     c.add_argument("runs", nargs="+", metavar="RUN", help="evaluation folders; the first is the reference")
     c.add_argument("--names", default=None, help="comma-separated run names (default: folder names)")
@@ -110,9 +118,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.gt, args.pred, args.out, labels=labels, tolerances=tolerances, connectivity=args.connectivity,
         match=args.match, hd_mode=args.hd, workers=args.workers, allow_missing=args.allow_missing,
         progress=not getattr(args, "quiet", False), size_bins_ml=bins, empty_distance_penalty=args.empty_penalty,
+        strict_geometry=args.strict_geometry,
     )
+    resampled = summary["resampled_predictions"]
+    if resampled:
+        shown = ", ".join(resampled[:5]) + (" …" if len(resampled) > 5 else "")
+        print(f"vadice evaluate: warning: {len(resampled)} prediction(s) on another grid than the truth (size, "
+              f"origin or direction) were resampled onto it: {shown}; --strict-geometry refuses them",
+              file=sys.stderr)
     tol = f"{tolerances[0]:g}"
-    print(f"{summary['n_cases']} cases -> {args.out}   DSCagg mean {_fmt(summary['dscagg_mean'])}")
+    print(f"{summary['n_cases']} cases -> {args.out}   DSCagg mean {_fmt(summary['dscagg_mean'])}"
+          + (f"   resampled predictions: {len(resampled)}" if resampled else ""))
     print(f"{'label':<8} {'DSCagg':>7} {'DSC':>6} {'SDS' + tol:>7} {'MSD':>6} {'HD95md':>6} {'sens':>5} "
           f"{'prec':>5}  HD95/MSD undefined, left out of means")
     for name, s in summary["labels"].items():
