@@ -577,3 +577,48 @@ def test_numpy_dataset_variant_carries_the_same_ids(nnunet_env, lesions, tmp_pat
     with pytest.raises(InputError, match="case02.npz: changed since lesion ids of case 'case02'"):
         load_lesion_table(out).verify_sources(folder, cases)
     assert pickle.loads(pickle.dumps(dataset)).source_folder == dataset.source_folder
+
+
+@pytest.mark.slow
+def test_2d_configuration_trains_and_predicts_with_a_va_trainer(nnunet_env, tmp_path):
+    """nnU-Net's 2d configuration: lesions labelled per case in 3-D, slices trained, a case predicted."""
+    import subprocess
+    import sys
+
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+
+    from vadice.io import read_mask
+    from vadice.nnunet import trainer_dir
+    from vadice.nnunet.instances import load_lesion_table, preprocess_instances
+
+    plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
+    assert "2d" in plans["configurations"]
+    preprocess_dataset(DATASET_ID, nnunet_env["plans_id"], ("2d",), [1], verbose=False, show_progress_bar=False)
+    folder = preprocess_instances(nnunet_env["pre"], "2d", nnunet_env["plans_id"], progress=False)
+    table = load_lesion_table(folder)
+    # a 2-D configuration keeps the case's slice spacing: volumes in mm³ as in 3-D (same resampled grid here)
+    assert table.lesion_tables(["case00"])[0] and table.configuration == "2d"
+
+    binary = Path(sys.executable).parent
+    env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "VADICE_EPOCHS": "1",
+           "VADICE_ITERS_PER_EPOCH": "2", "VADICE_VAL_ITERS": "1", "VADICE_SEED": "0", "VADICE_VAL_MIRRORING": "0",
+           "VADICE_TORCH_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_results": str(tmp_path / "res")}
+    env.pop("VADICE_VA_CONFIG", None)
+
+    def run(cmd):
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+        assert res.returncode == 0, f"{cmd[0]} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+
+    run([str(binary / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-p", nnunet_env["plans_id"],
+         "-tr", "nnUNetTrainerVADual", "-device", "cpu"])
+    out = tmp_path / "res" / NAME / f"nnUNetTrainerVADual__{nnunet_env['plans_id']}__2d" / "fold_0"
+    assert (out / "checkpoint_final.pth").is_file()
+    assert json.loads((out / "vadice_va.json").read_text())["options"]["va_labels"] == [1, 2]
+    (tmp_path / "in").mkdir()
+    image = nnunet_env["root"] / "raw" / NAME / "imagesTr" / "case01_0000.nii.gz"
+    (tmp_path / "in" / image.name).symlink_to(image)
+    run([str(binary / "nnUNetv2_predict"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"),
+         "-d", str(DATASET_ID), "-c", "2d", "-f", "0", "-p", nnunet_env["plans_id"], "-tr", "nnUNetTrainerVADual",
+         "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"])
+    pred, _ = read_mask(tmp_path / "pred" / "case01.nii.gz")
+    assert pred.shape == (16, 56, 56) and set(np.unique(pred).tolist()) <= {0, 1, 2}

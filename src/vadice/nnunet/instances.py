@@ -473,28 +473,41 @@ def _fill_from_neighbours(ids: torch.Tensor, labels: torch.Tensor, lut: torch.Te
                           orphans: torch.Tensor) -> None:
     """In place: give each orphan voxel the id of a lesion of its own label connected to it.
 
-    One label at a time, only ids of lesions of that label are spread (max id
-    in a 3^n box, so touching lesions of another label never block the fill),
-    and only through orphans of that label, round after round until nothing
-    changes: an orphan gets an id exactly when a lesion of its label is
-    connected to it through orphan voxels of that label. Orphans stay at 0
-    only where the nearest-neighbour sampling lost the whole lesion.
+    ``ids``, ``labels``, ``orphans``: (C, *S) with 2 or 3 spatial axes; channels
+    are independent. One label at a time, only ids of lesions of that label are
+    spread (max id among the 3^n neighbours, so touching lesions of another
+    label never block the fill), and only through orphans of that label, round
+    after round until nothing changes: an orphan gets an id exactly when a
+    lesion of its label is connected to it through orphan voxels of that label.
+    Orphans stay at 0 only where the nearest-neighbour sampling lost the whole
+    lesion. Orphans are a thin shell, so the neighbours are gathered at the
+    orphans only, not pooled over the patch.
     """
-    pool = torch.nn.functional.max_pool3d if ids.ndim == 4 else torch.nn.functional.max_pool2d
+    spatial = ids.ndim - 1
     lesion_label = lut[ids.long().clamp(0, len(lut) - 1)]
+    # flat offsets of the 3^n neighbourhood in the array padded by one voxel on each spatial side
+    padded_shape = (ids.shape[0], *(n + 2 for n in ids.shape[1:]))
+    strides = torch.tensor([int(np.prod(padded_shape[i + 1:])) for i in range(len(padded_shape))])
+    steps = torch.cartesian_prod(*[torch.tensor([-1, 0, 1])] * spatial).reshape(-1, spatial)
+    offsets = (steps * strides[1:]).sum(1)
+    pad = (1, 1) * spatial
     for label in torch.unique(labels[orphans]).tolist():
-        todo = orphans & (labels == label)
-        own = torch.where(lesion_label == label, ids, torch.zeros_like(ids)).float()
-        while True:
-            cand = pool(own[None], kernel_size=3, stride=1, padding=1)[0]
-            take = todo & (cand > 0)
+        todo = (orphans & (labels == label)).nonzero()
+        own = torch.nn.functional.pad(torch.where(lesion_label == label, ids, torch.zeros_like(ids)).long(), pad)
+        flat = own.view(-1)
+        where = (todo + torch.cat([torch.zeros(1, dtype=torch.long), torch.ones(spatial, dtype=torch.long)])) \
+            @ strides
+        while where.numel():
+            cand = flat[where[:, None] + offsets[None, :]].amax(1)
+            take = cand > 0
             if not take.any():
                 break
-            own[take] = cand[take]
-            todo &= ~take
-        filled = orphans & (labels == label) & ~todo
-        ids[filled] = own[filled].to(ids.dtype)
-        orphans &= ~filled
+            flat[where[take]] = cand[take]
+            where = where[~take]
+        filled = own[(slice(None),) + (slice(1, -1),) * spatial]
+        newly = orphans & (labels == label) & (filled > 0)
+        ids[newly] = filled[newly].to(ids.dtype)
+        orphans &= ~newly
 
 
 class LesionSpatialTransform(SpatialTransform):
