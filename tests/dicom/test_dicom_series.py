@@ -111,7 +111,8 @@ def test_folder_without_images(tmp_path):
 
 def test_slices_of_different_size_in_one_series(tmp_path):
     w = write_series(tmp_path / "s", _pixels((3, 8, 8)))
-    write_series(tmp_path / "s2", _pixels((1, 8, 10)), series_uid=w.series_uid, positions=[6.0])
+    write_series(tmp_path / "s2", _pixels((1, 8, 10)), series_uid=w.series_uid, study_uid=w.study_uid,
+                 frame_uid=w.frame_uid, positions=[6.0])
     (tmp_path / "s2" / "IM0000").rename(tmp_path / "s" / "extra")
     with pytest.raises(InputError, match="slice size 8x10 differs"):
         read_series(tmp_path / "s")
@@ -138,3 +139,16 @@ def test_jpeg_lossless_series(tmp_path):
         assert writer.Write()
     assert pydicom.dcmread(w.files[0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
     np.testing.assert_array_equal(read_series(tmp_path / "s").array, pix)
+
+
+def test_missing_or_mixed_frame_of_reference(tmp_path):
+    w = write_series(tmp_path / "s", _pixels((3, 8, 8)))
+    ds = pydicom.dcmread(w.files[1])
+    del ds.FrameOfReferenceUID
+    ds.save_as(w.files[1])
+    with pytest.raises(InputError, match="missing FrameOfReferenceUID"):
+        read_series(tmp_path / "s")
+    ds.FrameOfReferenceUID = "1.2.3.4"
+    ds.save_as(w.files[1])
+    with pytest.raises(InputError, match="several FrameOfReferenceUIDs"):
+        read_series(tmp_path / "s")

@@ -170,7 +170,14 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None,
     for path in info.files:
         ds = pydicom.dcmread(path)
         headers.append((path, ds, *_slice_geometry(ds, path)))
+    for path, ds, *_ in headers:
+        # RTSTRUCT and SEG point back at these; without them the contours cannot be placed.
+        missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID") if not ds.get(k)]
+        if missing:
+            raise InputError(path, f"missing {', '.join(missing)}")
     path0, ds0, iop0, _, ps0 = headers[0]
+    if len({str(h[1].FrameOfReferenceUID) for h in headers}) > 1:
+        raise InputError(folder, f"series {info.uid} mixes several FrameOfReferenceUIDs")
     shape0 = (int(ds0.Rows), int(ds0.Columns))
     for path, ds, iop, _, ps in headers[1:]:
         if (int(ds.Rows), int(ds.Columns)) != shape0:
