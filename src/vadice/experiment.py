@@ -11,6 +11,7 @@ Run folder::
 
     RUN_DIR/manifest.json              versions, commit, arguments, plans hash, checkpoints
     RUN_DIR/nnUNet_results/seed_<S>/   nnU-Net results root of each seed
+    RUN_DIR/warm_start/seed_<S>/       the common baseline phase every set-up starts from (if any)
     RUN_DIR/units/*.json               finished units (checkpoint sha256, times, command)
     RUN_DIR/predictions/<setup>/seed_<S>/<case>.nii.gz   pooled out-of-fold predictions
     RUN_DIR/gt/<case>.nii.gz           the matching ground truth (links into labelsTr)
@@ -43,7 +44,7 @@ SETUPS = ("baseline", "dual", "selective-ln")
 
 # Settings that must not change between invocations on one run folder: they define the study.
 _FIXED_SETTINGS = ("dataset", "preset", "iterations", "epochs", "val_iterations", "val_mirroring", "folds", "seeds",
-                   "setups")
+                   "setups", "warm_start_iterations", "warm_start_epochs")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class ExperimentSettings:
     val_iterations: int | None = None
     val_mirroring: bool = True
     num_gpus: int = 1
+    # A common warm start: per fold and seed, one baseline phase of this many iterations that every
+    # set-up then continues from (nnU-Net's -pretrained_weights). None: each set-up trains from scratch.
+    warm_start_iterations: int | None = None
+    warm_start_epochs: int | None = None
 
     def units(self) -> list[Unit]:
         return [Unit(s, f, seed) for seed in self.seeds for f in self.folds for s in self.setups]
@@ -189,6 +194,7 @@ class Experiment:
         for i, unit in enumerate(todo, 1):
             log.info("[%d/%d] training %s", i, len(todo), unit)
             start = time.time()
+            warm = self.warm_start(unit.fold, unit.seed)
             result = runner.train(
                 self.settings.dataset, loss=unit.setup, fold=unit.fold, preset=self.settings.preset,
                 device=self.settings.device, iterations=self.settings.iterations, epochs=self.settings.epochs,
@@ -196,6 +202,7 @@ class Experiment:
                 seed=unit.seed, resume=True, num_gpus=self.settings.num_gpus,
                 results_dir=self.results_root(unit.seed),
                 log_file=self.run_dir / "logs" / f"{unit.key}.log", progress=self.progress,
+                pretrained_weights=warm,
             )
             validation = Path(result.fold_dir) / "validation"
             preds = sorted(validation.glob("*.nii.gz"))
@@ -208,11 +215,32 @@ class Experiment:
                 "model_dir": str(result.model_dir), "fold_dir": str(result.fold_dir),
                 "checkpoint": str(result.checkpoint), "checkpoint_sha256": sha256_file(result.checkpoint),
                 "cases": [strip_nifti_suffix(p.name) for p in preds], "command": result.command,
+                "warm_start_sha256": result.settings.get("pretrained_sha256"),
             }
             write_text(self.marker(unit), json.dumps(info, indent=2))
             done_now.append(unit)
         self.write_manifest()
         return done_now
+
+    def warm_start(self, fold, seed: int) -> Path | None:
+        """The common baseline phase of ``fold`` and ``seed`` (trained once, then reused); its checkpoint.
+
+        Every set-up of this fold and seed starts from this checkpoint, so the set-ups differ only in
+        the loss of the phase that follows. Returns None when the settings ask for no warm start.
+        """
+        from vadice.nnunet import runner
+
+        if not self.settings.warm_start_iterations:
+            return None
+        result = runner.train(
+            self.settings.dataset, loss="baseline", fold=fold, preset=self.settings.preset,
+            device=self.settings.device, iterations=self.settings.warm_start_iterations,
+            epochs=self.settings.warm_start_epochs, val_iterations=self.settings.val_iterations,
+            val_mirroring=self.settings.val_mirroring, seed=seed, resume=True, num_gpus=self.settings.num_gpus,
+            results_dir=self.run_dir / "warm_start" / f"seed_{seed}",
+            log_file=self.run_dir / "logs" / f"warm_start__fold{fold}__seed{seed}.log", progress=self.progress,
+        )
+        return Path(result.checkpoint)
 
     def missing(self, units: Iterable[Unit] | None = None) -> list[Unit]:
         return [u for u in (units or self.settings.units()) if not self.is_done(u)]
@@ -360,6 +388,10 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if not comparison_path.is_file():
         raise InputError(comparison_path, "missing: collect the run first (vadice experiment … --collect)")
     manifest = json.loads(manifest_path.read_text())
+    comparison = json.loads(comparison_path.read_text())
+    if "verdicts" not in comparison:
+        raise InputError(comparison_path, "written by an older vadice (no per-seed verdicts); "
+                                          "run 'vadice experiment … --collect' again")
     settings = manifest["settings"]
     setups, seeds = settings["setups"], settings["seeds"]
     evaluations = {s: {seed: run_dir / "evaluation" / s / f"seed_{seed}" for seed in seeds} for s in setups}
@@ -392,9 +424,13 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if manifest.get("cpu_preset"):
         all_notes.append(f"Preset {settings['preset']!r} is a width-reduced CPU network, not ResEnc M: "
                          "numbers illustrate the pipeline, not the method.")
+    if settings.get("warm_start_iterations"):
+        all_notes.append(f"Fine-tuned from a common baseline: every set-up started from one baseline phase of "
+                         f"{settings['warm_start_iterations']} iterations (per fold and seed) and then trained "
+                         f"{settings.get('iterations')} iterations with its own loss.")
     inputs = ReportInputs(
         title=f"vadice experiment — {Path(settings['dataset']).name}", settings=settings, notes=all_notes,
-        comparison=json.loads(comparison_path.read_text()), evaluations=evaluations, training_logs=logs,
+        comparison=comparison, evaluations=evaluations, training_logs=logs,
         overlays=overlays, manifest=manifest,
     )
     return write_report(inputs, Path(out) if out else run_dir / "report.html")

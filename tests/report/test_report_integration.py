@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from vadice.io import Geometry, write_nifti
 from vadice.metrics import compare, evaluate
@@ -63,3 +64,15 @@ def test_report_on_real_evaluation_and_comparison(tmp_path):
     dsc = {r["case"]: float(r["dsc"]) for r in rows}
     best, worst = best_and_worst_cases(evals["dual"], "GTVn")
     assert math.isclose(best[0][1], max(dsc.values())) and math.isclose(worst[0][1], min(dsc.values()))
+
+
+def test_report_refuses_a_comparison_from_an_older_vadice(tmp_path):
+    from vadice.experiment import build_report
+    from vadice.io import InputError
+
+    (tmp_path / "comparison").mkdir()
+    (tmp_path / "manifest.json").write_text(json.dumps({"settings": {"setups": ["baseline"], "seeds": [0]}}))
+    (tmp_path / "comparison" / "comparison.json").write_text(json.dumps({"runs": ["baseline"], "rows": []}))
+    with pytest.raises(InputError, match=r"comparison\.json: written by an older vadice"):
+        build_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()
