@@ -268,3 +268,31 @@ def test_stats_takes_a_dataset_id_like_plan(tmp_path, capsys, monkeypatch):
     assert stats["source"] == str(folder.resolve()) and stats["groups"]["labelsTr"]["n_cases"] == 2
     assert main(["-q", "stats", "44"]) == 2
     assert "unknown dataset 44" in _one_error_line(capsys, "stats")
+
+
+# --------------------------------------------------------------------------- --help examples
+
+def _subparsers():
+    from vadice.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return parser, action.choices
+
+
+def test_every_command_help_has_an_example_that_parses():
+    import shlex
+
+    parser, commands = _subparsers()
+    assert {"synth", "convert", "stats", "nnunet-path", "plan", "train", "predict", "evaluate", "compare",
+            "experiment", "report", "demo"} <= set(commands)
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "example" in text.lower(), f"`vadice {name} --help` has no example"
+        examples = text.replace("\\\n", " ").splitlines()
+        for line in (l.strip() for l in examples if l.startswith(f"  vadice {name}")):
+            argv = shlex.split(line.split("  #")[0])[1:]
+            try:
+                parser.parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"help example does not parse: {line}")

@@ -6,6 +6,8 @@ import argparse
 import math
 import sys
 
+from vadice.cli.options import ExamplesFormatter
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -14,8 +16,10 @@ def register(subparsers) -> None:
         description="DSC, DSCagg, surface Dice, MSD, HD95 and lesion-wise detection per case and label. "
                     "Files are matched by case name (<case>.nii.gz). Writes cases.csv, lesions.csv and "
                     "summary.json into OUT_DIR atomically (an earlier evaluation folder there is replaced).",
-        epilog="examples: vadice evaluate --gt labelsTs --pred seg --out eval_dual --tolerance 1,2 --workers 2; "
-               "vadice evaluate --gt labelsTs --pred seg --out eval_dual --strict-geometry",
+        epilog="examples:\n"
+               "  vadice evaluate --gt labelsTs --pred seg --out eval_dual --tolerance 1,2 --workers 2\n"
+               "  vadice evaluate --gt labelsTs --pred seg --out eval_dual --strict-geometry --match iou:0.5",
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("--gt", required=True, metavar="GT_DIR", help="folder of truth label maps")
     p.add_argument("--pred", required=True, metavar="PRED_DIR", help="folder of predicted label maps")
@@ -47,8 +51,9 @@ def register(subparsers) -> None:
         description="Compare 'vadice evaluate' folders of the same cases against the first: Wilcoxon "
                     "signed-rank with Holm correction for per-case metrics, patient-level bootstrap CIs "
                     "for DSCagg and pooled lesion sensitivity/precision.",
-        epilog="example: vadice compare eval_baseline eval_dual eval_sln --names baseline,dual,selective-ln "
-               "--out comparison",
+        epilog="example:\n"
+               "  vadice compare eval_baseline eval_dual eval_sln --names baseline,dual,selective-ln --out cmp",
+        formatter_class=ExamplesFormatter,
     )
     c.add_argument("runs", nargs="+", metavar="RUN", help="evaluation folders; the first is the reference")
     c.add_argument("--names", default=None, help="comma-separated run names (default: folder names)")

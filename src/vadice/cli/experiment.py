@@ -6,7 +6,7 @@ import argparse
 
 from vadice.cli import UsageError
 from vadice.io import InputError
-from vadice.cli.options import add_device, parse_folds, parse_int_list
+from vadice.cli.options import ExamplesFormatter, add_device, parse_folds, parse_int_list
 
 SLURM_HINT = ("cluster: run one unit per job with --unit SETUP:FOLD (see docs/experiment.md for a SLURM array "
               "script), then --collect once")
@@ -60,7 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="write the self-contained report.html of an experiment run folder",
                        description="Render RUN_DIR/report.html: settings, comparison table with CIs and "
                        "adjusted p-values, per-case plots, size-stratified sensitivity, training curves, "
-                       "best and worst cases. Needs a collected run (vadice experiment … --collect).")
+                       "best and worst cases. Needs a collected run (vadice experiment … --collect).",
+                       epilog="examples:\n"
+                              "  vadice report runs/task1                    # writes runs/task1/report.html\n"
+                              "  vadice report demo_out/run --out demo.html",
+                       formatter_class=ExamplesFormatter)
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--out", metavar="HTML", help="output file (default RUN_DIR/report.html)")
     r.set_defaults(func=run_report)
@@ -68,7 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the whole pipeline on a small synthetic cohort, on the CPU (about 10 min on 2 cores)",
                        description="Synthetic cohort (small) -> Task 1 conversion -> cpu-small plan -> the three "
                        "set-ups on one fold for a fixed iteration budget -> predict -> evaluate -> compare -> "
-                       "report. A CPU-minute training illustrates the pipeline, not the method.")
+                       "report. A CPU-minute training illustrates the pipeline, not the method.",
+                       epilog="examples:\n"
+                              "  vadice demo                                 # into ./demo_out\n"
+                              "  vadice demo --out /tmp/demo --seed 1",
+                       formatter_class=ExamplesFormatter)
     d.add_argument("--out", default="demo_out", metavar="DIR", help="demo folder (default ./demo_out)")
     d.add_argument("--cases", type=int, default=None, help="synthetic cases (default: the demo's own)")
     d.add_argument("--iterations", type=int, default=None, help="training iterations per set-up")

@@ -10,6 +10,7 @@ import logging
 import shlex
 import sys
 
+from vadice.cli.options import ExamplesFormatter
 from vadice.nnunet import TRAINER_FOR_LOSS, trainer_dir
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,11 @@ def register(subparsers) -> None:
         "nnunet-path", help="print the directory to put in nnUNet_extTrainer",
         description="Print the directory holding vadice's nnU-Net trainers. Put it in nnUNet_extTrainer so that "
                     "plain nnUNetv2_train / nnUNetv2_predict find nnUNetTrainerVADual, "
-                    "nnUNetTrainerVASelectiveLN, nnUNetTrainerVA and nnUNetTrainerBudget.")
+                    "nnUNetTrainerVASelectiveLN, nnUNetTrainerVA and nnUNetTrainerBudget.",
+        epilog="examples:\n"
+               "  vadice nnunet-path\n"
+               "  eval \"$(vadice nnunet-path --export)\"   # then plain nnUNetv2_train finds the trainers",
+        formatter_class=ExamplesFormatter)
     p.add_argument("--export", action="store_true",
                    help="print a shell line: export nnUNet_extTrainer=DIR (keeps an existing value)")
     p.set_defaults(func=cmd_nnunet_path)
@@ -69,7 +74,12 @@ def register(subparsers) -> None:
         "plan", help="nnU-Net planning and preprocessing, plus lesion preprocessing",
         description="Fingerprint (with nnU-Net's dataset integrity check), plan and preprocess an nnU-Net raw "
                     "dataset for 3d_fullres, then label lesions for the volume-aware trainers. Rerunning skips "
-                    "finished steps. DATASET is an id (101), a name (Dataset101_HNTS) or the raw dataset folder.")
+                    "finished steps. DATASET is an id (101), a name (Dataset101_HNTS) or the raw dataset folder.",
+        epilog="examples:\n"
+               "  vadice plan 501 --preset cpu-small          # CPU: the small network\n"
+               "  vadice plan 101                             # GPU: nnU-Net ResEnc M (the default preset)\n"
+               "  vadice plan $nnUNet_raw/Dataset101_HNTSMRGTask1 --num-processes 8",
+        formatter_class=ExamplesFormatter)
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--preset", choices=PRESET_CHOICES, default="resenc-m",
                    help="resenc-m: nnU-Net ResEnc M planner (GPU, default); cpu-small: 8..80 features, "
@@ -85,7 +95,14 @@ def register(subparsers) -> None:
         description="Train through nnU-Net's nnUNetv2_train entry point: the baseline with nnU-Net's own "
                     "nnUNetTrainer (nnUNetTrainerBudget when a budget or seed is given), dual / selective-ln with "
                     "vadice's volume-aware trainers. Prints the equivalent plain nnUNetv2_train command. A finished "
-                    "fold is not retrained.")
+                    "fold is not retrained. After the last epoch nnU-Net predicts the fold's validation cases "
+                    "(the final validation: minutes on a CPU); each case is announced.",
+        epilog="examples:\n"
+               "  vadice train 101 --loss dual --fold 0                       # GPU, nnU-Net's full schedule\n"
+               "  vadice train 501 --loss dual --fold 0 --preset cpu-small --device cpu --iterations 20 \\\n"
+               "      --no-val-mirroring --threads 1                          # a CPU smoke run\n"
+               "  vadice train 101 --loss baseline --fold 3 --resume          # continue an interrupted run",
+        formatter_class=ExamplesFormatter)
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--loss", choices=tuple(TRAINER_FOR_LOSS), required=True)
     p.add_argument("--fold", type=_fold, required=True,

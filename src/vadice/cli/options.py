@@ -26,3 +26,15 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
 
 def parse_folds(text: str) -> tuple:
     return ("all",) if text.strip() == "all" else parse_int_list(text, "--folds")
+
+
+class ExamplesFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that an epilog starting with "example" keeps its lines.
+
+    Descriptions are still wrapped to the terminal; example commands stay whole, one per line.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
