@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--hd", default="directed", choices=("directed", "pooled"),
                    help="HD95 definition (default directed: max of the two directed 95th percentiles)")
     p.add_argument("--empty-penalty", type=float, default=None, metavar="MM",
-                   help="MSD/HD95 value when exactly one side is empty (default: NaN, excluded)")
+                   help="MSD/HD95 value when exactly one side is empty, included in means and counted as "
+                        "penalised (default: NaN, excluded and counted as excluded)")
     p.add_argument("--size-bins", default="0.5,1,5,10", metavar="ML,...",
                    help="inner edges of the lesion size bins in ml (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="parallel processes (default 1)")
@@ -48,9 +49,11 @@ def register(subparsers) -> None:
     c = subparsers.add_parser(
         "compare",
         help="paired comparison of evaluation folders",
-        description="Compare 'vadice evaluate' folders of the same cases against the first: Wilcoxon "
-                    "signed-rank with Holm correction for per-case metrics, patient-level bootstrap CIs "
-                    "for DSCagg and pooled lesion sensitivity/precision.",
+        description="Compare 'vadice evaluate' folders of the same cases against the first: per-case "
+                    "values and differences on the cases defined in every run (undefined counts shown), "
+                    "Wilcoxon signed-rank with Holm correction, bootstrap CIs (patients, then seeds) for "
+                    "every difference, and the verdict 'consistent' only when the CI excludes 0 and every "
+                    "seed agrees in sign.",
         epilog="example:\n"
                "  vadice compare eval_baseline eval_dual eval_sln --names baseline,dual,selective-ln --out cmp",
         formatter_class=ExamplesFormatter,
