@@ -160,6 +160,8 @@ def test_seed_verdict_can_go_either_way():
     assert seed_verdict(0.03, -0.01, 0.05, [0.02, 0.04]) == (2, "CI includes 0")
     assert seed_verdict(0.03, 0.01, 0.05, [0.03]) == (1, "one seed")
     assert seed_verdict(float("nan"), 0.0, 1.0, [0.1])[1] == "undefined"
+    assert seed_verdict(0.03, 0.01, 0.05, []) == (0, "seeds unpaired")
+    assert seed_verdict(0.03, -0.01, 0.05, []) == (0, "CI includes 0")
 
 
 def test_bootstrap_checks():

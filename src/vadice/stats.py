@@ -283,6 +283,7 @@ VERDICTS = {
     "seeds disagree": "CI excludes 0 but at least one seed's Δ has the other sign (or is 0)",
     "CI includes 0": "the data are compatible with no difference",
     "one seed": "CI excludes 0, but with one seed per run training noise is not assessed",
+    "seeds unpaired": "CI excludes 0, but the runs have different numbers of seeds: agreement not assessed",
     "undefined": "Δ or its CI could not be computed",
 }
 
@@ -295,17 +296,20 @@ def seed_verdict(diff: float, low: float, high: float, seed_diffs: Sequence[floa
     either way, because the pooled Δ need not have the sign of every seed.
 
     Args:
-      diff: pooled Δ; low, high: its CI; seed_diffs: the Δ of each seed pair.
+      diff: pooled Δ; low, high: its CI; seed_diffs: the Δ of each seed pair (empty when the runs'
+        seeds cannot be paired).
 
     Returns:
       ``(n_agree, verdict)``.
     """
     sd = np.asarray(list(seed_diffs), dtype=np.float64)
-    if not all(math.isfinite(x) for x in (diff, low, high)) or sd.size == 0 or not np.isfinite(sd).all():
-        return int(np.count_nonzero(np.sign(sd) == np.sign(diff))) if sd.size else 0, "undefined"
+    if not all(math.isfinite(x) for x in (diff, low, high)) or not np.isfinite(sd).all():
+        return 0, "undefined"
     n_agree = int(np.count_nonzero((np.sign(sd) == np.sign(diff)) & (sd != 0)))
     if low <= 0 <= high:
         return n_agree, "CI includes 0"
+    if sd.size == 0:
+        return 0, "seeds unpaired"
     if sd.size == 1:
         return n_agree, "one seed"
     return n_agree, "consistent" if n_agree == sd.size else "seeds disagree"

@@ -273,3 +273,11 @@ def test_evaluate_cli_names_the_undefined_counts(runs, capsys):
     assert "HD95/MSD undefined, left out of means" in out
     assert (f"both empty {summary['both_empty']}, truth empty {summary['gt_empty_only']}, "
             f"prediction empty {summary['pred_empty_only']}") in out
+
+
+def test_runs_with_different_seed_counts(runs):
+    _, _, _, a, b = runs
+    res = compare_runs([[a, a], [b]], ["base", "better"], None, n_boot=50)
+    assert any("different numbers of seeds" in w for w in res["warnings"])
+    verdicts = {r["verdict"]["better"] for r in res["rows"] if np.isfinite(r["diff"]["better"])}
+    assert verdicts <= {"CI includes 0", "seeds unpaired"} and all(r["seed_diffs"]["better"] == [] for r in res["rows"])

@@ -521,8 +521,8 @@ def markdown(result: dict) -> str:
         f"**Rule.** Δ = run − {base}. CI: {st['confidence']:.0%} two-level bootstrap (resample patients, shared "
         f"by both runs, then seeds, per run; {st['n_boot']} resamples, seed {st['seed']}). Per-seed Δ: seed k of "
         f"a run against seed k of {base}. A Δ is **consistent** only when its CI excludes 0 *and* every seed's "
-        "Δ has the sign of the pooled Δ; otherwise *seeds disagree*, *CI includes 0*, or *one seed* (CI "
-        "excludes 0 but training noise is not assessed).",
+        "Δ has the sign of the pooled Δ; otherwise *seeds disagree*, *CI includes 0*, *one seed* (CI "
+        "excludes 0 but training noise is not assessed) or *seeds unpaired* (different numbers of seeds).",
         "",
         "**Values.** Cohort metrics pool every case and seed (DSCagg = 2·Σ|A∩B| / Σ(|A|+|B|); lesion "
         "sensitivity/precision = pooled counts, shown in brackets). Per-case metrics: mean over the cases "
