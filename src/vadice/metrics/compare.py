@@ -410,7 +410,7 @@ def _warnings(names, labels, cols, rows, pair_key, n_seeds, inputs) -> list[str]
     if min(n_seeds) < 2:
         out.append("One seed per run: the CIs cover patient sampling only, not training noise; no Δ can be "
                    "called consistent across seeds.")
-    elif len(set(n_seeds)) != 1:
+    if len(set(n_seeds)) != 1:
         out.append("Runs have different numbers of seeds: per-seed Δs are not listed.")
     return out
 
