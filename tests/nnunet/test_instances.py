@@ -17,6 +17,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa:
 from vadice.lesions import label_components  # noqa: E402
 from vadice.nnunet.instances import (  # noqa: E402
     LesionSpatialTransform,
+    _fill_from_neighbours,
     SegWithInstances,
     lesion_training_transforms,
 )
@@ -195,6 +196,21 @@ def test_label_channel_and_image_identical_to_nnunet(seed):
     torch.testing.assert_close(img_a, img_b)
     for a, b in zip(seg_a, seg_b):
         torch.testing.assert_close(a[0], b[0])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 8), (1, 1, 8)], ids=["3d", "2d-channels"])
+def test_fill_follows_orphan_chains_and_never_takes_another_labels_id(shape):
+    # x:       0  1  2  3  4  5  6  7
+    # labels:  1  1  1  1  1  2  0  1      lesion 1 (label 1) at 0-1, lesion 5 (label 2) at 5
+    # ids:     1  1  0  0  0  5  0  0      orphans (label > 0, id 0): 2, 3, 4 and 7
+    # Voxel 4 touches lesion 5, the larger id, but of label 2: it must wait for lesion 1's id to arrive along
+    # the chain 2 -> 3 -> 4 (three rounds). Voxel 7 is connected to no label-1 lesion: it stays 0.
+    labels = torch.tensor([1, 1, 1, 1, 1, 2, 0, 1], dtype=torch.int16).view(shape)
+    ids = torch.tensor([1, 1, 0, 0, 0, 5, 0, 0], dtype=torch.int16).view(shape)
+    lut = torch.zeros(8, dtype=torch.int16)
+    lut[1], lut[5] = 1, 2
+    _fill_from_neighbours(ids, labels, lut, (labels > 0) & (ids == 0))
+    assert ids.flatten().tolist() == [1, 1, 1, 1, 1, 5, 0, 0]
 
 
 def test_plain_crop_keeps_ids_exactly():

@@ -474,40 +474,34 @@ def _fill_from_neighbours(ids: torch.Tensor, labels: torch.Tensor, lut: torch.Te
     """In place: give each orphan voxel the id of a lesion of its own label connected to it.
 
     ``ids``, ``labels``, ``orphans``: (C, *S) with 2 or 3 spatial axes; channels
-    are independent. One label at a time, only ids of lesions of that label are
-    spread (max id among the 3^n neighbours, so touching lesions of another
-    label never block the fill), and only through orphans of that label, round
-    after round until nothing changes: an orphan gets an id exactly when a
-    lesion of its label is connected to it through orphan voxels of that label.
-    Orphans stay at 0 only where the nearest-neighbour sampling lost the whole
-    lesion. Orphans are a thin shell, so the neighbours are gathered at the
-    orphans only, not pooled over the patch.
+    are independent; ``lut[id]`` is the label of lesion ``id``. Each round, an
+    orphan takes the largest id among its 3^n neighbours whose lesion has the
+    orphan's label (so a touching lesion of another label never blocks the
+    fill); filled orphans are sources for the next round, until nothing
+    changes. An orphan thus gets an id exactly when a lesion of its label is
+    connected to it through orphans of that label; orphans stay at 0 only
+    where the nearest-neighbour sampling lost the whole lesion. Orphans are a
+    thin shell, so the neighbours are gathered at the orphans only: no pass
+    over the patch per round.
     """
     spatial = ids.ndim - 1
-    lesion_label = lut[ids.long().clamp(0, len(lut) - 1)]
-    # flat offsets of the 3^n neighbourhood in the array padded by one voxel on each spatial side
-    padded_shape = (ids.shape[0], *(n + 2 for n in ids.shape[1:]))
-    strides = torch.tensor([int(np.prod(padded_shape[i + 1:])) for i in range(len(padded_shape))])
+    coords = orphans.nonzero()  # (n, 1 + spatial): channel, then spatial indices
+    want = labels[orphans].to(lut.dtype)
     steps = torch.cartesian_prod(*[torch.tensor([-1, 0, 1])] * spatial).reshape(-1, spatial)
-    offsets = (steps * strides[1:]).sum(1)
-    pad = (1, 1) * spatial
-    for label in torch.unique(labels[orphans]).tolist():
-        todo = (orphans & (labels == label)).nonzero()
-        own = torch.nn.functional.pad(torch.where(lesion_label == label, ids, torch.zeros_like(ids)).long(), pad)
-        flat = own.view(-1)
-        where = (todo + torch.cat([torch.zeros(1, dtype=torch.long), torch.ones(spatial, dtype=torch.long)])) \
-            @ strides
-        while where.numel():
-            cand = flat[where[:, None] + offsets[None, :]].amax(1)
-            take = cand > 0
-            if not take.any():
-                break
-            flat[where[take]] = cand[take]
-            where = where[~take]
-        filled = own[(slice(None),) + (slice(1, -1),) * spatial]
-        newly = orphans & (labels == label) & (filled > 0)
-        ids[newly] = filled[newly].to(ids.dtype)
-        orphans &= ~newly
+    upper = torch.tensor(ids.shape[1:]) - 1
+    flat_ids = ids.view(-1)
+    strides = torch.tensor(ids.stride())
+    while coords.shape[0]:
+        # neighbours past the border are clamped onto the border voxel, itself a neighbour: max unchanged
+        near = torch.minimum((coords[:, None, 1:] + steps[None]).clamp_min(0), upper)
+        index = coords[:, :1] * strides[0] + (near * strides[1:]).sum(-1)
+        cand = flat_ids[index].long()
+        cand = torch.where(lut[cand] == want[:, None], cand, torch.zeros_like(cand)).amax(1)
+        take = cand > 0
+        if not take.any():
+            break
+        flat_ids[(coords[take] * strides).sum(1)] = cand[take].to(ids.dtype)
+        coords, want = coords[~take], want[~take]
 
 
 class LesionSpatialTransform(SpatialTransform):
@@ -545,13 +539,15 @@ class LesionSpatialTransform(SpatialTransform):
             ids = super()._apply_to_segmentation(ids_in, **params)
         if params["grid"] is None:  # a plain crop keeps labels and ids aligned
             return torch.cat((labels, ids))
-        ids = ids.clamp_min(0)
-        fg = ids_in > 0
-        lut = torch.zeros(int(ids_in.max().clamp_min(0)) + 1, dtype=labels.dtype)
-        lut[ids_in[fg].long()] = labels_in[fg].to(labels.dtype)
-        ids[lut[ids.long().clamp_(0, len(lut) - 1)] != labels] = 0
+        ids = ids.clamp_min(0).contiguous()
+        # label of each id, read from the input crop: every voxel of a lesion has its label, so a scatter
+        # (one pass, no boolean indexing) fills it; index 0 collects background and padding and is reset
+        lut = torch.zeros(MAX_LESIONS_PER_CASE + 1, dtype=labels.dtype)
+        lut.scatter_(0, ids_in.reshape(-1).long().clamp_(min=0), labels_in.reshape(-1).to(labels.dtype))
+        lut[0] = 0
+        ids[lut[ids.long()] != labels] = 0
         orphans = (labels > 0) & (ids == 0)
-        if orphans.any() and lut.max() > 0:
+        if orphans.any():
             _fill_from_neighbours(ids, labels, lut, orphans)
         return torch.cat((labels, ids))
 
