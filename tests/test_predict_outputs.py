@@ -106,7 +106,7 @@ def test_existing_files_are_refused_and_left_byte_identical(monkeypatch, inputs,
     before = _snapshot(out)
     assert _predict(inputs, out, model) == 2
     line = _one_error_line(capsys)
-    assert "caseB.nii.gz" in line and "2 file(s)" in line and "--overwrite" in line
+    assert "caseB.nii.gz: exists" in line and "first of 2 such files" in line and "--overwrite" in line
     assert _snapshot(out) == before  # nothing replaced, nothing added, no temporary folder left
     assert fake.calls == []  # refused before any inference
 

@@ -189,10 +189,10 @@ def plan_cases(cases: Sequence[CaseInput], output_dir: Path, settings: dict, ove
         todo.append((item, inputs))
         collisions += [p for p in paths if (p.exists() or p.is_symlink()) and not _ours(p, record)]
     if collisions and not overwrite:
-        more = f" and {len(collisions) - 1} more" if len(collisions) > 1 else ""
-        raise InputError(collisions[0], f"exists and was not written by vadice predict with these settings "
-                         f"({len(collisions)} file(s): this{more}); pass --overwrite to replace them, "
-                         "or choose another -o")
+        many = len(collisions) > 1
+        raise InputError(collisions[0], "exists and was not written by vadice predict with these settings"
+                         + (f" (first of {len(collisions)} such files)" if many else "")
+                         + f"; pass --overwrite to replace {'them' if many else 'it'}, or choose another -o")
     return todo, done, manifest
 
 
