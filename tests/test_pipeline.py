@@ -86,7 +86,7 @@ def test_experiment_writes_every_stage(uninterrupted):
         got = sorted(p.name[:-7] for p in (run / "predictions" / setup / "seed_0").glob("*.nii.gz"))
         assert got == expected
         summary = json.loads((run / "evaluation" / setup / "seed_0" / "summary.json").read_text())
-        assert summary["n_cases"] == len(expected) if "n_cases" in summary else True
+        assert summary["n_cases"] == len(expected) and summary["cases"] == expected
     comparison = json.loads((run / "comparison" / "comparison.json").read_text())
     assert comparison["runs"] == ["baseline", "dual"] and comparison["n_cases"] == len(expected)
     assert {r["metric"] for r in comparison["rows"]} >= {"dsc", "hd95", "dscagg", "lesion_sensitivity"}
@@ -95,6 +95,10 @@ def test_experiment_writes_every_stage(uninterrupted):
 
     for _, heading in SECTIONS:
         assert heading in html
+    assert html.index('id="answer"') < html.index('id="settings"')
+    # The demo's few iterations predict no node: said at the top, not hidden in a table of zeros.
+    for warning in comparison["warnings"]:
+        assert warning.split(":")[0] in html[:html.index('id="answer"')]
     assert "not ResEnc M" in html
     assert "https://" not in html and "http://" not in html
 
