@@ -333,7 +333,7 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
     for run, info in (comparison.get("inputs") or {}).items():
         excluded = "; ".join(f"{lab}: both empty {d.get('both_empty', 0)}, truth only empty "
                              f"{d.get('gt_empty_only', 0)}, prediction only empty {d.get('pred_empty_only', 0)}"
-                             + (f", penalised {d['penalised']}" if "penalised" in d else "")
+                             + (f", penalised and included {d['penalised']}" if d.get("penalised") else "")
                              for lab, d in (info.get("excluded") or {}).items())
         inputs_rows.append({"setup": run, "seeds": (comparison.get("n_seeds") or {}).get(run, ""),
                             "missing": info.get("missing_predictions", 0),
@@ -482,7 +482,8 @@ pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .8em; }
 ({{ n_boot }} resamples): patients are resampled (the same patients for both set-ups), then seeds (per set-up,
 whole models). A difference is <b>consistent</b> only when its CI excludes 0 <i>and</i> every seed's Δ (seed k
 against {{ baseline }}'s seed k) has the sign of the pooled Δ. Otherwise it is <i>seeds disagree</i>,
-<i>CI includes 0</i>, or <i>one seed</i> (the CI excludes 0 but with one seed training noise is not assessed).
+<i>CI includes 0</i>, <i>one seed</i> (the CI excludes 0 but with one seed training noise is not assessed) or
+<i>seeds unpaired</i> (the set-ups have different numbers of seeds).
 Values pool every case and seed; brackets give the counts (detected/truth lesions, matched/predicted components).</p>
 <table>
 <tr><th>label</th><th>metric</th><th>set-up</th><th>value</th><th>Δ vs {{ baseline }}</th><th>{{ confidence }} CI of Δ</th>
@@ -549,7 +550,7 @@ independent; n = cases × seeds, seeds paired by position); they are too small.<
 <p>Summed over each set-up's seed folders. Excluded: (case, seed) values left out of means because the metric is
 undefined there; predictions missing were evaluated as empty masks; resampled ones were put on the truth grid.</p>
 <table><tr><th>set-up</th><th>seeds</th><th>missing predictions</th><th>resampled predictions</th>
-<th>excluded values</th><th>DSCagg notes</th></tr>
+<th>undefined values left out (both empty: every metric; one side empty: MSD, HD95)</th><th>DSCagg notes</th></tr>
 {% for r in inputs_rows %}<tr><td>{{ r.setup }}</td><td class="num">{{ r.seeds }}</td><td class="num">{{ r.missing }}</td>
 <td class="num">{{ r.resampled }}</td><td>{{ r.excluded }}</td><td>{{ r.notes }}</td></tr>
 {% endfor %}</table>
@@ -558,8 +559,8 @@ undefined there; predictions missing were evaluated as empty masks; resampled on
 
 <section id="distributions">
 <h2>Per-case distributions</h2>
-<p>One point per case{% if n_seeds > 1 %} and seed{% endif %}; grey lines join the same case{% if n_seeds > 1 %}
-and seed{% endif %} across set-ups, so a set-up that helps most cases shows lines sloping the same way. Boxes: median
+<p>One point per case{% if n_seeds > 1 %} and seed{% endif %}; grey lines join the same case{% if n_seeds > 1 %} and
+seed{% endif %} across set-ups, so a set-up that helps most cases shows lines sloping the same way. Boxes: median
 and quartiles. Undefined values (NaN: both masks empty for DSC, one side empty for distances) are left out;
 <i>n</i> under each box counts the points drawn.</p>
 {% for d in distributions %}
