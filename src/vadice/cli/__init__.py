@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from vadice import __version__
 from vadice.io import InputError
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("vadice").setLevel(level)
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # "NumExpr defaulting to N threads" on every import
+    # nnU-Net's trainer lookup imports timm, whose import-time use of torch.jit.interface warns on every
+    # predict; it says nothing about the user's run.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
     try:
         return int(args.func(args) or 0)
     except (InputError, UsageError, FileExistsError) as exc:

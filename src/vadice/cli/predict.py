@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
     p.add_argument("--disable-tta", action="store_true",
                    help="no test-time mirroring (nnU-Net's default is on: up to 8 network passes per tile); "
-                        "much faster on a CPU, slightly less accurate")
+                        "about 6x faster on a CPU (docs/experiment.md), usually slightly less accurate")
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in OUT_DIR that vadice predict did not write with these settings")
     add_device(p, default="cpu")
