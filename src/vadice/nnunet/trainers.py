@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from vadice.nnunet import THREADS_ENV
 from vadice.losses import PRESETS, WEIGHTINGS, VolumeAwareDiceCELoss, median_lesion_volumes
+from vadice.nnunet import THREADS_ENV
 from vadice.nnunet.instances import (
     lesion_dataset_class,
     lesion_folder,
