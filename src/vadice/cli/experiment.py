@@ -114,9 +114,8 @@ def run_experiment(args) -> int:
     if args.collect:
         missing = exp.missing()
         if missing:
-            shown = " ".join(f"--unit {u.setup}:{u.fold}:{u.seed}" for u in missing[:6])
-            raise InputError(exp.run_dir, f"{len(missing)} unit(s) not finished; run them first: {shown}"
-                             + (" …" if len(missing) > 6 else ""))
+            shown = " ".join(f"--unit {u.setup}:{u.fold}:{u.seed}" for u in missing)  # all: to resubmit
+            raise InputError(exp.run_dir, f"{len(missing)} unit(s) not finished; run them first: {shown}")
     else:
         exp.run_units(units)
         if args.unit:
