@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, required=True, help="random seed (>= 0)")
     p.add_argument("--size", choices=synth.SIZES, default="small",
                    help="small: grid <= 48x128x128 (z,y,x), coarser voxels, same volumes in ml (default); "
+                        "neck: 160 mm crop around the neck at ~1.5x1.5x2 mm, the CPU demo's cohort; "
                         "full: realistic grids, e.g. 512x512x75 at 0.5x0.5x2 mm")
     p.add_argument("--workers", type=int, default=_workers_default(),
                    help="cases rendered in parallel (default: %(default)s)")

@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-iterations", type=int, help="validation iterations per epoch (default nnU-Net's 50)")
     p.add_argument("--no-val-mirroring", action="store_true",
                    help="out-of-fold predictions without test-time mirroring (faster; for short budgets)")
+    p.add_argument("--warm-start-iterations", type=int, metavar="N",
+                   help="a common warm start: per fold and seed, one baseline phase of N iterations that "
+                        "every set-up then continues from for --iterations (default: each trains from scratch)")
+    p.add_argument("--warm-start-epochs", type=int, metavar="E",
+                   help="epochs of the warm-start phase (N spread over them; default 1)")
     p.add_argument("--num-gpus", type=int, default=1, help="GPUs per unit (nnU-Net -num_gpus)")
     p.add_argument("--unit", action="append", metavar="SETUP:FOLD[:SEED]",
                    help="run only this unit (repeatable); no evaluation. " + SLURM_HINT)
@@ -94,11 +99,17 @@ def _settings(args):
         raise UsageError("--epochs must be >= 1")
     if args.val_iterations is not None and args.val_iterations < 1:
         raise UsageError("--val-iterations must be >= 1")
+    for flag in ("warm_start_iterations", "warm_start_epochs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.warm_start_epochs is not None and args.warm_start_iterations is None:
+        raise UsageError("--warm-start-epochs needs --warm-start-iterations")
     return ExperimentSettings(
         dataset=str(args.dataset), preset=args.preset, folds=parse_folds(args.folds),
         seeds=parse_int_list(args.seeds, "--seeds"), setups=setups, device=args.device,
         iterations=args.iterations, epochs=args.epochs, val_iterations=args.val_iterations,
         val_mirroring=not args.no_val_mirroring, num_gpus=args.num_gpus,
+        warm_start_iterations=args.warm_start_iterations, warm_start_epochs=args.warm_start_epochs,
     )
 
 

@@ -29,7 +29,11 @@ Sizes: ``full`` uses realistic grids (e.g. 512x512x75 at 0.5x0.5x2 mm, spacing
 drawn from the real distribution). ``small`` renders the same physical scene
 (same lesion volumes in ml) on a coarser grid cropped to at most 256 mm
 in-plane: the real spacing times an integer factor so that the grid is at most
-48x128x128 (z, y, x), typically 2x2x4 mm voxels.
+48x128x128 (z, y, x), typically 2x2x4 mm voxels. ``neck`` (the CPU demo's cohort)
+crops the same scene to 160 mm in-plane around the neck at a finer grid (the real
+spacing times an integer factor, nearest to 1.5 mm in-plane and 2.2 mm between
+slices; typically 1.5x1.5x2 mm, about 107x107x75 voxels), so that a 0.1 ml node
+keeps ~20 voxels and a median node ~600: what a CPU-sized network can learn.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from tqdm import tqdm
 from vadice.data.hntsmrg import source_files
 from vadice.io import Geometry, write_nifti, write_text
 
-SIZES = ("small", "full")
+SIZES = ("small", "neck", "full")
 
 # (x, y, z) spacing in mm and its count over the 150 HNTS-MRG pre-RT images.
 REAL_SPACINGS = (
@@ -67,6 +71,12 @@ NODE_COUNTS = ((1, 70), (2, 35), (3, 13), (4, 5), (5, 2), (6, 3), (10, 1))
 
 SMALL_MAX_ZYX = (48, 128, 128)
 SMALL_MAX_FOV_MM = 256.0
+# ``neck``: the CPU demo's grid. A 160 mm in-plane crop keeps the whole neck (lateral nodes sit up to
+# ~50 mm off the midline, the frame moves the neck up to 10 mm off the grid centre) and lets a ~1.5 mm
+# in-plane grid stay as cheap as ``small``; a 0.1 ml node is then ~20 voxels instead of ~3.
+NECK_FOV_MM = 160.0
+NECK_SPACING_XY_MM = 1.5
+NECK_SPACING_Z_MM = 2.2
 INTENSITY_SCALE = 1000.0
 LABEL_GTVP, LABEL_GTVN = 1, 2
 
@@ -225,6 +235,13 @@ def _draw_grid(rng: np.random.Generator, size: str, spacing: tuple[float, float,
         fov = min(fov, SMALL_MAX_FOV_MM)
         k_xy = math.ceil(fov / sx / SMALL_MAX_ZYX[2])
         k_z = math.ceil(n_z / SMALL_MAX_ZYX[0])
+        sx, sz = sx * k_xy, sz * k_z
+        n_xy = math.ceil(fov / sx)
+        n_z = math.ceil(n_z / k_z)
+    elif size == "neck":
+        fov = min(fov, NECK_FOV_MM)
+        k_xy = max(1, round(NECK_SPACING_XY_MM / sx))
+        k_z = max(1, round(NECK_SPACING_Z_MM / sz))
         sx, sz = sx * k_xy, sz * k_z
         n_xy = math.ceil(fov / sx)
         n_z = math.ceil(n_z / k_z)
@@ -413,7 +430,7 @@ def draw_cohort(n_cases: int, seed: int, size: str = "small") -> list[CaseSpec]:
     Args:
       n_cases: number of patients (>= 1).
       seed: any non-negative integer; the same seed always gives the same cohort.
-      size: ``"small"`` or ``"full"`` (grids only; lesion volumes are the same).
+      size: ``"small"``, ``"neck"`` or ``"full"`` (grids only; lesion volumes are the same).
 
     Returns:
       one :class:`CaseSpec` per patient, sorted by case id. Case ids are

@@ -616,7 +616,8 @@ def _started(fold_dir: Path) -> bool:
 
 
 def plain_command(ref: DatasetRef, trainer: str, plans_identifier: str, fold, device: str, num_gpus: int,
-                  resume: bool, env: dict[str, str], configuration: str = CONFIGURATION) -> str:
+                  resume: bool, env: dict[str, str], configuration: str = CONFIGURATION,
+                  pretrained_weights=None) -> str:
     """The ``nnUNetv2_train`` command line (with its environment) equivalent to a :func:`train` call."""
     names = ["nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"]
     if trainer != BASELINE_TRAINER:
@@ -631,6 +632,8 @@ def plain_command(ref: DatasetRef, trainer: str, plans_identifier: str, fold, de
         words += ["-num_gpus", str(num_gpus)]
     if resume:
         words.append("--c")
+    elif pretrained_weights is not None:
+        words += ["-pretrained_weights", shlex.quote(str(pretrained_weights))]
     return " ".join(words)
 
 
@@ -638,7 +641,8 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
           iterations: int | None = None, epochs: int | None = None, val_iterations: int | None = None,
           seed: int | None = None, resume: bool = False, num_gpus: int = 1, results_dir=None,
           log_file=None, progress: bool = True, echo: bool = False, *, raw=None,
-          preprocessed=None, threads: int | None = None, val_mirroring: bool = True) -> TrainResult:
+          preprocessed=None, threads: int | None = None, val_mirroring: bool = True,
+          pretrained_weights=None) -> TrainResult:
     """Train one set-up and fold through nnU-Net's own ``nnUNetv2_train`` entry point.
 
     The trainer is nnU-Net's ``nnUNetTrainer`` for the baseline without a budget,
@@ -719,11 +723,18 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     log_path = Path(log_file) if log_file is not None else fold_dir / "vadice_train.log"
     settings = {"trainer": trainer, "plans": spec.plans_identifier, "plans_sha256": sha256_file(plans_file),
                 "configuration": CONFIGURATION, "fold": fold, "budget": budget}
+    if pretrained_weights is not None:
+        pretrained_weights = Path(pretrained_weights).resolve()
+        if not pretrained_weights.is_file():
+            raise InputError(pretrained_weights, "pretrained weights: no such checkpoint file")
+        settings["pretrained_sha256"] = sha256_file(pretrained_weights)
     env = build_env(ref.paths, device, budget)
     env.pop(THREADS_ENV, None)
     if threads is not None:
         env[THREADS_ENV] = str(threads)
-    command = plain_command(ref, trainer, spec.plans_identifier, fold, device, num_gpus, resume, env)
+    command = plain_command(ref, trainer, spec.plans_identifier, fold, device, num_gpus,
+                            resume and (pretrained_weights is None or _started(fold_dir)), env,
+                            pretrained_weights=pretrained_weights)
 
     recorded_path = fold_dir / TRAIN_SETTINGS_FILE
     recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else None
@@ -748,8 +759,12 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
             "-p", spec.plans_identifier, "-device", device]
     if num_gpus > 1:
         argv += ["-num_gpus", str(num_gpus)]
-    if resume:
+    # nnU-Net refuses --c together with -pretrained_weights: a started run continues from its own
+    # checkpoint, a new one starts from the pretrained weights.
+    if resume and (pretrained_weights is None or _started(fold_dir)):
         argv.append("--c")
+    elif pretrained_weights is not None:
+        argv += ["-pretrained_weights", str(pretrained_weights)]
     total_epochs = int(budget.get("VADICE_EPOCHS", 1000))  # nnU-Net's default schedule: 1000 epochs
     log.info("training %s fold %s with %s; nnU-Net's output: %s", ref.name, fold, trainer, log_path)
     log.debug("equivalent plain nnU-Net command:\n  %s", command)  # the caller prints it with the result
