@@ -2,28 +2,33 @@
 
 Synthetic cohort (``neck`` grid: a 160 mm crop around the neck at ~1.5x1.5x2 mm,
 so that small nodes keep tens to hundreds of voxels) -> Task 1 conversion ->
-cpu-small plan -> one common baseline phase on fold 0 -> baseline, dual and
-selective-ln each fine-tuned from it -> predictions of fold 0's held-out cases
+cpu-small plan -> baseline, dual and selective-ln, each fine-tuned from one
+common baseline checkpoint on fold 0 -> predictions of fold 0's held-out cases
 -> evaluation -> paired comparison -> report.html. Every stage resumes, so an
 interrupted demo continues where it stopped.
 
-Why a common warm start: on two CPU cores one training iteration of the
-cpu-small network costs about a second, and nnU-Net's networks predict nothing
-for their first few hundred iterations (docs/benchmarks.md). Training three
-networks from scratch inside the demo's time would leave all three empty; one
-shared baseline phase followed by a short phase per set-up gives three
-networks that segment, at the price that the set-ups differ only in their last
-phase (the report says so).
+Why a common warm start, and why shipped weights: on two CPU cores one
+training iteration of the cpu-small network costs one to a few seconds, and
+nnU-Net's networks predict nothing for their first few hundred iterations
+(docs/benchmarks.md). Three networks trained from scratch within the demo's
+quarter of an hour would all be empty. So the demo starts every set-up from one
+baseline checkpoint that ships with vadice (``demo_weights/``: the weights, the
+exact command and training log that made them, their SHA-256, and the cases
+they were trained on — fold 0's training cases of this very cohort, never its
+held-out cases, which the demo checks). ``from_scratch=True`` (``vadice demo
+--from-scratch``) trains that common baseline inside the demo instead, with
+the same recipe, at the cost of its CPU time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from pathlib import Path
 
-from vadice.io import check_output_dir
+from vadice.io import InputError, check_output_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +36,61 @@ DEMO_DATASET_ID = 990
 DEMO_NAME = "VadiceDemo"
 DEMO_SIZE = "neck"
 DEMO_CASES = 30
-DEMO_WARM_ITERATIONS = 600  # the common baseline phase
-DEMO_WARM_EPOCHS = 12  # nnU-Net decays the learning rate per epoch: several short epochs, not one long one
-DEMO_ITERATIONS = 90  # each set-up's own phase after the warm start
-DEMO_EPOCHS = 3
+DEMO_SEED = 0
+DEMO_ITERATIONS = 90  # each set-up's own phase after the common warm start
+DEMO_EPOCHS = 3  # nnU-Net decays the learning rate per epoch: several short epochs, not one long one
 DEMO_VAL_ITERATIONS = 3
+# The recipe of the common baseline (shipped, or trained with from_scratch=True).
+WARM_ITERATIONS = 1500
+WARM_EPOCHS = 30
+WEIGHTS_DIR = Path(__file__).parent / "demo_weights"
+WEIGHTS_FILE = WEIGHTS_DIR / "baseline_fold0.pth"
+PROVENANCE_FILE = WEIGHTS_DIR / "baseline_fold0.json"
 
 
-def demo_note(cases: int, warm: int, iterations: int, seed: int) -> str:
+def demo_note(cases: int, warm: str, iterations: int, seed: int) -> str:
     """What the demo shows and what it does not, for the report and the terminal."""
     held_out = max(1, round(cases / 5))
     return (f"Demo: one seed ({seed}), one fold (fold 0: about {held_out} held-out cases of {cases} synthetic "
-            f"ones), the width-reduced CPU preset cpu-small (not ResEnc M), {warm} common baseline iterations "
-            f"then {iterations} per set-up. It shows the pipeline and networks that segment; it cannot show an "
-            "effect of the loss: the set-ups differ only in their short last phase, and with one seed and a "
-            "handful of held-out cases every difference is within noise. See docs/evidence.md for the seeded "
-            "study and README for the real-data GPU workflow.")
+            f"ones), the width-reduced CPU preset cpu-small (not ResEnc M), {warm}, then {iterations} "
+            "iterations per set-up with its own loss. It shows the pipeline and networks that segment; it "
+            "cannot show an effect of the loss: the set-ups differ only in their short last phase, and with one "
+            "seed and a handful of held-out cases every difference is within noise. See docs/evidence.md for "
+            "the seeded study and README for the real-data GPU workflow.")
+
+
+def shipped_weights(cases: int, seed: int, weights: Path = WEIGHTS_FILE,
+                    provenance: Path = PROVENANCE_FILE) -> Path | None:
+    """The shipped common-baseline checkpoint, if it exists and was made for this cohort; else None.
+
+    Raises:
+      InputError: the checkpoint's bytes differ from the SHA-256 recorded beside it.
+    """
+    if not (weights.is_file() and provenance.is_file()):
+        return None
+    info = json.loads(provenance.read_text())
+    if info["cohort"] != {"cases": cases, "seed": seed, "size": DEMO_SIZE}:
+        return None
+    if sha256_file(weights) != info["sha256"]:
+        raise InputError(weights, "does not match the SHA-256 in its provenance file; reinstall vadice")
+    return weights
+
+
+def check_held_out(preprocessed_dir: Path, fold: int = 0, provenance: Path = PROVENANCE_FILE) -> list[str]:
+    """Refuse when the shipped weights were trained on any case this fold holds out; returns the held-out cases.
+
+    Raises:
+      InputError: no split yet, or a held-out case among the weights' training cases.
+    """
+    splits = preprocessed_dir / "splits_final.json"
+    if not splits.is_file():
+        raise InputError(splits, "no split yet: the held-out cases of the demo cannot be checked")
+    held_out = sorted(json.loads(splits.read_text())[fold]["val"])
+    seen = set(json.loads(provenance.read_text())["train_cases"]) & set(held_out)
+    if seen:
+        raise InputError(provenance, f"weights were trained on held-out case(s) {', '.join(sorted(seen))}; the demo "
+                         "would score cases the network has seen")
+    return held_out
 
 
 def set_nnunet_roots(base: Path) -> dict[str, Path]:
@@ -60,7 +104,8 @@ def set_nnunet_roots(base: Path) -> dict[str, Path]:
 
 
 def run_demo(out: str | os.PathLike = "demo_out", cases: int | None = None, iterations: int | None = None,
-             seed: int = 0, progress: bool = True, warm_start_iterations: int | None = None) -> Path:
+             seed: int = DEMO_SEED, progress: bool = True, from_scratch: bool = False,
+             warm_start_iterations: int | None = None) -> Path:
     """Run the demo into ``out``; returns the path of report.html.
 
     Args:
@@ -69,7 +114,9 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int | None = None, iter
       iterations: each set-up's own training phase (default :data:`DEMO_ITERATIONS`).
       seed: cohort and training seed.
       progress: progress bars and stage lines.
-      warm_start_iterations: the common baseline phase (default :data:`DEMO_WARM_ITERATIONS`).
+      from_scratch: train the common baseline here instead of starting from the shipped weights.
+        Implied when the shipped weights were made for another cohort (other ``cases`` or ``seed``).
+      warm_start_iterations: length of that in-demo baseline phase (default :data:`WARM_ITERATIONS`).
     """
     from vadice.data.hntsmrg import convert
     from vadice.data.synth import generate_cohort
@@ -78,7 +125,8 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int | None = None, iter
     out = check_output_dir(out).resolve()
     cases = DEMO_CASES if cases is None else cases
     iterations = DEMO_ITERATIONS if iterations is None else iterations
-    warm = DEMO_WARM_ITERATIONS if warm_start_iterations is None else warm_start_iterations
+    weights = None if from_scratch or warm_start_iterations else shipped_weights(cases, seed)
+    warm = WARM_ITERATIONS if warm_start_iterations is None else warm_start_iterations
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     roots = set_nnunet_roots(out)
@@ -89,21 +137,32 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int | None = None, iter
     _say(progress, "[2/6] HNTS-MRG Task 1 -> nnU-Net raw dataset")
     dataset = convert(cohort, task=1, dataset_id=DEMO_DATASET_ID, out=roots["nnUNet_raw"], name=DEMO_NAME,
                       progress=progress)
-    settings = ExperimentSettings(
-        dataset=str(dataset), preset="cpu-small", folds=(0,), seeds=(seed,), device="cpu",
-        iterations=iterations, epochs=_epochs(iterations, DEMO_EPOCHS), val_iterations=DEMO_VAL_ITERATIONS,
-        val_mirroring=False, warm_start_iterations=warm, warm_start_epochs=_epochs(warm, DEMO_WARM_EPOCHS))
+    common = dict(dataset=str(dataset), preset="cpu-small", folds=(0,), seeds=(seed,), device="cpu",
+                  iterations=iterations, epochs=_epochs(iterations, DEMO_EPOCHS),
+                  val_iterations=DEMO_VAL_ITERATIONS, val_mirroring=False)
+    if weights is not None:
+        settings = ExperimentSettings(**common, warm_start_weights=str(weights))
+        warm_text = "fine-tuned from the shipped common baseline checkpoint (vadice/demo_weights)"
+    else:
+        settings = ExperimentSettings(**common, warm_start_iterations=warm,
+                                      warm_start_epochs=_epochs(warm, WARM_EPOCHS))
+        warm_text = f"fine-tuned from a common baseline trained here ({warm} iterations)"
     exp = Experiment.open(out / "run", settings, progress=progress)
     _say(progress, "[3/6] planning (cpu-small preset) and lesion preprocessing")
     exp.prepare(fingerprint_samples=1_000_000)
-    _say(progress, f"[4/6] common baseline phase on fold 0 ({warm} iterations)")
-    exp.warm_start(0, seed)
+    if weights is None:
+        _say(progress, f"[4/6] common baseline phase on fold 0 ({warm} iterations; minutes per 100 on 2 cores)")
+        exp.warm_start(0, seed)
+    else:
+        _say(progress, f"[4/6] common baseline: shipped checkpoint {weights.name} (sha256 {sha256_file(weights)[:12]}…)")
     _say(progress, f"[5/6] baseline, dual, selective-ln fine-tuned from it ({iterations} iterations each), "
                    "then their predictions of fold 0's held-out cases")
     exp.run_units()
+    if weights is not None:
+        check_held_out(Path(os.environ["nnUNet_preprocessed"]) / f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_NAME}")
     _say(progress, "[6/6] evaluating, comparing, reporting")
     result = exp.collect()
-    note = demo_note(cases, warm, iterations, seed)
+    note = demo_note(cases, warm_text, iterations, seed)
     report = build_report(exp.run_dir, notes=[note])
     minutes = (time.time() - start) / 60
     print(result["comparison"]["markdown"])

@@ -44,7 +44,7 @@ SETUPS = ("baseline", "dual", "selective-ln")
 
 # Settings that must not change between invocations on one run folder: they define the study.
 _FIXED_SETTINGS = ("dataset", "preset", "iterations", "epochs", "val_iterations", "val_mirroring", "folds", "seeds",
-                   "setups", "warm_start_iterations", "warm_start_epochs")
+                   "setups", "warm_start_iterations", "warm_start_epochs", "warm_start_weights")
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,17 @@ class ExperimentSettings:
     # set-up then continues from (nnU-Net's -pretrained_weights). None: each set-up trains from scratch.
     warm_start_iterations: int | None = None
     warm_start_epochs: int | None = None
+    # Or a common warm start from a checkpoint made beforehand (single fold only: the checkpoint must not
+    # have seen that fold's held-out cases; recorded in the manifest by SHA-256, not by path).
+    warm_start_weights: str | None = None
 
     def units(self) -> list[Unit]:
         return [Unit(s, f, seed) for seed in self.seeds for f in self.folds for s in self.setups]
 
     def fixed(self) -> dict:
         d = asdict(self)
+        if d["warm_start_weights"] is not None:
+            d["warm_start_weights"] = "sha256:" + sha256_file(d["warm_start_weights"])
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k in _FIXED_SETTINGS}
 
 
@@ -140,6 +145,15 @@ class Experiment:
             raise InputError(None, "set-ups must start with 'baseline' (differences are taken against it)")
         if not settings.seeds or not settings.folds:
             raise InputError(None, "at least one fold and one seed are needed")
+        if settings.warm_start_weights is not None:
+            if settings.warm_start_iterations is not None:
+                raise InputError(None, "warm start: give either a number of iterations or weights, not both")
+            if not Path(settings.warm_start_weights).is_file():
+                raise InputError(settings.warm_start_weights, "warm-start weights: no such checkpoint file")
+            if len(settings.folds) != 1:
+                raise InputError(settings.warm_start_weights, "warm-start weights serve one fold only (a "
+                                 "checkpoint trained on one fold's training cases has seen the others' held-out "
+                                 "cases); use --warm-start-iterations for several folds")
         manifest = run_dir / "manifest.json"
         if existing and not manifest.is_file():
             raise InputError(run_dir, "no experiment run here (no manifest.json): run `vadice experiment` "
@@ -230,6 +244,8 @@ class Experiment:
         """
         from vadice.nnunet import runner
 
+        if self.settings.warm_start_weights is not None:
+            return Path(self.settings.warm_start_weights).resolve()
         if not self.settings.warm_start_iterations:
             return None
         result = runner.train(
@@ -428,6 +444,10 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         all_notes.append(f"Fine-tuned from a common baseline: every set-up started from one baseline phase of "
                          f"{settings['warm_start_iterations']} iterations (per fold and seed) and then trained "
                          f"{settings.get('iterations')} iterations with its own loss.")
+    elif settings.get("warm_start_weights"):
+        all_notes.append(f"Fine-tuned from a common baseline: every set-up started from one baseline checkpoint "
+                         f"({settings['warm_start_weights'][:19]}…) and then trained {settings.get('iterations')} "
+                         "iterations with its own loss.")
     inputs = ReportInputs(
         title=f"vadice experiment — {Path(settings['dataset']).name}", settings=settings, notes=all_notes,
         comparison=comparison, evaluations=evaluations, training_logs=logs,

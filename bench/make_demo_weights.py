@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Make the demo's shipped common-baseline checkpoint (src/vadice/demo_weights/), or export an existing run.
+
+The recipe (what `vadice demo --from-scratch` also trains, and what the shipped files were made with):
+
+    vadice synth cohort --cases 30 --seed 0 --size neck
+    vadice convert cohort --task 1 --dataset-id 990 --name VadiceDemo
+    vadice plan 990 --preset cpu-small          # the demo plans with fingerprint_samples=1e6 (same plans)
+    vadice train 990 --loss baseline --fold 0 --preset cpu-small --device cpu \\
+        --iterations 1500 --epochs 30 --val-iterations 5 --no-val-mirroring --seed 0 --threads 2
+
+Then the final checkpoint is reduced to its network weights (all that nnU-Net's -pretrained_weights
+reads), written with its SHA-256, the fold-0 training and held-out cases, the final validation Dice
+on the held-out cases, versions and the training log.
+
+Usage:
+    .venv/bin/python bench/make_demo_weights.py --work /tmp/demo_weights          # train, then export
+    .venv/bin/python bench/make_demo_weights.py --work /tmp/wb --export-only      # export a finished run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+RECIPE = dict(iterations=1500, epochs=30, val_iterations=5, seed=0, threads=2)
+
+
+def train(work: Path) -> None:
+    from vadice.data.hntsmrg import convert
+    from vadice.data.synth import generate_cohort
+    from vadice.demo import DEMO_CASES, DEMO_DATASET_ID, DEMO_NAME, DEMO_SEED, DEMO_SIZE, set_nnunet_roots
+    from vadice.nnunet import runner
+
+    roots = set_nnunet_roots(work)
+    generate_cohort(work / "cohort", DEMO_CASES, DEMO_SEED, size=DEMO_SIZE)
+    convert(work / "cohort", task=1, dataset_id=DEMO_DATASET_ID, out=roots["nnUNet_raw"], name=DEMO_NAME)
+    runner.plan(DEMO_DATASET_ID, preset="cpu-small", fingerprint_samples=1_000_000)
+    runner.train(DEMO_DATASET_ID, loss="baseline", fold=0, preset="cpu-small", device="cpu",
+                 iterations=RECIPE["iterations"], epochs=RECIPE["epochs"], val_iterations=RECIPE["val_iterations"],
+                 val_mirroring=False, seed=RECIPE["seed"], threads=RECIPE["threads"])
+
+
+def export(work: Path, dest: Path) -> dict:
+    import torch
+
+    from vadice.demo import DEMO_CASES, DEMO_DATASET_ID, DEMO_NAME, DEMO_SEED, DEMO_SIZE
+    from vadice.io import sha256_file
+
+    name = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_NAME}"
+    fold_dir = work / "nnUNet_results" / name / "nnUNetTrainerBudget__vadiceCPUSmallPlans__3d_fullres" / "fold_0"
+    ckpt = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    splits = json.loads((work / "nnUNet_preprocessed" / name / "splits_final.json").read_text())[0]
+    validation = json.loads((fold_dir / "validation" / "summary.json").read_text())
+    train_settings = json.loads((fold_dir / "vadice_train.json").read_text())
+    logs = sorted(fold_dir.glob("training_log_*.txt"))
+    dest.mkdir(parents=True, exist_ok=True)
+    weights = dest / "baseline_fold0.pth"
+    torch.save({"network_weights": ckpt["network_weights"]}, weights)
+    shutil.copyfile(logs[-1], dest / "baseline_fold0_training_log.txt")
+    info = {
+        "what": "common baseline checkpoint the demo fine-tunes baseline, dual and selective-ln from",
+        "cohort": {"cases": DEMO_CASES, "seed": DEMO_SEED, "size": DEMO_SIZE},
+        "recipe": RECIPE,
+        "commands": [
+            "vadice synth cohort --cases 30 --seed 0 --size neck",
+            "vadice convert cohort --task 1 --dataset-id 990 --name VadiceDemo",
+            "vadice plan 990 --preset cpu-small",
+            "vadice train 990 --loss baseline --fold 0 --preset cpu-small --device cpu --iterations 1500 "
+            "--epochs 30 --val-iterations 5 --no-val-mirroring --seed 0 --threads 2",
+            "python bench/make_demo_weights.py --work WORK --export-only",
+        ],
+        "train_settings": train_settings,
+        "train_cases": sorted(splits["train"]),
+        "held_out_cases": sorted(splits["val"]),
+        "held_out_dice_nnunet": {k: v.get("Dice") for k, v in validation.get("mean", {}).items()},
+        "epochs_logged": ckpt.get("current_epoch"),
+        "sha256": sha256_file(weights),
+        "bytes": weights.stat().st_size,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    (dest / "baseline_fold0.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, required=True, help="working folder (nnU-Net roots and cohort inside)")
+    p.add_argument("--export-only", action="store_true", help="only export a finished run in --work")
+    p.add_argument("--dest", type=Path, default=Path(__file__).resolve().parents[1] / "src" / "vadice" / "demo_weights")
+    args = p.parse_args(argv)
+    if not args.export_only:
+        train(args.work.resolve())
+    info = export(args.work.resolve(), args.dest)
+    print(json.dumps({k: info[k] for k in ("sha256", "bytes", "held_out_dice_nnunet")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
