@@ -123,7 +123,7 @@ def test_gc_predict_command_with_injected_network(tmp_path, monkeypatch, capsys)
 
 def test_stage_predict_input_dicom_mha_and_nifti(tmp_path):
     from vadice.cli import UsageError
-    from vadice.cli.dicom import stage_predict_input
+    from vadice.cli.dicom import StagedInput, stage_predict_input
 
     w, pix = _series(tmp_path)
     (tmp_path / "t1").mkdir()
@@ -150,3 +150,61 @@ def test_stage_predict_input_dicom_mha_and_nifti(tmp_path):
     assert stage_predict_input(tmp_path / "t2", tmp_path / "unused").folder == tmp_path / "t2"
     with pytest.raises(UsageError, match="--series"):
         stage_predict_input(tmp_path / "t2", tmp_path / "unused", series_uid="1.2")
+    (tmp_path / "notes").mkdir()  # no DICOM, no NIfTI: left to vadice.predict's own checks
+    (tmp_path / "notes/readme.txt").write_text("x")
+    assert stage_predict_input(tmp_path / "notes", tmp_path / "unused") == StagedInput(tmp_path / "notes")
+
+
+def _fake_predict(input_dir, output_dir, model_dir, **kwargs):
+    """Stand-in for vadice.predict.predict: <case>.nii.gz = channel 0 > 500, on the input's grid."""
+    from types import SimpleNamespace
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(Path(input_dir).glob("*_0000.nii.gz")):
+        image = sitk.ReadImage(str(path))
+        lab = sitk.GetImageFromArray((sitk.GetArrayFromImage(image) > 500).astype(np.uint8))
+        lab.CopyInformation(image)
+        written.append(out / (path.name[:-len("_0000.nii.gz")] + ".nii.gz"))
+        sitk.WriteImage(lab, str(written[-1]))
+    return SimpleNamespace(written=written, skipped=[])
+
+
+def test_predict_dicom_input_writes_rtstruct_and_seg(tmp_path, monkeypatch, capsys):
+    import highdicom as hd
+
+    import vadice.predict
+
+    monkeypatch.setattr(vadice.predict, "predict", _fake_predict)
+    (tmp_path / "model").mkdir()
+    w, pix = _series(tmp_path, rot=rotation("y", 15))
+    rc = main(["predict", "-i", str(tmp_path / "mr"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "model"),
+               "--output-type", "nifti,rtstruct,seg"])
+    assert rc == 0, capsys.readouterr().err
+    assert {"SYN001.nii.gz", "RS_SYN001.dcm", "SEG_SYN001.dcm"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    rs = pydicom.dcmread(tmp_path / "out/RS_SYN001.dcm")
+    assert rs.FrameOfReferenceUID == w.frame_uid
+    ref = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == w.series_uid
+    seg = hd.seg.segread(tmp_path / "out/SEG_SYN001.dcm")
+    for k, uid in enumerate(w.sop_uids):
+        got = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid], segment_numbers=[1],
+                                                combine_segments=True, skip_overlap_checks=True)[0]
+        np.testing.assert_array_equal(got, pix[k] > 500)
+
+
+def test_predict_output_types_need_a_dicom_input(tmp_path, monkeypatch, capsys):
+    import vadice.predict
+
+    monkeypatch.setattr(vadice.predict, "predict", _fake_predict)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "nii").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5), np.float32)), str(tmp_path / "nii/a_0000.nii.gz"))
+    rc = main(["predict", "-i", str(tmp_path / "nii"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "model"),
+               "--output-type", "rtstruct"])
+    assert rc == 2 and "DICOM" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    _series(tmp_path, modality="CT")
+    rc = main(["predict", "-i", str(tmp_path / "mr"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "model")])
+    assert rc == 2 and "modality CT" in capsys.readouterr().err

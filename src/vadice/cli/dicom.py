@@ -222,7 +222,8 @@ def stage_predict_input(input_path, tmp_dir, series_uid: str | None = None) -> S
     A folder holding NIfTI files is used as it is; ``.mha`` files (a folder of
     them, or one file) are converted to ``.nii.gz`` under ``tmp_dir`` keeping
     their names (so ``_0000`` channel suffixes still work); any other folder
-    is read as one DICOM MR series and staged as ``<PatientID>_0000.nii.gz``.
+    holding DICOM files is read as one DICOM MR series and staged as
+    ``<PatientID>_0000.nii.gz``; anything else is passed through unchanged.
 
     Args:
       input_path: ``-i`` of ``vadice predict``.
@@ -255,6 +256,12 @@ def stage_predict_input(input_path, tmp_dir, series_uid: str | None = None) -> S
         for path in mha:
             write_sitk(read_mha(path), tmp_dir / (path.stem + ".nii.gz"))
         return StagedInput(tmp_dir)
+    from pydicom.misc import is_dicom
+
+    if not any(p.is_file() and is_dicom(p) for p in input_path.rglob("*")):
+        if series_uid:
+            raise UsageError("--series applies to a DICOM folder input only")
+        return StagedInput(input_path)  # no DICOM at all: vadice.predict names what is wrong with the folder
     from vadice.dicom.series import read_series
 
     series = read_series(input_path, series_uid)

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Rerunning the same command after an interruption predicts only the missing cases.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-i", "--input", required=True, metavar="IN_DIR", help="folder of NIfTI images")
+    p.add_argument("-i", "--input", required=True, metavar="IN_DIR",
+                   help="folder of NIfTI or .mha images, or a folder with a DICOM MR series")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for label maps and overlays")
     p.add_argument("-m", "--model", required=True, metavar="MODEL_DIR",
                    help="trained model folder (Trainer__Plans__configuration) or an experiment run folder with --setup")
@@ -41,18 +42,40 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "about 6x faster on a CPU (docs/experiment.md), usually slightly less accurate")
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in OUT_DIR that vadice predict did not write with these settings")
+    # DICOM / .mha input and DICOM outputs (vadice.cli.dicom, docs/clinic.md); -m also takes a model zip.
+    p.add_argument("--output-type", default="nifti",
+                   help="comma-separated nifti,rtstruct,seg (default nifti; rtstruct/seg need a DICOM series "
+                        "as -i; the NIfTI label map is always written)")
+    p.add_argument("--series", metavar="UID", help="with a DICOM folder holding several series: which one")
     add_device(p, default="cpu")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import tempfile
+
+    from vadice.cli import UsageError
+    from vadice.cli.dicom import parse_output_types, resolve_model, stage_predict_input, write_dicom_outputs
     from vadice.experiment import model_dir_from
     from vadice.predict import predict
 
-    model = model_dir_from(args.model, args.setup, args.seed)
-    result = predict(args.input, args.output, model, folds=parse_folds(args.folds), device=args.device,
-                     overlays=not args.no_overlays, checkpoint=args.checkpoint, progress=not args.quiet,
-                     tta=not args.disable_tta, overwrite=args.overwrite)
+    types = parse_output_types(args.output_type)
+    is_zip = str(args.model).lower().endswith(".zip")
+    model = resolve_model(args.model) if is_zip else model_dir_from(args.model, args.setup, args.seed)
+    with tempfile.TemporaryDirectory(prefix="vadice-input-") as tmp:
+        staged = stage_predict_input(args.input, tmp, args.series)  # a DICOM folder or .mha -> NIfTI
+        if staged.series is None and set(types) - {"nifti"}:
+            raise UsageError("--output-type rtstruct/seg needs a DICOM MR series folder as -i")
+        result = predict(staged.folder, args.output, model, folds=parse_folds(args.folds), device=args.device,
+                         overlays=not args.no_overlays, checkpoint=args.checkpoint, progress=not args.quiet,
+                         tta=not args.disable_tta, overwrite=args.overwrite)
     skipped = f" ({len(result.skipped)} already there from an earlier run)" if result.skipped else ""
     print(f"wrote {len(result.written)} label map(s) to {args.output}{skipped}")
+    if staged.series is not None and set(types) - {"nifti"}:
+        from pathlib import Path
+
+        labels = Path(args.output) / f"{staged.case}.nii.gz"
+        dicom_types = [t for t in types if t != "nifti"]
+        for path in write_dicom_outputs(staged.series, labels, args.output, staged.case, dicom_types, args.overwrite):
+            print(f"wrote {path}")
     return 0
