@@ -1,17 +1,27 @@
 #!/usr/bin/env python
 """Make the demo's shipped common-baseline checkpoint (src/vadice/demo_weights/), or export an existing run.
 
-The recipe (what `vadice demo --from-scratch` also trains, and what the shipped files were made with):
+The recipe (what the shipped files were made with; `vadice demo --from-scratch` trains its first stage):
 
     vadice synth cohort --cases 30 --seed 0 --size neck
     vadice convert cohort --task 1 --dataset-id 990 --name VadiceDemo
     vadice plan 990 --preset cpu-small          # the demo plans with fingerprint_samples=1e6 (same plans)
-    vadice train 990 --loss baseline --fold 0 --preset cpu-small --device cpu \\
+    vadice train 990 --loss baseline --fold 0 --preset cpu-small --device cpu \
         --iterations 1500 --epochs 30 --val-iterations 5 --no-val-mirroring --seed 0 --threads 2
+    # then nnU-Net's own continuation (--c) to 60, then to 100 epochs of 50 iterations (two runs of this):
+    nnUNet_extTrainer=$(vadice nnunet-path) nnUNet_compile=f nnUNet_n_proc_DA=0 VADICE_EPOCHS=60 \
+        VADICE_ITERS_PER_EPOCH=50 VADICE_VAL_ITERS=5 VADICE_SEED=0 VADICE_VAL_MIRRORING=0 \
+        VADICE_TORCH_THREADS=2 nnUNetv2_train 990 3d_fullres 0 -tr nnUNetTrainerBudget -p vadiceCPUSmallPlans \
+        -device cpu --c
+
+Why stages: after 1500 iterations (30 epochs, learning rate decayed to 0) the network ranked the tumour
+highest but still gave it probabilities below 0.1 (no voxel predicted); continuing with nnU-Net's --c
+restarts the poly schedule at the continued epoch's rate, and the tumour crossed over. The staged
+schedule is kept as it was run rather than re-run as one longer schedule.
 
 Then the final checkpoint is reduced to its network weights (all that nnU-Net's -pretrained_weights
 reads), written with its SHA-256, the fold-0 training and held-out cases, the final validation Dice
-on the held-out cases, versions and the training log.
+on the held-out cases, versions and the training logs.
 
 Usage:
     .venv/bin/python bench/make_demo_weights.py --work /tmp/demo_weights          # train, then export
@@ -22,13 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-RECIPE = dict(iterations=1500, epochs=30, val_iterations=5, seed=0, threads=2)
+RECIPE = dict(iterations=1500, epochs=30, val_iterations=5, seed=0, threads=2, continued_to_epochs=(60, 100))
 
 
 def train(work: Path) -> None:
@@ -44,6 +56,15 @@ def train(work: Path) -> None:
     runner.train(DEMO_DATASET_ID, loss="baseline", fold=0, preset="cpu-small", device="cpu",
                  iterations=RECIPE["iterations"], epochs=RECIPE["epochs"], val_iterations=RECIPE["val_iterations"],
                  val_mirroring=False, seed=RECIPE["seed"], threads=RECIPE["threads"])
+    per_epoch = RECIPE["iterations"] // RECIPE["epochs"]
+    for epochs in RECIPE["continued_to_epochs"]:
+        env = {**os.environ, "nnUNet_extTrainer": str(runner.trainer_path()), "nnUNet_compile": "f",
+               "nnUNet_n_proc_DA": "0", "VADICE_EPOCHS": str(epochs), "VADICE_ITERS_PER_EPOCH": str(per_epoch),
+               "VADICE_VAL_ITERS": str(RECIPE["val_iterations"]), "VADICE_SEED": str(RECIPE["seed"]),
+               "VADICE_VAL_MIRRORING": "0", "VADICE_TORCH_THREADS": str(RECIPE["threads"])}
+        subprocess.run([str(Path(sys.executable).with_name("nnUNetv2_train")), str(DEMO_DATASET_ID), "3d_fullres", "0",
+                        "-tr", "nnUNetTrainerBudget", "-p", "vadiceCPUSmallPlans", "-device", "cpu", "--c"],
+                       env=env, check=True)
 
 
 def export(work: Path, dest: Path) -> dict:
@@ -58,11 +79,14 @@ def export(work: Path, dest: Path) -> dict:
     splits = json.loads((work / "nnUNet_preprocessed" / name / "splits_final.json").read_text())[0]
     validation = json.loads((fold_dir / "validation" / "summary.json").read_text())
     train_settings = json.loads((fold_dir / "vadice_train.json").read_text())
-    logs = sorted(fold_dir.glob("training_log_*.txt"))
+    logs = sorted(fold_dir.glob("training_log_*.txt"))  # one per stage
     dest.mkdir(parents=True, exist_ok=True)
     weights = dest / "baseline_fold0.pth"
     torch.save({"network_weights": ckpt["network_weights"]}, weights)
-    shutil.copyfile(logs[-1], dest / "baseline_fold0_training_log.txt")
+    with open(dest / "baseline_fold0_training_log.txt", "w") as fh:
+        for log in logs:
+            fh.write(f"===== {log.name}\n")
+            fh.write(log.read_text())
     info = {
         "what": "common baseline checkpoint the demo fine-tunes baseline, dual and selective-ln from",
         "cohort": {"cases": DEMO_CASES, "seed": DEMO_SEED, "size": DEMO_SIZE},
@@ -73,6 +97,10 @@ def export(work: Path, dest: Path) -> dict:
             "vadice plan 990 --preset cpu-small",
             "vadice train 990 --loss baseline --fold 0 --preset cpu-small --device cpu --iterations 1500 "
             "--epochs 30 --val-iterations 5 --no-val-mirroring --seed 0 --threads 2",
+            *[f"nnUNetv2_train 990 3d_fullres 0 -tr nnUNetTrainerBudget -p vadiceCPUSmallPlans -device cpu --c "
+              f"(VADICE_EPOCHS={e}, VADICE_ITERS_PER_EPOCH=50, VADICE_VAL_ITERS=5, VADICE_SEED=0, "
+              "VADICE_VAL_MIRRORING=0, VADICE_TORCH_THREADS=2, nnUNet_n_proc_DA=0, nnUNet_compile=f)"
+              for e in RECIPE["continued_to_epochs"]],
             "python bench/make_demo_weights.py --work WORK --export-only",
         ],
         "train_settings": train_settings,

@@ -49,10 +49,10 @@ def test_every_setup_starts_from_the_one_warm_start_checkpoint(demo_run):
     for unit in units:
         info = json.loads(unit.read_text())
         assert info["warm_start_sha256"] == warm_sha
-        assert f"-pretrained_weights {warm[0]}" in info["command"]
+        assert f"VADICE_WARM_START={warm[0]}" in info["command"]
         log = (out / "run" / "logs" / unit.name.replace(".json", ".log")).read_text()
-        # nnU-Net's own loader reports the file it read: the weights really went in.
-        assert "Loading pretrained weights from file" in log and str(warm[0]) in log
+        # The trainer's own log line, written after load_state_dict(strict=True): the weights really went in.
+        assert f"vadice warm start: all network weights from {warm[0]}" in log
 
 
 def test_predictions_are_fold_0_held_out_cases(demo_run):

@@ -75,7 +75,7 @@ class ExperimentSettings:
     val_mirroring: bool = True
     num_gpus: int = 1
     # A common warm start: per fold and seed, one baseline phase of this many iterations that every
-    # set-up then continues from (nnU-Net's -pretrained_weights). None: each set-up trains from scratch.
+    # set-up then continues from (all its network weights). None: each set-up trains from scratch.
     warm_start_iterations: int | None = None
     warm_start_epochs: int | None = None
     # Or a common warm start from a checkpoint made beforehand (single fold only: the checkpoint must not
@@ -216,7 +216,7 @@ class Experiment:
                 seed=unit.seed, resume=True, num_gpus=self.settings.num_gpus,
                 results_dir=self.results_root(unit.seed),
                 log_file=self.run_dir / "logs" / f"{unit.key}.log", progress=self.progress,
-                pretrained_weights=warm,
+                warm_start=warm,
             )
             validation = Path(result.fold_dir) / "validation"
             preds = sorted(validation.glob("*.nii.gz"))
@@ -229,7 +229,7 @@ class Experiment:
                 "model_dir": str(result.model_dir), "fold_dir": str(result.fold_dir),
                 "checkpoint": str(result.checkpoint), "checkpoint_sha256": sha256_file(result.checkpoint),
                 "cases": [strip_nifti_suffix(p.name) for p in preds], "command": result.command,
-                "warm_start_sha256": result.settings.get("pretrained_sha256"),
+                "warm_start_sha256": result.settings.get("warm_start_sha256"),
             }
             write_text(self.marker(unit), json.dumps(info, indent=2))
             done_now.append(unit)

@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cohort and training seed (the shipped checkpoint serves seed 0 and 30 cases; other "
                         "cohorts train their common baseline here)")
     d.add_argument("--from-scratch", action="store_true",
-                   help="train the common baseline phase here (1500 iterations: most of an hour on 2 cores) "
+                   help="train the common baseline phase here (5000 iterations: about 35 min on 2 quiet cores) "
                         "instead of starting from the shipped checkpoint (vadice/demo_weights)")
     d.set_defaults(func=run_demo)
 

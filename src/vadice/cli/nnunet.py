@@ -124,9 +124,10 @@ def register(subparsers) -> None:
                    help="nnU-Net multi-GPU (DDP) training on G GPUs (-num_gpus)")
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="torch CPU threads for training (default: nnU-Net's, one per core; use 1 on a busy machine)")
-    p.add_argument("--pretrained-weights", metavar="CHECKPOINT",
-                   help="start from this nnU-Net checkpoint (nnU-Net's -pretrained_weights: all weights but the "
-                        "final 1x1 segmentation layers; e.g. the demo's src/vadice/demo_weights/baseline_fold0.pth)")
+    p.add_argument("--warm-start", metavar="CHECKPOINT",
+                   help="start from this nnU-Net checkpoint's network weights, segmentation heads included, with "
+                        "a fresh optimiser and schedule (e.g. the demo's common baseline, "
+                        "src/vadice/demo_weights/baseline_fold0.pth)")
     p.add_argument("--log", metavar="FILE", help="training log (default <fold folder>/vadice_train.log)")
     _add_roots(p, ("raw", "preprocessed", "results"))
     p.set_defaults(func=cmd_train)
@@ -170,7 +171,7 @@ def cmd_train(args) -> int:
             val_mirroring=not args.no_val_mirroring,
             resume=args.resume, num_gpus=args.num_gpus, results_dir=args.results, log_file=args.log,
             progress=not args.quiet, echo=args.verbose, raw=args.raw, preprocessed=args.preprocessed,
-            threads=args.threads, pretrained_weights=args.pretrained_weights)
+            threads=args.threads, warm_start=args.warm_start)
     except runner.NNUNetError as exc:
         print(f"vadice train: error: {exc}", file=sys.stderr)
         return 1

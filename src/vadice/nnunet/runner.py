@@ -52,7 +52,8 @@ PLAN_STATE_FILE = "vadice_plan_state.json"
 TRAIN_SETTINGS_FILE = "vadice_train.json"
 SPLITS_FILE = "splits_final.json"  # nnU-Net's cross-validation folds, in the preprocessed dataset folder
 DEFAULT_FOLDS = 5  # nnU-Net's split when no splits file exists yet
-BUDGET_ENV = ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED", "VADICE_VAL_MIRRORING")
+BUDGET_ENV = ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED", "VADICE_VAL_MIRRORING",
+              "VADICE_WARM_START")
 
 _PATH_VARS = {"raw": "nnUNet_raw", "preprocessed": "nnUNet_preprocessed", "results": "nnUNet_results"}
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_\S+$")
@@ -616,8 +617,7 @@ def _started(fold_dir: Path) -> bool:
 
 
 def plain_command(ref: DatasetRef, trainer: str, plans_identifier: str, fold, device: str, num_gpus: int,
-                  resume: bool, env: dict[str, str], configuration: str = CONFIGURATION,
-                  pretrained_weights=None) -> str:
+                  resume: bool, env: dict[str, str], configuration: str = CONFIGURATION) -> str:
     """The ``nnUNetv2_train`` command line (with its environment) equivalent to a :func:`train` call."""
     names = ["nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"]
     if trainer != BASELINE_TRAINER:
@@ -632,8 +632,6 @@ def plain_command(ref: DatasetRef, trainer: str, plans_identifier: str, fold, de
         words += ["-num_gpus", str(num_gpus)]
     if resume:
         words.append("--c")
-    elif pretrained_weights is not None:
-        words += ["-pretrained_weights", shlex.quote(str(pretrained_weights))]
     return " ".join(words)
 
 
@@ -642,7 +640,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
           seed: int | None = None, resume: bool = False, num_gpus: int = 1, results_dir=None,
           log_file=None, progress: bool = True, echo: bool = False, *, raw=None,
           preprocessed=None, threads: int | None = None, val_mirroring: bool = True,
-          pretrained_weights=None) -> TrainResult:
+          warm_start=None) -> TrainResult:
     """Train one set-up and fold through nnU-Net's own ``nnUNetv2_train`` entry point.
 
     The trainer is nnU-Net's ``nnUNetTrainer`` for the baseline without a budget,
@@ -673,6 +671,10 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
             core); 1 is much faster on a machine shared with other jobs. A trainer option
             (``VADICE_TORCH_THREADS``) of vadice's trainers: with it, the baseline runs
             ``nnUNetTrainerBudget`` (nnU-Net's trainer, loss untouched).
+        warm_start: an nnU-Net checkpoint whose network weights (segmentation heads included)
+            a new training starts from, with a fresh optimiser and schedule (our trainers'
+            ``VADICE_WARM_START``; the baseline then runs as nnUNetTrainerBudget). Recorded by
+            SHA-256 in ``vadice_train.json``; a resumed run continues from its own checkpoint.
 
     Returns:
         TrainResult.
@@ -692,6 +694,11 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
         else:
             raise InputError(None, f"fold must be a non-negative integer or 'all', got {fold!r}")
     budget = budget_env(iterations, epochs, val_iterations, seed, val_mirroring)
+    if warm_start is not None:
+        warm_start = Path(warm_start).resolve()
+        if not warm_start.is_file():
+            raise InputError(warm_start, "warm start: no such checkpoint file")
+        budget["VADICE_WARM_START"] = str(warm_start)
     threads = _positive("threads", threads)
     trainer = _trainer_for(loss, bool(budget) or threads is not None)
     if not isinstance(num_gpus, int) or isinstance(num_gpus, bool):
@@ -723,18 +730,15 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     log_path = Path(log_file) if log_file is not None else fold_dir / "vadice_train.log"
     settings = {"trainer": trainer, "plans": spec.plans_identifier, "plans_sha256": sha256_file(plans_file),
                 "configuration": CONFIGURATION, "fold": fold, "budget": budget}
-    if pretrained_weights is not None:
-        pretrained_weights = Path(pretrained_weights).resolve()
-        if not pretrained_weights.is_file():
-            raise InputError(pretrained_weights, "pretrained weights: no such checkpoint file")
-        settings["pretrained_sha256"] = sha256_file(pretrained_weights)
+    if warm_start is not None:
+        # The path may differ between machines; the content defines the run.
+        settings["budget"] = {k: v for k, v in budget.items() if k != "VADICE_WARM_START"}
+        settings["warm_start_sha256"] = sha256_file(warm_start)
     env = build_env(ref.paths, device, budget)
     env.pop(THREADS_ENV, None)
     if threads is not None:
         env[THREADS_ENV] = str(threads)
-    command = plain_command(ref, trainer, spec.plans_identifier, fold, device, num_gpus,
-                            resume and (pretrained_weights is None or _started(fold_dir)), env,
-                            pretrained_weights=pretrained_weights)
+    command = plain_command(ref, trainer, spec.plans_identifier, fold, device, num_gpus, resume, env)
 
     recorded_path = fold_dir / TRAIN_SETTINGS_FILE
     recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else None
@@ -759,12 +763,8 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
             "-p", spec.plans_identifier, "-device", device]
     if num_gpus > 1:
         argv += ["-num_gpus", str(num_gpus)]
-    # nnU-Net refuses --c together with -pretrained_weights: a started run continues from its own
-    # checkpoint, a new one starts from the pretrained weights.
-    if resume and (pretrained_weights is None or _started(fold_dir)):
+    if resume:
         argv.append("--c")
-    elif pretrained_weights is not None:
-        argv += ["-pretrained_weights", str(pretrained_weights)]
     total_epochs = int(budget.get("VADICE_EPOCHS", 1000))  # nnU-Net's default schedule: 1000 epochs
     log.info("training %s fold %s with %s; nnU-Net's output: %s", ref.name, fold, trainer, log_path)
     log.debug("equivalent plain nnU-Net command:\n  %s", command)  # the caller prints it with the result

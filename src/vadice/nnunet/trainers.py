@@ -16,7 +16,9 @@ must pickle into data-loader workers live in :mod:`vadice.nnunet.instances`.
 Environment (read in ``__init__``; unset means nnU-Net's default):
 ``VADICE_EPOCHS``, ``VADICE_ITERS_PER_EPOCH``, ``VADICE_VAL_ITERS``,
 ``VADICE_SEED``, ``VADICE_VAL_MIRRORING``, ``VADICE_TORCH_THREADS`` (torch
-CPU threads of the training process; CPU devices only).
+CPU threads of the training process; CPU devices only), ``VADICE_WARM_START`` (an
+nnU-Net checkpoint whose network weights, segmentation heads included, a new
+training starts from; read in ``initialize``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ ENV_VAL_ITERS = "VADICE_VAL_ITERS"
 ENV_SEED = "VADICE_SEED"
 ENV_VAL_MIRRORING = "VADICE_VAL_MIRRORING"
 ENV_VA_CONFIG = "VADICE_VA_CONFIG"
+ENV_WARM_START = "VADICE_WARM_START"
 OPTIONS_FILE = "vadice_va.json"       # next to the plans, read by nnUNetTrainerVA
 PROVENANCE_FILE = "vadice_va.json"    # in the fold's output folder, written by every VA trainer
 
@@ -107,6 +110,31 @@ class nnUNetTrainerBudget(nnUNetTrainer):
             f"vadice schedule: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, "
             f"{self.num_val_iterations_per_epoch} validation iterations, seed {seed}"
             + ("" if self.vadice_val_mirroring else ", final validation without test-time mirroring"))
+
+    def initialize(self):
+        super().initialize()
+        path = os.environ.get(ENV_WARM_START, "").strip()
+        if path:
+            self._load_warm_start(Path(path))
+
+    def _load_warm_start(self, path: Path) -> None:
+        """Every network weight from ``path`` (segmentation heads included), optimiser and schedule fresh.
+
+        nnU-Net's own ``-pretrained_weights`` re-initialises the final 1x1 segmentation layers (it is
+        meant for transfer between label sets); a common baseline that several set-ups continue from
+        must keep them, or each set-up would first relearn its output layer. A resumed run (``--c``)
+        loads its own checkpoint after this and so continues from where it stopped.
+        """
+        if not path.is_file():
+            raise FileNotFoundError(f"{ENV_WARM_START}={path}: no such checkpoint file")
+        saved = torch.load(path, map_location=self.device, weights_only=False)
+        weights = saved.get("network_weights") if isinstance(saved, dict) else None
+        if weights is None:
+            raise ValueError(f"{ENV_WARM_START}={path}: not an nnU-Net checkpoint (no 'network_weights')")
+        net = self.network.module if self.is_ddp else self.network
+        net = getattr(net, "_orig_mod", net)  # torch.compile wraps the module
+        net.load_state_dict(weights, strict=True)  # another architecture fails here, naming the keys
+        self.print_to_log_file(f"vadice warm start: all network weights from {path}")
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.vadice_val_mirroring:
