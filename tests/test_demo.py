@@ -78,3 +78,35 @@ def test_report_says_fine_tuned_from_a_common_baseline(demo_run):
     html = report.read_text()
     assert "Fine-tuned from a common baseline" in html
     assert "not ResEnc M" in html
+
+
+def test_the_shipped_checkpoint_fits_todays_demo_plans(tmp_path):
+    """The real demo cohort with the shipped weights and a 2-iteration phase per set-up.
+
+    Fails when the planner or the cohort generator drifts from what the shipped checkpoint was made
+    with (the strict load names the mismatching weights), when its bytes do not match its recorded
+    SHA-256, or when nnU-Net's split would hold out a case the checkpoint was trained on.
+    """
+    import os
+
+    from vadice.demo import DEMO_CASES, PROVENANCE_FILE, WEIGHTS_FILE, run_demo
+
+    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    saved = {k: os.environ.get(k) for k in names}
+    try:
+        out = tmp_path / "demo_out"
+        run_demo(out, iterations=2, progress=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    sha = sha256_file(WEIGHTS_FILE)
+    assert sha == json.loads(PROVENANCE_FILE.read_text())["sha256"]
+    units = sorted((out / "run" / "units").glob("*.json"))
+    assert len(units) == 3 and all(json.loads(u.read_text())["warm_start_sha256"] == sha for u in units)
+    assert not (out / "run" / "warm_start").exists()  # nothing trained from scratch
+    splits = json.loads((out / "nnUNet_preprocessed" / "Dataset990_VadiceDemo" / "splits_final.json").read_text())
+    assert sorted(splits[0]["val"]) == json.loads(PROVENANCE_FILE.read_text())["held_out_cases"]
+    assert len(json.loads((out / "cohort" / "cohort.json").read_text())["cases"]) == DEMO_CASES
