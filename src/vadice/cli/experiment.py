@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", metavar="HTML", help="output file (default RUN_DIR/report.html)")
     r.set_defaults(func=run_report)
 
-    d = sub.add_parser("demo", help="the whole pipeline on a small synthetic cohort, on the CPU (about 10 min on 2 cores)",
+    d = sub.add_parser("demo", help="the whole pipeline on a small synthetic cohort, on the CPU (about 5 min on 2 cores)",
                        description="Synthetic cohort (30 cases, neck grid) -> Task 1 conversion -> cpu-small plan "
                        "-> baseline, dual and selective-ln each fine-tuned on fold 0 from one common baseline "
                        "checkpoint (shipped with vadice, with the command and log that made it) -> predictions "
