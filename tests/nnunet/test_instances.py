@@ -10,7 +10,7 @@ blosc2 = pytest.importorskip("blosc2")
 pytest.importorskip("nnunetv2")
 
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 
@@ -155,6 +155,7 @@ def test_augmented_ids_are_nearest_neighbour_and_consistent_with_labels(seed, du
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), dummy_2d=st.booleans())
+@example(seed=765, dummy_2d=True)  # a lone label voxel unconnected to its lesion (found by hypothesis in CI)
 def test_every_foreground_voxel_keeps_an_id_when_structures_touch(seed, dummy_2d):
     """Strict: after rotation and scaling, no foreground voxel at any scale is left without an id."""
     lab, ids = _touching_case(seed)
@@ -204,13 +205,19 @@ def test_fill_follows_orphan_chains_and_never_takes_another_labels_id(shape):
     # labels:  1  1  1  1  1  2  0  1      lesion 1 (label 1) at 0-1, lesion 5 (label 2) at 5
     # ids:     1  1  0  0  0  5  0  0      orphans (label > 0, id 0): 2, 3, 4 and 7
     # Voxel 4 touches lesion 5, the larger id, but of label 2: it must wait for lesion 1's id to arrive along
-    # the chain 2 -> 3 -> 4 (three rounds). Voxel 7 is connected to no label-1 lesion: it stays 0.
+    # the chain 2 -> 3 -> 4 (three rounds). Voxel 7 is connected to no label-1 lesion: it takes the id of the
+    # nearest label-1 lesion voxel (voxel 4, filled in round 3), never lesion 5's (closer, but label 2).
     labels = torch.tensor([1, 1, 1, 1, 1, 2, 0, 1], dtype=torch.int16).view(shape)
     ids = torch.tensor([1, 1, 0, 0, 0, 5, 0, 0], dtype=torch.int16).view(shape)
     lut = torch.zeros(8, dtype=torch.int16)
     lut[1], lut[5] = 1, 2
     _fill_from_neighbours(ids, labels, lut, (labels > 0) & (ids == 0))
-    assert ids.flatten().tolist() == [1, 1, 1, 1, 1, 5, 0, 0]
+    assert ids.flatten().tolist() == [1, 1, 1, 1, 1, 5, 0, 1]
+    # An orphan whose label has no lesion voxel anywhere in the patch has nothing to take: it stays 0.
+    labels = torch.tensor([2, 2, 0, 1, 0, 0, 0, 0], dtype=torch.int16).view(shape)
+    ids = torch.tensor([5, 5, 0, 0, 0, 0, 0, 0], dtype=torch.int16).view(shape)
+    _fill_from_neighbours(ids, labels, lut, (labels > 0) & (ids == 0))
+    assert ids.flatten().tolist() == [5, 5, 0, 0, 0, 0, 0, 0]
 
 
 def test_plain_crop_keeps_ids_exactly():

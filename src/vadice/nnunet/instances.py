@@ -478,9 +478,10 @@ def _fill_from_neighbours(ids: torch.Tensor, labels: torch.Tensor, lut: torch.Te
     orphan takes the largest id among its 3^n neighbours whose lesion has the
     orphan's label (so a touching lesion of another label never blocks the
     fill); filled orphans are sources for the next round, until nothing
-    changes. An orphan thus gets an id exactly when a lesion of its label is
-    connected to it through orphans of that label; orphans stay at 0 only
-    where the nearest-neighbour sampling lost the whole lesion. Orphans are a
+    changes. Orphans connected to a lesion of their label through orphans of
+    that label get its id this way; the few others take the id of the nearest
+    voxel of a lesion of their label in the patch. Orphans stay at 0 only where
+    the patch holds no voxel of any lesion of their label. Orphans are a
     thin shell, so the neighbours are gathered at the orphans only: no pass
     over the patch per round.
     """
@@ -502,6 +503,15 @@ def _fill_from_neighbours(ids: torch.Tensor, labels: torch.Tensor, lut: torch.Te
             break
         flat_ids[(coords[take] * strides).sum(1)] = cand[take].to(ids.dtype)
         coords, want = coords[~take], want[~take]
+    # What is left is not connected to a lesion of its label (e.g. a lone voxel the interpolated labels
+    # put between the tumour and a node): the nearest voxel of a lesion of that label in the patch gives
+    # the id. Such orphans are a handful per batch, so a scan per orphan costs nothing.
+    for coord, label in zip(coords.tolist(), want.tolist()):
+        channel = ids[coord[0]]
+        pos = ((lut[channel.long()] == label) & (channel > 0)).nonzero()
+        if pos.shape[0]:
+            nearest = pos[((pos - torch.tensor(coord[1:])) ** 2).sum(1).argmin()]
+            channel[tuple(coord[1:])] = channel[tuple(nearest.tolist())]
 
 
 class LesionSpatialTransform(SpatialTransform):
