@@ -96,7 +96,7 @@ def test_rerun_skips_identical_cases_and_redoes_changed_ones(small_cohort, tmp_p
     shutil.copytree(small_cohort, src)
     dataset = convert(src, 1, 44, out=tmp_path / "raw", progress=False)
     first = _mtimes(dataset)
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="vadice")  # an earlier CLI call in this process may have quietened "vadice"
     convert(src, 1, 44, out=tmp_path / "raw", progress=False)
     assert _mtimes(dataset) == first, "identical cases must not be rewritten"
     assert "unchanged" in caplog.text

@@ -124,11 +124,11 @@ def test_train_passes_options_and_prints_plain_command(monkeypatch, tmp_path, ca
     monkeypatch.setattr(runner, "train", fake_train)
     assert main(["-q", "train", "42", "--loss", "dual", "--fold", "all", "--preset", "cpu-small", "--device", "cpu",
                  "--iterations", "20", "--epochs", "2", "--val-iterations", "1", "--seed", "3", "--resume",
-                 "--no-val-mirroring", "--results", str(tmp_path / "r")]) == 0
+                 "--no-val-mirroring", "--results", str(tmp_path / "r"), "--warm-start", "w.pth"]) == 0
     assert seen == dict(dataset="42", loss="dual", fold="all", preset="cpu-small", device="cpu", iterations=20,
                         epochs=2, val_iterations=1, seed=3, resume=True, num_gpus=1, results_dir=str(tmp_path / "r"),
                         log_file=None, progress=False, echo=False, raw=None, preprocessed=None, threads=None,
-                        val_mirroring=False)
+                        val_mirroring=False, warm_start="w.pth")
     out = capsys.readouterr().out
     assert "nnUNetv2_train 42 3d_fullres 0 -tr nnUNetTrainerVADual" in out
     assert "checkpoint_final.pth" in out
