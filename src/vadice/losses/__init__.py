@@ -1,5 +1,8 @@
 """Framework-agnostic PyTorch losses (no nnunetv2 import at this layer)."""
 
+from vadice.losses.blob import BlobDiceCELoss
+from vadice.losses.catmil import CATMILLoss
+from vadice.losses.cc_dice import CCDiceCELoss, voronoi_regions
 from vadice.losses.va_dice import (
     PRESETS,
     WEIGHTINGS,
@@ -11,6 +14,9 @@ from vadice.losses.va_dice import (
 )
 
 __all__ = [
+    "BlobDiceCELoss",
+    "CATMILLoss",
+    "CCDiceCELoss",
     "PRESETS",
     "WEIGHTINGS",
     "VolumeAwareDiceCELoss",
@@ -18,4 +24,5 @@ __all__ = [
     "loss_from_preset",
     "median_lesion_volumes",
     "softmax_dim1",
+    "voronoi_regions",
 ]
