@@ -4,8 +4,10 @@ nnU-Net does the inference (``vadice.nnunet.runner.predict``); this layer checks
 the inputs first (so a bad file fails before minutes of inference, with its
 name), maps plain ``<case>.nii.gz`` inputs onto nnU-Net's channel naming,
 verifies that every output has the geometry of its input, and moves outputs
-into place atomically. No post-processing: "keep the largest component" would
-delete all but one metastatic node.
+into place atomically. No post-processing by default ("keep the largest
+component" would delete all but one metastatic node); with a fitted
+post-processing file (``vadice.postprocess``) components below a per-label
+minimum volume are removed before the label map is written.
 """
 
 from __future__ import annotations
@@ -119,12 +121,16 @@ class PredictResult:
 
 
 def prediction_settings(model_dir: str | os.PathLike, folds: Sequence[int | str], checkpoint: str,
-                        tta: bool) -> dict:
-    """What makes two predict runs interchangeable: model, checkpoints (by content), folds, mirroring."""
+                        tta: bool, postprocessing: str | os.PathLike | None = None) -> dict:
+    """What makes two predict runs interchangeable: model, checkpoints (by content), folds, mirroring,
+    and the post-processing file (by content) when there is one."""
     model_dir = Path(model_dir).resolve()
-    return {"model_dir": str(model_dir), "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-            "checkpoint_sha256": [sha256_file(model_dir / f"fold_{f}" / checkpoint) for f in folds],
-            "tta": bool(tta)}
+    settings = {"model_dir": str(model_dir), "folds": [str(f) for f in folds], "checkpoint": checkpoint,
+                "checkpoint_sha256": [sha256_file(model_dir / f"fold_{f}" / checkpoint) for f in folds],
+                "tta": bool(tta)}
+    if postprocessing is not None:  # absent otherwise, so that earlier records still match
+        settings["postprocessing_sha256"] = sha256_file(postprocessing)
+    return settings
 
 
 def output_names(case: str, overlays: bool) -> tuple[str, ...]:
@@ -212,6 +218,7 @@ def predict(
     progress: bool = True,
     tta: bool = True,
     overwrite: bool = False,
+    postprocessing: str | os.PathLike | None = None,
 ) -> PredictResult:
     """Segment every case of ``input_dir`` with a trained model, one case at a time.
 
@@ -234,13 +241,17 @@ def predict(
       progress: log "case k of n" lines with an estimate of the time left.
       tta: nnU-Net's test-time mirroring (up to 8 network passes per tile).
       overwrite: replace output files written by someone else or with other settings.
+      postprocessing: a post-processing file (``vadice postprocess fit``): remove
+        components below its per-label minimum volumes. Refused for cases it was
+        fitted on.
 
     Returns:
       PredictResult: label maps written now, and those skipped as already done.
 
     Raises:
       InputError: bad inputs, model folder or output path; an output file this
-        tool did not write with these settings (without ``overwrite``).
+        tool did not write with these settings (without ``overwrite``); a bad
+        post-processing file, or one fitted on an input case.
     """
     from vadice.nnunet import runner  # heavy: imports torch and nnunetv2
 
@@ -251,7 +262,17 @@ def predict(
         if not (fold_dir / checkpoint).is_file():
             raise InputError(fold_dir / checkpoint, "checkpoint not found (training unfinished or wrong --folds)")
     cases = collect_inputs(input_dir, n_channels)
-    settings = prediction_settings(model_dir, folds, checkpoint, tta)
+    pp = None
+    if postprocessing is not None:  # checked before minutes of inference, like the inputs
+        from vadice.postprocess import load_postprocessing
+
+        pp = load_postprocessing(postprocessing)
+        pp.refuse_seen([c.case for c in cases], postprocessing)
+        fitted_for = pp.source.get("model_dir")
+        if fitted_for and Path(fitted_for).resolve() != Path(model_dir).resolve():
+            # Legal (e.g. a model copied elsewhere) but worth a line: minimum volumes suit the model they were fitted on.
+            log.warning("%s was fitted on predictions of %s, not of %s", postprocessing, fitted_for, model_dir)
+    settings = prediction_settings(model_dir, folds, checkpoint, tta, postprocessing)
     created = not output_dir.exists()
     todo, done, manifest = plan_cases(cases, output_dir, settings, overlays, overwrite)
     if done:
@@ -266,7 +287,8 @@ def predict(
                        f", about {_duration((time.monotonic() - start) / (k - 1) * (len(todo) - k + 1))} left")
                 log.info("case %d of %d: %s%s", k, len(todo), item.case, eta)
             written.append(_predict_case(runner, item, inputs, output_dir, model_dir, manifest, folds=folds,
-                                         device=device, overlays=overlays, checkpoint=checkpoint, tta=tta))
+                                         device=device, overlays=overlays, checkpoint=checkpoint, tta=tta,
+                                         postprocessing=pp))
     except BaseException:
         if created and not written:  # nothing finished: leave no folder behind
             shutil.rmtree(output_dir, ignore_errors=True)
@@ -276,7 +298,7 @@ def predict(
 
 
 def _predict_case(runner, item: CaseInput, inputs: list[str], output_dir: Path, model_dir, manifest: dict, *,
-                  folds, device: str, overlays: bool, checkpoint: str, tta: bool) -> Path:
+                  folds, device: str, overlays: bool, checkpoint: str, tta: bool, postprocessing=None) -> Path:
     """Predict one case into a private temporary folder, record it, then move its files into place."""
     with tempfile.TemporaryDirectory(prefix=".vadice-predict-", dir=output_dir) as tmp:
         staged, raw_out, ready = Path(tmp) / "in", Path(tmp) / "out", Path(tmp) / "ready"
@@ -299,6 +321,10 @@ def _predict_case(runner, item: CaseInput, inputs: list[str], output_dir: Path, 
         image, ref = read_nifti(item.channels[0])
         if diffs := ref.differences(geom, atol=1e-3):
             raise InputError(produced, "prediction geometry differs from input: " + "; ".join(diffs))
+        if postprocessing is not None:
+            from vadice.postprocess import apply_to_file
+
+            labels = apply_to_file(postprocessing, produced, produced)
         names = output_names(item.case, overlays)
         os.replace(produced, ready / names[0])
         if overlays:

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "vadice.cli.data",        # synth, convert, stats
     "vadice.cli.nnunet",      # nnunet-path, plan, train
     "vadice.cli.predict",     # predict
+    "vadice.cli.postprocess",  # postprocess fit, postprocess apply
     "vadice.cli.evaluate",    # evaluate, compare
     "vadice.cli.experiment",  # experiment, report, demo
     "vadice.cli.dicom",       # import-rtstruct, export-rtstruct, gc-predict, export-model

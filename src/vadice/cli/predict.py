@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Segment every case of IN_DIR with a trained nnU-Net model. Inputs are <case>_0000.nii.gz\n"
         "(... _000N for multi-channel models) or plain <case>.nii.gz for one-channel models. Outputs\n"
         "<case>.nii.gz with the input's exact size, spacing, origin and direction, and <case>_overlay.png\n"
-        "(GTVp/GTVn contours on the slice of largest tumour burden). No component is ever removed.\n"
+        "(GTVp/GTVn contours on the slice of largest tumour burden). No component is removed unless\n"
+        "--postprocessing names a fitted file (small components below its per-label minimum volumes).\n"
         "Each finished case is moved into OUT_DIR and recorded in OUT_DIR/.vadice_predict.json: an\n"
         "interrupted run keeps its finished cases, and rerunning it with the same settings predicts only\n"
         "the missing ones. A file in OUT_DIR that vadice predict did not write with these settings is\n"
@@ -42,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "about 6x faster on a CPU (docs/experiment.md), usually slightly less accurate")
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in OUT_DIR that vadice predict did not write with these settings")
+    p.add_argument("--postprocessing", metavar="PP_JSON",
+                   help="remove components below the per-label minimum volumes of this file (`vadice postprocess "
+                        "fit`, docs/postprocessing.md); refused for the cases it was fitted on")
     # DICOM / .mha input and DICOM outputs (vadice.cli.dicom, docs/clinic.md); -m also takes a model zip.
     p.add_argument("--output-type", default="nifti",
                    help="comma-separated nifti,rtstruct,seg (default nifti; rtstruct/seg need a DICOM series "
@@ -68,7 +72,7 @@ def run(args) -> int:
             raise UsageError("--output-type rtstruct/seg needs a DICOM MR series folder as -i")
         result = predict(staged.folder, args.output, model, folds=parse_folds(args.folds), device=args.device,
                          overlays=not args.no_overlays, checkpoint=args.checkpoint, progress=not args.quiet,
-                         tta=not args.disable_tta, overwrite=args.overwrite)
+                         tta=not args.disable_tta, overwrite=args.overwrite, postprocessing=args.postprocessing)
     skipped = f" ({len(result.skipped)} already there from an earlier run)" if result.skipped else ""
     print(f"wrote {len(result.written)} label map(s) to {args.output}{skipped}")
     if staged.series is not None and set(types) - {"nifti"}:
