@@ -175,8 +175,21 @@ class PostProcessing:
             "match": self.match,
             "fitted_on": {"n_cases": len(self.cases), "cases": list(self.cases)},
             "source": dict(self.source),
-            "details": self.details,
+            "details": _strict_json(self.details),
         }
+
+
+def _strict_json(obj):
+    """NaN/inf -> None (an undefined precision, say), NumPy scalars -> Python, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 def save_postprocessing(pp: PostProcessing, path: str | os.PathLike) -> Path:
