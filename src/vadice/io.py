@@ -1,4 +1,4 @@
-"""Safe NIfTI input/output.
+"""Safe NIfTI (and MetaImage) input/output.
 
 Reading goes through nibabel rather than SimpleITK because SimpleITK silently
 zero-fills a truncated ``.nii.gz`` and turns NaN voxels into 0 (see
@@ -6,6 +6,9 @@ docs/data.md); nibabel raises on truncation and keeps NaN, so one read gives
 both the data and an integrity check. Writing goes through SimpleITK, which
 keeps the ITK geometry (spacing, origin, direction) that planning systems and
 nnU-Net expect, and always lands atomically (temporary name, then rename).
+
+MetaImage (``.mha``, the HNTS-MRG container format) is read with SimpleITK,
+which does raise on a truncated ``.mha`` (checked), so the same guarantees hold.
 
 Arrays are returned in (z, y, x) order; :class:`Geometry` keeps ITK's (x, y, z)
 order and offers ``spacing_zyx`` for array-order work.
@@ -29,6 +32,8 @@ import numpy as np
 import SimpleITK as sitk
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+METAIMAGE_SUFFIXES = (".mha",)
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + METAIMAGE_SUFFIXES
 
 # Matches the tolerance nnU-Net's own integrity check uses for spacing/origin/direction.
 GEOMETRY_ATOL = 1e-4
@@ -122,6 +127,16 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).endswith(NIFTI_SUFFIXES)
 
 
+def is_metaimage(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(METAIMAGE_SUFFIXES)
+
+
+def image_suffix(path: str | os.PathLike) -> str | None:
+    """The image suffix of ``path`` (``.nii.gz``, ``.nii`` or ``.mha``), or None."""
+    name = str(path)
+    return next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
+
+
 def strip_nifti_suffix(name: str) -> str:
     for suffix in NIFTI_SUFFIXES:
         if name.endswith(suffix):
@@ -174,6 +189,52 @@ def read_nifti(path: str | os.PathLike, *, check_finite: bool = True) -> tuple[n
         raise InputError(path, f"{bad} non-finite voxels (NaN/Inf)")
     # nibabel gives (x, y, z) in Fortran order; the transpose is a C-contiguous (z, y, x) view.
     return data.T, _geometry_from_nibabel(img)
+
+
+def read_mha(path: str | os.PathLike, *, check_finite: bool = True) -> sitk.Image:
+    """Read a 3-D scalar MetaImage (``.mha``) and check its voxels are finite.
+
+    Raises:
+      InputError: missing, unreadable or truncated, not 3-D scalar, or non-finite voxels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found" if not path.exists() else "not a regular file")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        # For an existing file whose data block is short or corrupt, ITK says "File cannot be read ...
+        # No such file or directory" (the detail goes to the C stderr only): say what it means instead.
+        detail = " ".join(str(exc).split())
+        if "cannot be read" in detail:
+            raise InputError(path, "truncated or corrupt MetaImage (ITK could not read its header or voxel "
+                                   "data)") from None
+        raise InputError(path, f"unreadable image ({detail[-160:]})") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"expected a 3-D scalar image, got {image.GetDimension()}-D with "
+                         f"{image.GetNumberOfComponentsPerPixel()} component(s)")
+    array = sitk.GetArrayViewFromImage(image)
+    if check_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise InputError(path, f"{bad} non-finite voxels (NaN/Inf)")
+    return image
+
+
+def read_image(path: str | os.PathLike, *, check_finite: bool = True) -> tuple[np.ndarray, Geometry]:
+    """Read a 3-D NIfTI (:func:`read_nifti`) or MetaImage (:func:`read_mha`) file, by its suffix.
+
+    Returns:
+      ``(array, geometry)``, array in (z, y, x) order with the file's dtype.
+
+    Raises:
+      InputError: as :func:`read_nifti` / :func:`read_mha`; a suffix that is neither.
+    """
+    if is_metaimage(path):
+        image = read_mha(path, check_finite=check_finite)
+        return sitk.GetArrayFromImage(image), Geometry.of_sitk(image)
+    if not is_nifti(path):
+        raise InputError(path, "not a NIfTI or MetaImage file (expected .nii.gz, .nii or .mha)")
+    return read_nifti(path, check_finite=check_finite)
 
 
 def read_geometry(path: str | os.PathLike) -> Geometry:

@@ -237,8 +237,7 @@ def stage_predict_input(input_path, tmp_dir, series_uid: str | None = None) -> S
       InputError: unreadable inputs (see vadice.dicom.series.read_series).
       UsageError: ``--series`` with a non-DICOM input.
     """
-    from vadice.dicom.container import read_mha
-    from vadice.io import InputError, is_nifti, write_nifti, write_sitk
+    from vadice.io import InputError, is_nifti, read_mha, write_nifti, write_sitk
 
     input_path, tmp_dir = Path(input_path), Path(tmp_dir)
     if not input_path.exists():

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vadice.data.hntsmrg import FILE_ENDING, LABELS, discover, source_files
+from vadice.data.hntsmrg import ALT_ENDING, FILE_ENDING, LABELS, discover, file_ending, source_files
 from vadice.data.validate import read_checked_mask
 from vadice.io import InputError, write_bytes, write_text
 from vadice.lesions import check_connectivity, label_lesions
@@ -47,12 +47,13 @@ def find_masks(path: str | os.PathLike) -> tuple[str, dict[str, list[tuple[str, 
         raise InputError(path, "not a folder (expected an HNTS-MRG folder or an nnU-Net dataset folder)")
     labels_tr = path / "labelsTr"
     if labels_tr.is_dir():
-        files = sorted(p for p in labels_tr.iterdir() if p.name.endswith(FILE_ENDING) and not p.name.startswith("."))
+        files = sorted(p for p in labels_tr.iterdir()
+                       if p.name.endswith((FILE_ENDING, ALT_ENDING)) and not p.name.startswith("."))
         if not files:
-            raise InputError(labels_tr, f"no {FILE_ENDING} label files")
+            raise InputError(labels_tr, f"no {FILE_ENDING} or {ALT_ENDING} label files")
         groups: dict[str, list[tuple[str, Path]]] = {}
         for p in files:
-            case = p.name[: -len(FILE_ENDING)]
+            case = p.name[: -len(file_ending(p))]
             tp = next((t for t in _SOURCE_GROUPS if case.endswith("_" + t)), "labelsTr")
             groups.setdefault(tp, []).append((case, p))
         if "labelsTr" in groups and len(groups) > 1:  # mixed naming: keep one group
@@ -61,9 +62,10 @@ def find_masks(path: str | os.PathLike) -> tuple[str, dict[str, list[tuple[str, 
     if (path / "preRT").is_dir() or (path / "midRT").is_dir():  # one case folder, e.g. <id>/
         groups = {}
         for tp in _SOURCE_GROUPS:
-            found = sorted((path / tp).glob(f"*_{tp}_mask{FILE_ENDING}")) if (path / tp).is_dir() else []
+            found = sorted(p for ending in (FILE_ENDING, ALT_ENDING) for p in (path / tp).glob(f"*_{tp}_mask{ending}")
+                           ) if (path / tp).is_dir() else []
             if found:
-                groups[tp] = [(p.name[: -len(f"_{tp}_mask{FILE_ENDING}")], p) for p in found]
+                groups[tp] = [(p.name[: -len(f"_{tp}_mask{file_ending(p)}")], p) for p in found]
         if not groups:
             raise InputError(path, "no <id>_preRT_mask.nii.gz / <id>_midRT_mask.nii.gz in preRT/ or midRT/")
         return "hntsmrg-case", groups

@@ -6,7 +6,12 @@ Source layout (one folder per patient, integer ids)::
     SRC/<id>/midRT/<id>_midRT_T2.nii.gz, <id>_midRT_mask.nii.gz,
                    <id>_preRT_T2_registered.nii.gz, <id>_preRT_mask_registered.nii.gz
 
-Every case is validated in full before anything is written. Validated files
+Any file may be a MetaImage instead (``.mha``, the challenge's container format). The dataset is always
+NIfTI (``.nii.gz``, the one format the rest of vadice and the experiment's folders use): NIfTI sources are
+copied byte for byte, MetaImage sources are read (with the same checks) and written as NIfTI with their
+geometry.
+
+Every case is validated in full before anything is written. Validated NIfTI files
 are copied byte for byte (so the geometry of every written file is the
 source's), each to a temporary name and then renamed. A manifest in the
 dataset folder records the content hash of every source file, so a re-run
@@ -28,7 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vadice.data.validate import InvalidInputs, check_image, check_mask, check_same_grid
-from vadice.io import InputError, copy_file, sha256_file, write_text
+from vadice.io import InputError, copy_file, read_mha, sha256_file, write_sitk, write_text
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ SOURCE_FILES = {
 MASK_KEYS = {"preRT_mask", "midRT_mask", "preRT_mask_registered"}
 LABELS = {"background": 0, "GTVp": 1, "GTVn": 2}
 FILE_ENDING = ".nii.gz"
+ALT_ENDING = ".mha"  # the same file as a MetaImage
 MANIFEST = "vadice_convert.json"
 SKIPPED = "skipped_cases.json"
 # Top-level files that may sit beside the case folders (our cohort table, archive notes).
@@ -61,10 +67,29 @@ MIDRT_EXTRA = ("midRT", ("midRT_T2",), "midRT_mask")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
+def _twin(path: Path) -> Path:
+    """The same file name in the other source format (``.nii.gz`` <-> ``.mha``)."""
+    name = path.name
+    if name.endswith(FILE_ENDING):
+        return path.with_name(name[: -len(FILE_ENDING)] + ALT_ENDING)
+    return path.with_name(name[: -len(ALT_ENDING)] + FILE_ENDING)
+
+
 def source_files(case_dir: str | os.PathLike, case_id: int) -> dict[str, Path]:
-    """Paths of the six files of one HNTS-MRG case folder, by key (see ``SOURCE_FILES``)."""
+    """Paths of the six files of one HNTS-MRG case folder, by key (see ``SOURCE_FILES``).
+
+    A file present only as ``.mha`` is returned as such; otherwise the ``.nii.gz`` path (existing or not).
+    """
     case_dir = Path(case_dir)
-    return {k: case_dir / v.format(id=case_id) for k, v in SOURCE_FILES.items()}
+    out = {}
+    for key, rel in SOURCE_FILES.items():
+        path = case_dir / rel.format(id=case_id)
+        out[key] = _twin(path) if not path.exists() and _twin(path).exists() else path
+    return out
+
+
+def file_ending(path: Path) -> str:
+    return ALT_ENDING if path.name.endswith(ALT_ENDING) else FILE_ENDING
 
 
 def case_name(case_id: int, timepoint: str) -> str:
@@ -155,7 +180,7 @@ def discover(src_dir: str | os.PathLike) -> tuple[dict[int, Path], list[tuple[Pa
 
 
 def _unexpected_in_case(folder: Path, case_id: int) -> tuple[Path, str] | None:
-    expected = {folder / rel.format(id=case_id) for rel in SOURCE_FILES.values()}
+    expected = set(source_files(folder, case_id).values())
     subdirs = {folder / "preRT", folder / "midRT"}
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
@@ -163,6 +188,8 @@ def _unexpected_in_case(folder: Path, case_id: int) -> tuple[Path, str] | None:
         if p in subdirs and p.is_dir():
             for q in sorted(p.iterdir()):
                 if not q.name.startswith(".") and q not in expected:
+                    if q.name.endswith((FILE_ENDING, ALT_ENDING)) and _twin(q) in expected:
+                        return q, f"{_twin(q).name} exists too; keep one format (.nii.gz or .mha) per file"
                     return q, (f"unexpected file in case folder (expected only "
                                f"{', '.join(sorted(e.name for e in expected if e.parent == p))})")
         else:
@@ -367,7 +394,10 @@ def _write_dataset(dataset: Path, src: Path, valid: list[PatientResult], problem
         outputs = {}
         for case in res.cases:
             for rel, source in case.outputs().items():
-                copy_file(source, dataset / rel)
+                if file_ending(source) == FILE_ENDING:
+                    copy_file(source, dataset / rel)
+                else:  # validated above; SimpleITK writes the MetaImage's geometry into the NIfTI header
+                    write_sitk(read_mha(source), dataset / rel)
                 outputs[rel] = (dataset / rel).stat().st_size
         state["patients"][str(res.patient)] = {
             "cases": {c.name: c.timepoint for c in res.cases},

@@ -1,7 +1,7 @@
 """Input validation for images and label maps, one-line errors naming the file.
 
-Each check reads the file fully once through :func:`vadice.io.read_nifti`
-(nibabel), which detects truncated gzip streams and keeps NaN voxels that
+Each check reads the file fully once through :func:`vadice.io.read_image`
+(nibabel for NIfTI, SimpleITK for ``.mha``), which detects truncated gzip streams and keeps NaN voxels that
 SimpleITK would silently zero. The checks return a small :class:`FileInfo`
 so that callers can compare grids without reading the file again.
 """
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vadice.io import GEOMETRY_ATOL, Geometry, InputError, read_nifti
+from vadice.io import GEOMETRY_ATOL, Geometry, InputError, read_image
 
 ALLOWED_LABELS = (0, 1, 2)
 
@@ -53,13 +53,13 @@ class InvalidInputs(InputError):
 
 
 def check_image(path: str | os.PathLike) -> FileInfo:
-    """Check that ``path`` is a readable, complete 3-D NIfTI image with finite numeric voxels.
+    """Check that ``path`` is a readable, complete 3-D NIfTI or MetaImage image with finite numeric voxels.
 
     Raises:
       InputError: missing, unreadable, truncated, not 3-D, non-numeric or
         holding NaN/Inf voxels.
     """
-    data, geom = read_nifti(path, check_finite=True)
+    data, geom = read_image(path, check_finite=True)
     if data.dtype.kind not in "iuf":
         raise InputError(path, f"unsupported voxel type {data.dtype} (expected a scalar numeric image)")
     return FileInfo(Path(path), geom, str(data.dtype))
@@ -82,7 +82,7 @@ def check_mask(path: str | os.PathLike, allowed: Sequence[int] = ALLOWED_LABELS)
 def read_checked_mask(path: str | os.PathLike, allowed: Sequence[int] = ALLOWED_LABELS
                       ) -> tuple[np.ndarray, FileInfo]:
     """As :func:`check_mask`, also returning the labels as a uint8 (z, y, x) array."""
-    data, geom = read_nifti(path, check_finite=True)
+    data, geom = read_image(path, check_finite=True)
     kind = data.dtype.kind
     if kind == "f":
         frac = data != np.rint(data)

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from vadice.io import Geometry, InputError, atomic_file, read_mask
+from vadice.io import Geometry, InputError, atomic_file, read_mask, read_mha
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +52,6 @@ def find_inputs(input_root: str | os.PathLike, task: int) -> list[Path]:
             raise InputError(folder, f"expected exactly one .mha file, found {len(found)}")
         files.append(found[0])
     return files
-
-
-def read_mha(path: Path) -> sitk.Image:
-    """Read a 3-D scalar ``.mha`` image and check its voxels are finite.
-
-    Raises:
-      InputError: unreadable, not 3-D scalar, or non-finite voxels.
-    """
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(path, f"unreadable image ({str(exc).strip().splitlines()[-1][:200]})") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(path, f"expected a 3-D scalar image, got {image.GetDimension()}-D with "
-                         f"{image.GetNumberOfComponentsPerPixel()} component(s)")
-    array = sitk.GetArrayViewFromImage(image)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InputError(path, "non-finite voxels (NaN/Inf)")
-    return image
 
 
 def gc_predict(task: int, input_root: str | os.PathLike, output_root: str | os.PathLike,
