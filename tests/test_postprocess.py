@@ -60,6 +60,19 @@ def test_each_label_has_its_own_minimum():
     assert np.count_nonzero(out == 1) == 0
     assert np.count_nonzero(out == 2) == 8 + 20
     assert out[0, 0, 0] == 0
+    out = remove_small_components(m, SPACING, {1: 1.0, 2: 5.0})
+    # The other way round: GTVp D (2) >= 1 -> kept; GTVn A (0.5) and B (4) < 5 -> removed; C (10) kept.
+    assert np.count_nonzero(out == 1) == 4
+    assert np.count_nonzero(out == 2) == 20
+
+
+def test_a_volume_equal_to_the_minimum_is_kept_despite_floating_point():
+    m = np.zeros((3, 3, 3), np.uint8)
+    m[0:3, 1, 1] = 2  # 3 voxels of 0.1 x 0.3 x 0.3 mm: 0.027 mm³, but 3 * 0.009 = 0.026999999999999996 in floats
+    spacing = (0.1, 0.3, 0.3)
+    assert 3 * float(np.prod(spacing)) < 0.027
+    assert np.count_nonzero(remove_small_components(m, spacing, {2: 0.027})) == 3
+    assert np.count_nonzero(remove_small_components(m, spacing, {2: 0.0271})) == 0
 
 
 def test_zero_and_missing_minimums_change_nothing():
