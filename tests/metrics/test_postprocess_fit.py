@@ -79,6 +79,14 @@ def test_counts_are_vadice_evaluates_counts_on_the_filtered_prediction():
     assert counts[1, 0, 2] > counts[1, 1, 2] > 0  # 3 mm³ removed single voxels (2 mm³)
 
 
+def test_counts_of_empty_masks():
+    gt, _ = _case("A")
+    empty = np.zeros_like(gt)
+    counts = count_case(gt, empty, SPACING, LABELS, DEFAULT_GRID_MM3)
+    assert counts[:, :, 0].tolist() == [[1] * 7, [1] * 7] and counts[:, :, 1:].sum() == 0  # all missed
+    assert count_case(empty, empty, SPACING, LABELS, DEFAULT_GRID_MM3).sum() == 0
+
+
 def test_fit_finds_the_known_best_minimum_volume(tmp_path):
     model, gt_dir = _write_model(tmp_path, {"0": [("a1", "A"), ("a2", "A")], "1": [("a3", "A"), ("a4", "A")]})
     pp = fit_postprocessing(validation_folds(model), gt_dir, LABELS)

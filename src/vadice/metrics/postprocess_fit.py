@@ -37,7 +37,8 @@ import numpy as np
 
 from vadice.io import InputError, is_nifti, strip_nifti_suffix
 from vadice.lesions import check_connectivity
-from vadice.metrics.lesionwise import match_lesions, parse_match
+from vadice.metrics.lesionwise import check_label_maps, match_lesions, parse_match
+from vadice.metrics.surface import bounding_box
 from vadice.postprocess import DEFAULT_GRID_MM3, PostProcessing, remove_small_components
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,16 @@ def count_case(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float], label
     Returns:
       int array ``(labels, candidates, 4)``.
     """
+    check_label_maps(gt, pred, kinds="ub")
     values = list(labels.values())
     out = np.zeros((len(values), len(grid), 4), np.int64)
+    # Lesions, components and matches all lie inside the box of both masks' voxels: work on that crop,
+    # as evaluate_case does, instead of labelling a 512x512x80 volume seven times.
+    boxes = [b for b in (bounding_box(gt), bounding_box(pred)) if b is not None]
+    if not boxes:
+        return out
+    box = tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3))
+    gt, pred = gt[box], pred[box]
     for j, v in enumerate(grid):
         filtered = remove_small_components(pred, spacing, {l: v for l in values}, connectivity)
         res = match_lesions(gt, filtered, spacing, values, connectivity, match)
