@@ -47,13 +47,15 @@ from tqdm import tqdm
 
 from vadice.io import InputError, sha256_file, write_text
 from vadice.lesions import check_connectivity, label_lesions
-from vadice.losses import median_lesion_volumes
+from vadice.losses import median_lesion_volumes, voronoi_regions
 
 log = logging.getLogger(__name__)
 
 LESION_DIR = "vadice_lesions"
 TABLE_NAME = "lesions.json"
 INST_SUFFIX = "_inst.b2nd"
+REGION_SUFFIX = "_regions.b2nd"   # per-label Voronoi cells (CC-DiceCE), see preprocess_regions
+REGION_TABLE = "regions.json"
 TABLE_VERSION = 1
 # ids share the int16 array nnU-Net's data loader casts segmentations to
 MAX_LESIONS_PER_CASE = int(np.iinfo(np.int16).max)
@@ -291,6 +293,99 @@ def preprocess_instances(
 
 
 # ----------------------------------------------------------------------------------------------
+# Voronoi cells per label (CC-DiceCE), once per case
+
+
+def _region_case(job: tuple) -> tuple[str, dict]:
+    folder, case, labels, lut, spacing = job
+    folder = Path(folder)
+    inst_path = folder / f"{case}{INST_SUFFIX}"
+    inst_file = blosc2.open(urlpath=str(inst_path), mode="r")
+    inst = np.asarray(inst_file[:])[0]
+    cells = voronoi_regions(inst, lut, labels, spacing).astype(np.int16)  # ids < 2^15 (MAX_LESIONS_PER_CASE)
+    final = folder / f"{case}{REGION_SUFFIX}"
+    partial = final.with_name(f"{case}_regions.partial.b2nd")
+    partial.unlink(missing_ok=True)
+    # one chunk row per label, the instance map's chunks otherwise: a patch crop reads the same blocks
+    chunks = (1, *inst_file.chunks[1:])
+    blocks = (1, *inst_file.blocks[1:])
+    blosc2.asarray(np.ascontiguousarray(cells), urlpath=str(partial), chunks=chunks, blocks=blocks,
+                   cparams={"codec": blosc2.Codec.LZ4HC, "clevel": 5, "nthreads": 1})
+    os.replace(partial, final)
+    return case, {"instances_sha256": sha256_file(inst_path)}
+
+
+def preprocess_regions(folder: str | os.PathLike, cases: Sequence[str] | None = None,
+                       num_processes: int = 1, progress: bool = False) -> Path:
+    """Per-label Voronoi cells of every case, computed once and cached beside the instance maps.
+
+    For each case and each label of the lesion table, ``<case>_regions.b2nd`` holds an int16
+    (L, *S) map: at each voxel, the id of the nearest lesion of that label (exact Euclidean
+    distance in mm at the configuration spacing, :func:`vadice.losses.voronoi_regions`), 0 when
+    the case has none. The CC-DiceCE trainer stacks it after the id channel, so augmentation
+    moves it like the ids and the loss reads each lesion's cell off the batch. ``regions.json``
+    records the SHA-256 of the instance map each file was made from; a case whose map changed
+    (or that has no file) is recomputed, the others are skipped.
+
+    Args:
+      folder: a lesion folder (:func:`lesion_folder`) made by :func:`preprocess_instances`.
+      cases: cases to (re)compute if stale; ``None``: every case of the lesion table.
+      num_processes: worker processes (1: in this process).
+      progress: show a tqdm bar.
+
+    Returns:
+      ``folder``.
+
+    Raises:
+      InputError: missing or malformed lesion table, a case not in it.
+    """
+    folder = Path(folder)
+    table_path = folder / TABLE_NAME
+    table = load_lesion_table(folder)
+    raw = json.loads(table_path.read_text())["cases"]
+    cases = sorted(raw) if cases is None else list(cases)
+    missing = [c for c in cases if c not in raw]
+    if missing:
+        raise InputError(table_path, f"no lesion entry for case {missing[0]!r}: run preprocess_instances again")
+    record_path = folder / REGION_TABLE
+    header = {"version": 1, "labels": list(table.labels)}
+    record = {}
+    if record_path.is_file():
+        try:
+            old = json.loads(record_path.read_text())
+            if all(old.get(k) == v for k, v in header.items()):
+                record = old.get("cases", {})
+        except json.JSONDecodeError:
+            pass
+    todo = [c for c in cases
+            if not (folder / f"{c}{REGION_SUFFIX}").is_file()
+            or record.get(c, {}).get("instances_sha256") != sha256_file(folder / f"{c}{INST_SUFFIX}")]
+    jobs = [(str(folder), c, table.labels, table.lesion_labels[c], tuple(raw[c]["spacing_mm"])) for c in todo]
+
+    def save():
+        write_text(record_path, json.dumps({**header, "cases": {k: record[k] for k in sorted(record)}}, indent=1) + "\n")
+
+    with tqdm(total=len(jobs), desc="Voronoi cells", disable=not progress) as bar:
+        if num_processes == 1 or len(jobs) <= 1:
+            results = map(_region_case, jobs)
+            pool = None
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs)))
+            results = pool.imap_unordered(_region_case, jobs)
+        try:
+            for case, entry in results:
+                record[case] = entry
+                bar.update()
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+            if jobs:
+                save()
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
 # the lesion table, as the trainer uses it
 
 
@@ -387,20 +482,23 @@ def load_lesion_table(folder: str | os.PathLike) -> LesionTable:
 
 
 class SegWithInstances:
-    """Lazy 2-channel view: nnU-Net's segmentation with the instance map stacked as channel 1.
+    """Lazy view: nnU-Net's segmentation with the instance map stacked as channel 1 (and extra maps after).
 
     nnU-Net's data loader only asks for ``.shape`` and one ``[c, z0:z1, y0:y1,
-    x0:x1]`` crop per sample (``crop_and_pad_nd``), so only the chunks of both
-    blosc2 arrays under the crop are decompressed, not the whole case.
+    x0:x1]`` crop per sample (``crop_and_pad_nd``), so only the chunks of the
+    blosc2 arrays under the crop are decompressed, not the whole case. ``extra``
+    maps (e.g. the Voronoi cells of :func:`preprocess_regions`) follow the ids.
     """
 
-    def __init__(self, seg, instances):
-        if tuple(seg.shape[1:]) != tuple(instances.shape[1:]):
-            raise ValueError(f"segmentation {tuple(seg.shape)} and instance map {tuple(instances.shape)} "
-                             f"differ in shape: rerun preprocess_instances")
+    def __init__(self, seg, instances, *extra):
+        for other in (instances, *extra):
+            if tuple(seg.shape[1:]) != tuple(other.shape[1:]):
+                raise ValueError(f"segmentation {tuple(seg.shape)} and lesion map {tuple(other.shape)} "
+                                 f"differ in shape: rerun preprocess_instances")
         self.seg = seg
         self.instances = instances
-        self.shape = (seg.shape[0] + instances.shape[0], *seg.shape[1:])
+        self.extra = extra
+        self.shape = (seg.shape[0] + instances.shape[0] + sum(e.shape[0] for e in extra), *seg.shape[1:])
         self.ndim = len(self.shape)
         self.dtype = np.dtype(np.int16)
 
@@ -414,8 +512,8 @@ class SegWithInstances:
             i = key.index(Ellipsis)
             key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
         spatial = (slice(None),) + tuple(key[1:])
-        both = np.concatenate([np.asarray(self.seg[spatial]).astype(np.int16, copy=False),
-                               np.asarray(self.instances[spatial]).astype(np.int16, copy=False)])
+        both = np.concatenate([np.asarray(a[spatial]).astype(np.int16, copy=False)
+                               for a in (self.seg, self.instances, *self.extra)])
         return both[key[0]] if key else both
 
     def __array__(self, dtype=None, copy=None):
@@ -426,15 +524,24 @@ class SegWithInstances:
 class _LesionChannel:
     """Mixin for nnU-Net datasets: ``load_case`` returns the segmentation with the ids as channel 1."""
 
+    extra_suffixes: tuple[str, ...] = ()  # per-case maps of the lesion folder stacked after the ids
+
     def load_case(self, identifier):
         data, seg, seg_prev, properties = super().load_case(identifier)
-        path = lesion_folder_of(self.source_folder) / f"{identifier}{INST_SUFFIX}"
-        if not path.is_file():
-            raise InputError(path, "lesion instance map not found: run "
-                                   "vadice.nnunet.instances.preprocess_instances after nnU-Net preprocessing")
         mmap = {} if os.name == "nt" else {"mmap_mode": "r"}
-        inst = blosc2.open(urlpath=str(path), mode="r", dparams={"nthreads": 1}, **mmap)
-        return data, SegWithInstances(seg, inst), seg_prev, properties
+        maps = []
+        for suffix in (INST_SUFFIX, *self.extra_suffixes):
+            path = lesion_folder_of(self.source_folder) / f"{identifier}{suffix}"
+            if not path.is_file():
+                step = "preprocess_instances" if suffix == INST_SUFFIX else "preprocess_regions"
+                raise InputError(path, f"lesion map not found: run vadice.nnunet.instances.{step} "
+                                       "after nnU-Net preprocessing")
+            maps.append(blosc2.open(urlpath=str(path), mode="r", dparams={"nthreads": 1}, **mmap))
+        return data, SegWithInstances(seg, *maps), seg_prev, properties
+
+
+class _RegionChannels(_LesionChannel):
+    extra_suffixes = (REGION_SUFFIX,)
 
 
 class LesionDatasetBlosc2(_LesionChannel, nnUNetDatasetBlosc2):
@@ -445,10 +552,20 @@ class LesionDatasetNumpy(_LesionChannel, nnUNetDatasetNumpy):
     pass
 
 
-def lesion_dataset_class(dataset_class: type) -> type:
-    """The instance-carrying variant of an nnU-Net dataset class."""
-    for base, variant in ((nnUNetDatasetBlosc2, LesionDatasetBlosc2), (nnUNetDatasetNumpy, LesionDatasetNumpy)):
-        if issubclass(dataset_class, _LesionChannel):
+class LesionRegionDatasetBlosc2(_RegionChannels, nnUNetDatasetBlosc2):
+    pass
+
+
+class LesionRegionDatasetNumpy(_RegionChannels, nnUNetDatasetNumpy):
+    pass
+
+
+def lesion_dataset_class(dataset_class: type, regions: bool = False) -> type:
+    """The instance-carrying variant of an nnU-Net dataset class (with the Voronoi cells if ``regions``)."""
+    variants = ((nnUNetDatasetBlosc2, LesionRegionDatasetBlosc2 if regions else LesionDatasetBlosc2),
+                (nnUNetDatasetNumpy, LesionRegionDatasetNumpy if regions else LesionDatasetNumpy))
+    for base, variant in variants:
+        if issubclass(dataset_class, _LesionChannel) and issubclass(dataset_class, _RegionChannels) == regions:
             return dataset_class
         if issubclass(dataset_class, base):
             return variant
@@ -528,27 +645,41 @@ class LesionSpatialTransform(SpatialTransform):
     The id/label correspondence is read from the input crop itself (each id
     has one label), so the transform needs no lesion table. With
     ``Convert3DTo2DTransform`` (dummy 2-D augmentation) channels become
-    (channel, z) pairs in channel-major order, so the halves still hold
-    labels and ids.
+    (channel, z) pairs in channel-major order, so equal groups still hold
+    labels, ids and each extra map.
+
+    ``extra_maps`` more id-like maps may follow the ids (the Voronoi cells of
+    :func:`preprocess_regions`, one per label): they go through nearest
+    neighbour like the ids and are taken as they come (a cell map has no
+    label to agree with).
     """
 
+    extra_maps: int = 0
+
     @classmethod
-    def from_transform(cls, transform: SpatialTransform) -> "LesionSpatialTransform":
+    def from_transform(cls, transform: SpatialTransform, extra_maps: int = 0) -> "LesionSpatialTransform":
         """Same parameters as an existing SpatialTransform (so nnU-Net's augmentation stays identical)."""
         new = cls.__new__(cls)
         new.__dict__.update(transform.__dict__)
+        if extra_maps:  # the class default (0) otherwise: the copy keeps exactly nnU-Net's attributes
+            new.extra_maps = int(extra_maps)
         return new
 
     def _apply_to_segmentation(self, segmentation: torch.Tensor, **params) -> torch.Tensor:
         n = segmentation.shape[0]
-        if n % 2:
-            raise ValueError(f"expected label and id channels in equal number, got {n} segmentation channels")
-        labels_in, ids_in = segmentation[: n // 2], segmentation[n // 2:]
+        groups = 2 + self.extra_maps
+        if n % groups:
+            raise ValueError(f"expected label and id channels (and {self.extra_maps} extra maps) in equal number, "
+                             f"got {n} segmentation channels")
+        per = n // groups
+        labels_in, ids_in, extra_in = segmentation[:per], segmentation[per:2 * per], segmentation[2 * per:]
         labels = super()._apply_to_segmentation(labels_in, **params)
         with _mode_seg(self, "nearest"):
             ids = super()._apply_to_segmentation(ids_in, **params)
+            extra = (super()._apply_to_segmentation(extra_in, **params) if self.extra_maps
+                     else ids[:0])  # empty, patch-shaped (extra_in[:0] has the input crop's shape)
         if params["grid"] is None:  # a plain crop keeps labels and ids aligned
-            return torch.cat((labels, ids))
+            return torch.cat((labels, ids, extra))
         ids = ids.clamp_min(0).contiguous()
         # label of each id, read from the input crop: every voxel of a lesion has its label, so a scatter
         # (one pass, no boolean indexing) fills it; index 0 collects background and padding and is reset
@@ -559,18 +690,21 @@ class LesionSpatialTransform(SpatialTransform):
         orphans = (labels > 0) & (ids == 0)
         if orphans.any():
             _fill_from_neighbours(ids, labels, lut, orphans)
-        return torch.cat((labels, ids))
+        return torch.cat((labels, ids, extra.to(ids.dtype)))
 
 
-def lesion_training_transforms(transforms):
-    """nnU-Net's training transforms with its SpatialTransform(s) swapped for :class:`LesionSpatialTransform`."""
+def lesion_training_transforms(transforms, extra_maps: int = 0):
+    """nnU-Net's training transforms with its SpatialTransform swapped for :class:`LesionSpatialTransform`.
+
+    ``extra_maps``: number of id-like maps after the ids in the segmentation channels.
+    """
     steps = getattr(transforms, "transforms", None)
     if steps is None:
         raise TypeError(f"expected a ComposeTransforms, got {type(transforms).__name__}")
     swapped = 0
     for i, t in enumerate(steps):
         if type(t) is SpatialTransform:
-            steps[i] = LesionSpatialTransform.from_transform(t)
+            steps[i] = LesionSpatialTransform.from_transform(t, extra_maps)
             swapped += 1
     if swapped != 1:
         raise RuntimeError(f"expected exactly one SpatialTransform in nnU-Net's training transforms, found {swapped}")

@@ -1,4 +1,5 @@
-"""nnU-Net trainers: volume-aware Dice (dual / selective-ln / configurable) and a budget baseline.
+"""nnU-Net trainers: volume-aware Dice (dual / selective-ln / configurable), the small-lesion
+comparators (blob, CC-DiceCE, CATMIL) and a budget baseline.
 
 Plain nnU-Net finds these classes through ``nnUNet_extTrainer`` (set it to
 ``vadice nnunet-path``). nnU-Net imports this file by path as a top-level
@@ -12,13 +13,17 @@ must pickle into data-loader workers live in :mod:`vadice.nnunet.instances`.
   (VA on label 2 only): fixed presets of :mod:`vadice.losses`.
 - ``nnUNetTrainerVA``: options from a JSON file named by ``VADICE_VA_CONFIG``,
   else ``vadice_va.json`` next to the plans; defaults to the dual preset.
+- ``nnUNetTrainerBlob``, ``nnUNetTrainerCCDiceCE``, ``nnUNetTrainerCATMIL``:
+  the comparator losses of docs/losses.md on the same lesion-id plumbing
+  (all built on ``nnUNetTrainerLesions``).
 
 Environment (read in ``__init__``; unset means nnU-Net's default):
 ``VADICE_EPOCHS``, ``VADICE_ITERS_PER_EPOCH``, ``VADICE_VAL_ITERS``,
 ``VADICE_SEED``, ``VADICE_VAL_MIRRORING``, ``VADICE_TORCH_THREADS`` (torch
 CPU threads of the training process; CPU devices only), ``VADICE_WARM_START`` (an
 nnU-Net checkpoint whose network weights, segmentation heads included, a new
-training starts from; read in ``initialize``).
+training starts from; read in ``initialize``), ``VADICE_CATMIL_WARMUP_EPOCHS``
+(CATMIL's Tversky warm-up length).
 """
 
 from __future__ import annotations
@@ -34,13 +39,22 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from vadice.losses import PRESETS, WEIGHTINGS, VolumeAwareDiceCELoss, median_lesion_volumes
+from vadice.losses import (
+    PRESETS,
+    WEIGHTINGS,
+    BlobDiceCELoss,
+    CATMILLoss,
+    CCDiceCELoss,
+    VolumeAwareDiceCELoss,
+    median_lesion_volumes,
+)
 from vadice.nnunet import THREADS_ENV
 from vadice.nnunet.instances import (
     lesion_dataset_class,
     lesion_folder,
     lesion_training_transforms,
     load_lesion_table,
+    preprocess_regions,
 )
 
 ENV_EPOCHS = "VADICE_EPOCHS"
@@ -50,6 +64,7 @@ ENV_SEED = "VADICE_SEED"
 ENV_VAL_MIRRORING = "VADICE_VAL_MIRRORING"
 ENV_VA_CONFIG = "VADICE_VA_CONFIG"
 ENV_WARM_START = "VADICE_WARM_START"
+ENV_CATMIL_WARMUP = "VADICE_CATMIL_WARMUP_EPOCHS"
 OPTIONS_FILE = "vadice_va.json"       # next to the plans, read by nnUNetTrainerVA
 PROVENANCE_FILE = "vadice_va.json"    # in the fold's output folder, written by every VA trainer
 
@@ -191,14 +206,24 @@ def read_va_options(path: str | os.PathLike | None) -> dict:
     return options
 
 
-class nnUNetTrainerVA(nnUNetTrainerBudget):
-    """nnU-Net trainer with the volume-aware Dice + CE loss on whole-case lesion volumes.
+class nnUNetTrainerLesions(nnUNetTrainerBudget):
+    """Base of every trainer whose loss needs whole-case lesion ids (VA, blob, CC-DiceCE, CATMIL).
 
-    Requires :func:`vadice.nnunet.instances.preprocess_instances` to have run
-    for the plans and configuration. Options: see :func:`read_va_options`.
+    Carries the lesion-id map of :func:`vadice.nnunet.instances.preprocess_instances`
+    through nnU-Net's data loader and augmentation as a second target channel
+    (with ``region_maps``, the per-label Voronoi cells of
+    :func:`~vadice.nnunet.instances.preprocess_regions` as further channels),
+    verifies the ids against nnU-Net's segmentations (SHA-256), wraps the loss
+    for deep supervision and binds each batch's maps to it, so nnU-Net's own
+    train/validation steps run unchanged. A subclass provides
+    :meth:`_lesion_loss` (the loss of one scale), :meth:`loss_inputs` (which
+    maps the loss takes) and the record written to ``provenance_file``.
     """
 
-    va_preset: str | None = None  # fixed preset in subclasses; None: read the options file
+    region_maps: bool = False             # stack the per-label Voronoi cells after the ids
+    provenance_file: str = "vadice_loss.json"
+    provenance_what: str = "loss"         # for the resume error message
+    provenance_keys: tuple[str, ...] = ("trainer", "options", "connectivity")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -208,12 +233,163 @@ class nnUNetTrainerVA(nnUNetTrainerBudget):
             raise NotImplementedError(f"{type(self).__name__} does not support cascaded configurations")
         if self.label_manager.has_regions:
             raise NotImplementedError(f"{type(self).__name__} needs integer labels, not region-based training")
-        self.va_options, self.va_options_source = self._read_options()
         self._lesion_folder = (lesion_folder(self.preprocessed_dataset_folder_base,
                                              self.configuration_manager.data_identifier)
                                if self.preprocessed_dataset_folder_base is not None else None)
-        self._va_volumes = None   # (N cases, Kmax+1) float32 on the device
-        self._va_rows = None      # case -> row
+        self._lesion_volumes = None   # (N cases, Kmax+1) float32 on the device
+        self._lesion_rows = None      # case -> row
+
+    # -------------------------------------------------------------- lesion table
+
+    def _load_lesion_table(self):
+        table = load_lesion_table(self._lesion_folder)
+        tr_keys, val_keys = self.do_split()
+        cases = sorted(set(tr_keys) | set(val_keys))
+        volumes, rows = table.padded(cases)
+        table.verify_sources(self.preprocessed_dataset_folder, cases)
+        if self.region_maps:
+            # once per case, cached next to the ids and keyed on their hash: a no-op after the first run
+            preprocess_regions(self._lesion_folder, cases)
+        self._lesion_volumes = torch.from_numpy(volumes).to(self.device)
+        self._lesion_rows = rows
+        return table
+
+    def _lesion_loss(self, table) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def _deep_supervision_weights(self) -> np.ndarray:
+        weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
+        if self.is_ddp and not self._do_i_compile():
+            weights[-1] = 1e-6  # nnU-Net's workaround: DDP complains about unused parameters at weight 0
+        else:
+            weights[-1] = 0
+        return weights / weights.sum()
+
+    def _wrap_deep_supervision(self, loss, weights) -> torch.nn.Module:
+        return DeepSupervisionLesionLoss(loss, weights)
+
+    def _build_loss(self):
+        table = self._load_lesion_table()
+        loss = self._lesion_loss(table)
+        if self.enable_deep_supervision:
+            loss = self._wrap_deep_supervision(loss, self._deep_supervision_weights())
+        self._write_provenance(table)
+        return loss
+
+    def _provenance_record(self, table) -> dict:
+        raise NotImplementedError
+
+    def _write_provenance(self, table) -> None:
+        record = self._provenance_record(table)
+        if self.local_rank != 0 or self.output_folder is None:
+            return
+        path = Path(self.output_folder) / self.provenance_file
+        if self._vadice_continuing and path.is_file():
+            old = json.loads(path.read_text())
+            changed = sorted(k for k in self.provenance_keys if old.get(k) != record[k])
+            if changed:
+                raise RuntimeError(f"{path}: resuming with different {self.provenance_what} settings "
+                                   f"({', '.join(changed)}); was {[old.get(k) for k in changed]}, "
+                                   f"now {[record[k] for k in changed]}")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------- data
+
+    def initialize(self):
+        super().initialize()
+        self.dataset_class = lesion_dataset_class(self.dataset_class, regions=self.region_maps)
+
+    @classmethod
+    def get_training_transforms(cls, *args, **kwargs):
+        # nnU-Net calls this through ``self``; super() reaches the next class in the MRO, so a lesion trainer
+        # combined with an augmentation variant (e.g. nnUNetTrainer_DASegOrd0) swaps that variant's transform.
+        extra = len(kwargs.get("foreground_labels") or ()) if cls.region_maps else 0
+        return lesion_training_transforms(super().get_training_transforms(*args, **kwargs), extra_maps=extra)
+
+    def lesion_maps(self, batch: dict):
+        """Splits ``batch['target']`` into labels, lesion ids and the extra maps (Voronoi cells).
+
+        Returns:
+          ``(labels, ids, extra)``: lists per deep-supervision scale (or tensors
+          without deep supervision) of (B, 1, *S), (B, 1, *S) and (B, L, *S)
+          (L = 0 without ``region_maps``), on the CPU.
+        """
+        target = batch["target"]
+        first = target[0] if isinstance(target, list) else target
+        if first.shape[1] < 2 or (first.shape[1] > 2) != self.region_maps:
+            raise RuntimeError(f"expected label and lesion-id channels{' and Voronoi cells' if self.region_maps else ''}"
+                               f", got {first.shape[1]} target channels")
+        split = lambda t: (t[:, :1], t[:, 1:2], t[:, 2:])  # noqa: E731
+        if isinstance(target, list):
+            return tuple(map(list, zip(*(split(t) for t in target))))
+        return split(target)
+
+    def lesion_inputs(self, batch: dict):
+        """Splits ``batch['target']`` into labels and lesion ids; looks up the batch's volume table.
+
+        Returns:
+          ``(labels, ids, volumes)``: labels and ids as lists per deep-supervision
+          scale (or tensors without deep supervision), (B, 1, *S) each, on the
+          CPU; volumes a (B, Kmax+1) float32 tensor in mm³ on the device.
+        """
+        labels, ids, _ = self.lesion_maps(batch)
+        return labels, ids, self._batch_rows(self._lesion_volumes, batch)
+
+    def _batch_rows(self, table: torch.Tensor, batch: dict) -> torch.Tensor:
+        rows = torch.as_tensor([self._lesion_rows[k] for k in batch["keys"]], dtype=torch.long)
+        return table[rows.to(table.device, non_blocking=True)]
+
+    def loss_inputs(self, batch: dict) -> tuple:
+        """``(labels, inputs)``: the plain targets and the keyword arguments bound to the loss."""
+        labels, ids, volumes = self.lesion_inputs(batch)
+        return labels, {"instances": ids, "volumes": volumes}
+
+    def _to_device(self, value):
+        if isinstance(value, list):
+            return [v.to(self.device, non_blocking=True) for v in value]
+        return value.to(self.device, non_blocking=True)
+
+    @contextmanager
+    def _lesions_bound(self, batch: dict):
+        # nnU-Net's own train/validation step then runs unchanged (AMP, grad scaler, clipping, pseudo Dice)
+        # on a 1-channel target, with this batch's lesion maps bound to the loss.
+        labels, inputs = self.loss_inputs(batch)
+        loss = self.loss
+        self.loss = functools.partial(loss, **{k: self._to_device(v) for k, v in inputs.items()})
+        try:
+            yield {**batch, "target": labels}
+        finally:
+            self.loss = loss
+
+    def train_step(self, batch: dict) -> dict:
+        with self._lesions_bound(batch) as plain:
+            return super().train_step(plain)
+
+    def validation_step(self, batch: dict) -> dict:
+        with self._lesions_bound(batch) as plain:
+            return super().validation_step(plain)
+
+
+class nnUNetTrainerVA(nnUNetTrainerLesions):
+    """nnU-Net trainer with the volume-aware Dice + CE loss on whole-case lesion volumes.
+
+    Requires :func:`vadice.nnunet.instances.preprocess_instances` to have run
+    for the plans and configuration. Options: see :func:`read_va_options`.
+    """
+
+    va_preset: str | None = None  # fixed preset in subclasses; None: read the options file
+    provenance_file = PROVENANCE_FILE
+    provenance_what = "VA"
+    provenance_keys = ("trainer", "options", "v_ref_mm3", "connectivity")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.va_options, self.va_options_source = self._read_options()
         self.va_v_ref = None
         self.print_to_log_file(f"vadice VA loss options ({self.va_options_source}): {self.va_options}")
 
@@ -231,14 +407,9 @@ class nnUNetTrainerVA(nnUNetTrainerBudget):
     # -------------------------------------------------------------- lesion table
 
     def _load_lesion_table(self):
-        table = load_lesion_table(self._lesion_folder)
-        tr_keys, val_keys = self.do_split()
-        cases = sorted(set(tr_keys) | set(val_keys))
-        volumes, rows = table.padded(cases)
-        table.verify_sources(self.preprocessed_dataset_folder, cases)
-        self._va_volumes = torch.from_numpy(volumes).to(self.device)
-        self._va_rows = rows
+        table = super()._load_lesion_table()
         if self.va_options.get("mode") == "absolute" and self.va_options.get("v_ref") is None:
+            tr_keys, _ = self.do_split()
             labels = self.va_options["va_labels"]
             medians = median_lesion_volumes(table.lesion_tables(tr_keys), labels, allow_missing=True)
             missing = [l for l, v in medians.items() if v is None]
@@ -250,8 +421,7 @@ class nnUNetTrainerVA(nnUNetTrainerBudget):
             self.va_v_ref = self.va_options.get("v_ref")
         return table
 
-    def _build_loss(self):
-        table = self._load_lesion_table()
+    def _lesion_loss(self, table):
         kwargs = {k: v for k, v in self.va_options.items() if k != "v_ref"}
         loss = VolumeAwareDiceCELoss(
             weight_ce=1, weight_dice=1, ignore_label=self.label_manager.ignore_label,
@@ -262,18 +432,13 @@ class nnUNetTrainerVA(nnUNetTrainerBudget):
         if self._do_i_compile():
             # as nnU-Net: compile the Dice part only; it sees tensors only (ids and volume table)
             loss.dc = torch.compile(loss.dc)
-        if self.enable_deep_supervision:
-            weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
-            if self.is_ddp and not self._do_i_compile():
-                weights[-1] = 1e-6  # nnU-Net's workaround: DDP complains about unused parameters at weight 0
-            else:
-                weights[-1] = 0
-            loss = DeepSupervisionVALoss(loss, weights / weights.sum())
-        self._write_provenance(table)
         return loss
 
-    def _write_provenance(self, table) -> None:
-        record = {
+    def _wrap_deep_supervision(self, loss, weights):
+        return DeepSupervisionVALoss(loss, weights)
+
+    def _provenance_record(self, table) -> dict:
+        return {
             "trainer": type(self).__name__,
             "options_source": self.va_options_source,
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.va_options.items()
@@ -284,78 +449,36 @@ class nnUNetTrainerVA(nnUNetTrainerBudget):
             "lesion_folder": str(self._lesion_folder),
             "connectivity": table.connectivity,
         }
-        if self.local_rank != 0 or self.output_folder is None:
-            return
-        path = Path(self.output_folder) / PROVENANCE_FILE
-        if self._vadice_continuing and path.is_file():
-            old = json.loads(path.read_text())
-            changed = sorted(k for k in ("trainer", "options", "v_ref_mm3", "connectivity") if old.get(k) != record[k])
-            if changed:
-                raise RuntimeError(f"{path}: resuming with different VA settings ({', '.join(changed)}); "
-                                   f"was {[old.get(k) for k in changed]}, now {[record[k] for k in changed]}")
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.partial")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, path)
 
-    # ------------------------------------------------------------------- data
 
-    def initialize(self):
-        super().initialize()
-        self.dataset_class = lesion_dataset_class(self.dataset_class)
+class DeepSupervisionLesionLoss(torch.nn.Module):
+    """nnU-Net's DeepSupervisionWrapper for a loss that takes lesion maps too.
 
-    @classmethod
-    def get_training_transforms(cls, *args, **kwargs):
-        # nnU-Net calls this through ``self``; super() reaches the next class in the MRO, so a VA trainer
-        # combined with an augmentation variant (e.g. nnUNetTrainer_DASegOrd0) swaps that variant's transform.
-        return lesion_training_transforms(super().get_training_transforms(*args, **kwargs))
+    ``forward(outputs, targets, **inputs)``: an input given as a list holds one
+    map per scale (ids, Voronoi cells); any other input (a per-case table) is
+    passed to every scale. Scales of weight 0 are skipped, as nnU-Net does.
+    ``set_epoch`` reaches the wrapped loss (CATMIL's warm-up).
+    """
 
-    def lesion_inputs(self, batch: dict):
-        """Splits ``batch['target']`` into labels and lesion ids; looks up the batch's volume table.
+    def __init__(self, loss: torch.nn.Module, weights):
+        super().__init__()
+        self.loss = loss
+        self.weights = tuple(float(w) for w in weights)
 
-        Returns:
-          ``(labels, ids, volumes)``: labels and ids as lists per deep-supervision
-          scale (or tensors without deep supervision), (B, 1, *S) each, on the
-          CPU; volumes a (B, Kmax+1) float32 tensor in mm³ on the device.
-        """
-        target = batch["target"]
-        split = lambda t: (t[:, :1], t[:, 1:2])  # noqa: E731
-        if isinstance(target, list):
-            if target[0].shape[1] != 2:
-                raise RuntimeError(f"expected label and lesion-id channels, got {target[0].shape[1]} target channels")
-            labels, ids = map(list, zip(*(split(t) for t in target)))
-        else:
-            if target.shape[1] != 2:
-                raise RuntimeError(f"expected label and lesion-id channels, got {target.shape[1]} target channels")
-            labels, ids = split(target)
-        rows = torch.as_tensor([self._va_rows[k] for k in batch["keys"]], dtype=torch.long)
-        volumes = self._va_volumes[rows.to(self._va_volumes.device, non_blocking=True)]
-        return labels, ids, volumes
+    def set_epoch(self, epoch: int) -> None:
+        self.loss.set_epoch(epoch)
 
-    @contextmanager
-    def _lesions_bound(self, batch: dict):
-        # nnU-Net's own train/validation step then runs unchanged (AMP, grad scaler, clipping, pseudo Dice)
-        # on a 1-channel target, with this batch's ids and volumes bound to the loss.
-        labels, ids, volumes = self.lesion_inputs(batch)
-        if isinstance(ids, list):
-            ids = [i.to(self.device, non_blocking=True) for i in ids]
-        else:
-            ids = ids.to(self.device, non_blocking=True)
-        loss = self.loss
-        self.loss = functools.partial(loss, instances=ids, volumes=volumes)
-        try:
-            yield {**batch, "target": labels}
-        finally:
-            self.loss = loss
-
-    def train_step(self, batch: dict) -> dict:
-        with self._lesions_bound(batch) as plain:
-            return super().train_step(plain)
-
-    def validation_step(self, batch: dict) -> dict:
-        with self._lesions_bound(batch) as plain:
-            return super().validation_step(plain)
+    def forward(self, net_output, target, **inputs):
+        lengths = {k: len(v) for k, v in inputs.items() if isinstance(v, (list, tuple))}
+        # zip would silently drop the scales past the shortest list
+        if any(n != len(self.weights) for n in (len(net_output), len(target), *lengths.values())):
+            raise ValueError(f"deep supervision: {len(net_output)} outputs, {len(target)} targets, "
+                             + "".join(f"{n} {k}, " for k, n in lengths.items()) + f"{len(self.weights)} weights")
+        total = 0
+        for i, (w, o, t) in enumerate(zip(self.weights, net_output, target)):
+            if w != 0:
+                total = total + w * self.loss(o, t, **{k: (v[i] if k in lengths else v) for k, v in inputs.items()})
+        return total
 
 
 class DeepSupervisionVALoss(torch.nn.Module):
@@ -387,3 +510,118 @@ class nnUNetTrainerVASelectiveLN(nnUNetTrainerVA):
     """VA Dice on lymph nodes only (label 2): the "selective LN mask" set-up."""
 
     va_preset = "selective-ln"
+
+
+# ------------------------------------------------------------------------------------------
+# comparator losses of the small-lesion bench (docs/losses.md)
+
+
+class _ComparatorTrainer(nnUNetTrainerLesions):
+    """A lesion-id trainer whose loss is one of :mod:`vadice.losses`'s comparators.
+
+    Options are the class attribute ``loss_options`` (subclass to change them, e.g.
+    restrict the component term to GTVn); they are recorded in ``vadice_loss.json``
+    and a resumed run must have the same.
+    """
+
+    loss_name: str = ""
+    loss_options: dict = {}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.label_manager.has_ignore_label:
+            raise NotImplementedError(f"{type(self).__name__} does not support an ignore label")
+        self.print_to_log_file(f"vadice {self.loss_name} loss options: {self.loss_options}")
+
+    def _common_options(self) -> dict:
+        return {"batch_dice": bool(self.configuration_manager.batch_dice), "ddp": self.is_ddp}
+
+    def _provenance_record(self, table) -> dict:
+        return {
+            "trainer": type(self).__name__,
+            "loss": self.loss_name,
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loss_options.items()},
+            "batch_dice": bool(self.configuration_manager.batch_dice),
+            "lesion_folder": str(self._lesion_folder),
+            "connectivity": table.connectivity,
+        }
+
+
+class nnUNetTrainerBlob(_ComparatorTrainer):
+    """blob loss (Kofler et al. 2022): 2 · nnU-Net's Dice+CE + 1 · mean per-lesion Dice+CE, other lesions masked."""
+
+    loss_name = "blob"
+    loss_options = {"alpha": 2.0, "beta": 1.0, "blob_labels": None}
+
+    def _lesion_loss(self, table):
+        return BlobDiceCELoss(**self.loss_options, **self._common_options())
+
+    def loss_inputs(self, batch: dict) -> tuple:
+        labels, ids, _ = self.lesion_maps(batch)
+        return labels, {"instances": ids}
+
+
+class nnUNetTrainerCCDiceCE(_ComparatorTrainer):
+    """CC-DiceCE (arXiv 2511.17146): Dice+CE plus mean Dice+CE inside each lesion's Voronoi cell.
+
+    The cells are computed once per case (:func:`vadice.nnunet.instances.preprocess_regions`,
+    cached and keyed on the id map's hash) and ride through augmentation as extra target
+    channels after the ids, one per label.
+    """
+
+    loss_name = "cc-dicece"
+    region_maps = True
+    loss_options = {"lambda_cc": 1.0, "cc_labels": None}
+
+    def _lesion_loss(self, table):
+        labels = tuple(int(l) for l in self.label_manager.foreground_labels)
+        if tuple(table.labels) != labels:
+            raise ValueError(f"lesion table labels {table.labels} differ from the dataset's foreground labels "
+                             f"{labels}: rerun preprocess_instances")
+        return CCDiceCELoss(region_labels=labels, **self.loss_options, **self._common_options())
+
+    def loss_inputs(self, batch: dict) -> tuple:
+        labels, _, regions = self.lesion_maps(batch)
+        return labels, {"regions": regions}
+
+
+class nnUNetTrainerCATMIL(_ComparatorTrainer):
+    """Component-adaptive Tversky + MIL (arXiv 2604.08015) on top of nnU-Net's Dice+CE.
+
+    Lesion weights use whole-case voxel counts from the lesion table. The Tversky weight
+    warms up linearly over ``warmup_epochs`` (paper: 50; ``VADICE_CATMIL_WARMUP_EPOCHS``
+    overrides it, e.g. for short budgets); the trainer sets the epoch at each epoch start.
+    """
+
+    loss_name = "catmil"
+    loss_options = {"lambda_cat": 0.1, "lambda_mil": 0.2, "warmup_epochs": 50, "catmil_labels": None}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        warmup = _env_int(ENV_CATMIL_WARMUP, 0)
+        if warmup is not None:
+            self.loss_options = {**self.loss_options, "warmup_epochs": warmup}
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._lesion_sizes = None
+
+    def _load_lesion_table(self):
+        table = super()._load_lesion_table()
+        cases = json.loads((Path(self._lesion_folder) / "lesions.json").read_text())["cases"]
+        sizes = torch.zeros(self._lesion_volumes.shape, dtype=torch.float32)
+        for case, row in self._lesion_rows.items():
+            for k, lesion in cases[case]["lesions"].items():
+                sizes[row, int(k)] = float(lesion["voxels"])
+        self._lesion_sizes = sizes.to(self.device)
+        return table
+
+    def _lesion_loss(self, table):
+        return CATMILLoss(**self.loss_options, **self._common_options())
+
+    def loss_inputs(self, batch: dict) -> tuple:
+        labels, ids, _ = self.lesion_maps(batch)
+        return labels, {"instances": ids, "sizes": self._batch_rows(self._lesion_sizes, batch)}
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.loss.set_epoch(int(self.current_epoch))

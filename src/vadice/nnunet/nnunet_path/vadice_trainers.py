@@ -7,7 +7,10 @@ never duplicates made by importing vadice's modules under other names.
 """
 
 from vadice.nnunet.trainers import (  # noqa: F401
+    nnUNetTrainerBlob,
     nnUNetTrainerBudget,
+    nnUNetTrainerCATMIL,
+    nnUNetTrainerCCDiceCE,
     nnUNetTrainerVA,
     nnUNetTrainerVADual,
     nnUNetTrainerVASelectiveLN,
