@@ -198,6 +198,16 @@ def save_postprocessing(pp: PostProcessing, path: str | os.PathLike) -> Path:
     Raises:
       InputError: ``path`` is a folder, or an existing file that is not a post-processing file.
     """
+    text = json.dumps(pp.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    return write_text(check_out_file(path), text)
+
+
+def check_out_file(path: str | os.PathLike) -> Path:
+    """Refuse a post-processing output path that is a folder or someone else's file.
+
+    Raises:
+      InputError: as :func:`save_postprocessing`.
+    """
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "is a folder; --out needs a file name such as pp.json")
@@ -208,7 +218,7 @@ def save_postprocessing(pp: PostProcessing, path: str | os.PathLike) -> Path:
             ours = False
         if not ours:
             raise InputError(path, "exists and is not a vadice post-processing file (refusing to overwrite)")
-    return write_text(path, json.dumps(pp.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    return path
 
 
 def load_postprocessing(path: str | os.PathLike) -> PostProcessing:

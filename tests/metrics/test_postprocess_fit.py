@@ -18,7 +18,8 @@ import pytest
 
 from vadice.cli import main
 from vadice.io import Geometry, InputError, write_nifti
-from vadice.metrics.evaluate import evaluate_case
+from vadice.io import read_mask
+from vadice.metrics.evaluate import evaluate_case, evaluate_folders
 from vadice.metrics.postprocess_fit import (
     check_grid,
     choose,
@@ -27,6 +28,7 @@ from vadice.metrics.postprocess_fit import (
     lesion_scores,
     parse_objective,
     validation_folds,
+    write_cross_validated,
 )
 from vadice.postprocess import DEFAULT_GRID_MM3, load_postprocessing, remove_small_components
 
@@ -250,3 +252,46 @@ def test_cli_fit_bad_inputs_one_line_exit_2_no_file(tmp_path, capsys, monkeypatc
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0] == f"vadice postprocess: error: {says}" or says in err[0], err
         assert not out.exists()
+
+
+def test_cross_validated_predictions_score_as_the_recorded_out_of_fold_counts(tmp_path):
+    model, gt_dir = _write_model(tmp_path, {"0": [("a1", "A"), ("a2", "A")], "1": [("b1", "B"), ("b2", "B")]})
+    folds = validation_folds(model)
+    pp = fit_postprocessing(folds, gt_dir, LABELS)
+    out = tmp_path / "cv"
+    write_cross_validated(pp, folds, out)
+    # Fold 0's cases with fold 0's volume (200, fitted on fold 1), fold 1's with 50 (fitted on fold 0).
+    for case, v in (("a1", 200.0), ("b1", 50.0)):
+        raw = read_mask(folds["0" if case[0] == "a" else "1"][case])[0]
+        assert np.array_equal(read_mask(out / f"{case}.nii.gz")[0], remove_small_components(raw, SPACING, {2: v}))
+    summary = evaluate_folders(gt_dir, out, None, progress=False)["labels"]["GTVn"]
+    after = pp.details["cross_validation"]["out_of_fold"]["GTVn"]["after"]
+    assert [summary[k] for k in ("n_gt_lesions", "n_gt_detected", "n_pred_lesions", "n_pred_matched")] == \
+        [after[k] for k in ("n_gt", "n_gt_detected", "n_pred", "n_pred_matched")]
+    with pytest.raises(InputError, match="exists"):
+        write_cross_validated(pp, folds, out)
+
+
+def test_cli_cv_out_and_its_refusals(tmp_path, capsys):
+    model, gt_dir = _write_model(tmp_path, {"0": [("a1", "A")], "1": [("b1", "B")]})
+    out, cv = tmp_path / "pp.json", tmp_path / "cv"
+    assert main(["-q", "postprocess", "fit", str(model), "--gt", str(gt_dir), "--out", str(out),
+                 "--cv-out", str(cv)]) == 0
+    assert sorted(p.name for p in cv.iterdir()) == ["a1.nii.gz", "b1.nii.gz"]
+    capsys.readouterr()
+    # An existing --cv-out, or one fold only: refused before fitting, nothing written.
+    out.unlink()
+    assert main(["-q", "postprocess", "fit", str(model), "--gt", str(gt_dir), "--out", str(out),
+                 "--cv-out", str(cv)]) == 2
+    assert "cv: exists" in capsys.readouterr().err and not out.exists()
+    plain = model / "fold_0" / "validation"
+    assert main(["-q", "postprocess", "fit", str(plain), "--gt", str(gt_dir), "--out", str(out),
+                 "--cv-out", str(tmp_path / "cv2")]) == 2
+    assert "two or more folds" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "cv2").exists()
+    # A foreign file at --out is refused before anything is written, --cv-out included.
+    out.write_text("mine")
+    assert main(["-q", "postprocess", "fit", str(model), "--gt", str(gt_dir), "--out", str(out),
+                 "--cv-out", str(tmp_path / "cv3")]) == 2
+    assert "not a vadice post-processing file" in capsys.readouterr().err
+    assert out.read_text() == "mine" and not (tmp_path / "cv3").exists()

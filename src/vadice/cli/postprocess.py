@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--connectivity", type=int, default=26, choices=(6, 18, 26),
                    help="component connectivity (default 26, as vadice evaluate)")
     f.add_argument("--match", default="overlap", metavar="RULE", help="lesion match rule: overlap or iou:T")
+    f.add_argument("--cv-out", metavar="DIR",
+                   help="also write every case's prediction post-processed with its fold's cross-validated "
+                        "volumes into this new folder (for vadice evaluate / compare; needs two or more folds)")
     f.set_defaults(func=run_fit)
 
     a = actions.add_parser(
@@ -81,8 +84,9 @@ def run_fit(args) -> int:
         fit_postprocessing,
         parse_objective,
         validation_folds,
+        write_cross_validated,
     )
-    from vadice.postprocess import save_postprocessing
+    from vadice.postprocess import check_out_file, save_postprocessing
 
     try:
         parse_objective(args.objective)
@@ -100,9 +104,13 @@ def run_fit(args) -> int:
                                         else default_truth_dir(model))
     if gt is None:
         raise InputError(source, "no truth labels found for these predictions: pass --gt LABELS_DIR")
-    if Path(args.out).is_dir():
-        raise InputError(args.out, "is a folder; --out needs a file name such as pp.json")
+    check_out_file(args.out)
     folds = validation_folds(model)
+    if args.cv_out is not None:  # refused before the fit, not after minutes of it
+        if len(folds) < 2:
+            raise UsageError("--cv-out needs predictions of two or more folds (cross-validation)")
+        if Path(args.cv_out).exists():
+            raise InputError(args.cv_out, "exists; choose a new folder for the cross-validated predictions")
     provenance = {"model_dir": str(model.resolve()), "given": str(source)}
     if is_run:
         provenance.update(run_dir=str(source.resolve()), setup=args.setup, seed=args.seed)
@@ -114,9 +122,20 @@ def run_fit(args) -> int:
         raise
     except ValueError as exc:  # an option fit_postprocessing refused (labels, match rule)
         raise UsageError(str(exc)) from None
-    save_postprocessing(pp, args.out)
+    if args.cv_out is not None:
+        write_cross_validated(pp, folds, args.cv_out)
+    try:
+        save_postprocessing(pp, args.out)
+    except BaseException:
+        if args.cv_out is not None:  # no partial output: the folder without its file is no result
+            import shutil
+
+            shutil.rmtree(args.cv_out, ignore_errors=True)
+        raise
     _print_fit(pp)
     print(f"wrote {args.out} (fitted on {len(pp.cases)} case(s) of {len(folds)} fold(s))")
+    if args.cv_out is not None:
+        print(f"wrote the cross-validated predictions to {args.cv_out}")
     return 0
 
 

@@ -396,3 +396,51 @@ def default_truth_dir(model_dir: str | os.PathLike) -> Path | None:
         if root and (Path(root) / dataset / sub).is_dir():
             return Path(root) / dataset / sub
     return None
+
+
+def write_cross_validated(pp: PostProcessing, folds: Mapping[str, Mapping[str, Path]],
+                          out_dir: str | os.PathLike) -> list[Path]:
+    """Write every case's prediction post-processed with *its fold's* cross-validated minimum volumes.
+
+    The result is the out-of-fold prediction folder of "model + post-processing":
+    ``vadice evaluate`` and ``vadice compare`` then score it like any set-up, and
+    its lesion counts equal ``details.cross_validation.out_of_fold``. Each fold's
+    volumes are applied through a :class:`PostProcessing` listing only the other
+    folds' cases, whose :meth:`~PostProcessing.refuse_seen` guard runs before the
+    fold is written.
+
+    Args:
+      pp: the result of :func:`fit_postprocessing` on ``folds`` (two or more folds).
+      folds: the same ``{fold: {case: prediction path}}``.
+      out_dir: new folder; built under a temporary name, renamed when complete.
+
+    Returns:
+      the written label maps.
+
+    Raises:
+      InputError: ``pp`` has no cross-validation, or its folds differ from ``folds``;
+        ``out_dir`` exists.
+    """
+    from vadice.io import atomic_dir
+    from vadice.postprocess import apply_to_file
+
+    cv = pp.details.get("cross_validation")
+    out_dir = Path(out_dir)
+    if not cv:
+        raise InputError(out_dir, "no cross-validation to write: the predictions came in one group (one fold)")
+    if sorted(cv["folds"]) != sorted(str(f) for f in folds):
+        raise InputError(out_dir, "the folds differ from those the post-processing was fitted on")
+    if out_dir.exists():
+        raise InputError(out_dir, "exists; choose a new folder for the cross-validated predictions")
+    written = []
+    with atomic_dir(out_dir) as tmp:
+        for fold, cases in folds.items():
+            record = cv["folds"][str(fold)]
+            fold_pp = PostProcessing(labels=pp.labels, connectivity=pp.connectivity,
+                                     cases=tuple(record["fitted_on_cases"]),
+                                     min_volume_mm3={pp.labels[n]: v for n, v in record["min_volume_mm3"].items()})
+            fold_pp.refuse_seen(cases, out_dir)
+            for case, path in cases.items():
+                apply_to_file(fold_pp, path, tmp / f"{case}.nii.gz")
+                written.append(out_dir / f"{case}.nii.gz")
+    return written
