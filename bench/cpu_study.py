@@ -80,14 +80,14 @@ def _fmt(v, digits=3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def evidence_table(comparison: dict) -> str:
+def evidence_table(comparison: dict, metrics=TABLE_METRICS) -> str:
     """The study's Markdown table from comparison.json: value, Δ [CI], per-seed Δ, seeds agreeing, verdict."""
     runs = comparison["runs"]
     rows = {(r["label"], r["metric"]): r for r in comparison["rows"]}
     head = "| label | metric | " + " | ".join(runs) + " | " + " | ".join(f"Δ {r} [95 % CI]; per-seed Δ; verdict"
                                                                          for r in runs[1:]) + " |"
     lines = [head, "|" + "---|" * (2 + len(runs) + len(runs) - 1)]
-    for key in TABLE_METRICS:
+    for key in metrics:
         row = rows.get(key)
         if row is None:
             continue

@@ -1,0 +1,158 @@
+"""The CPU study's and the loss bench's recipes without training: adoption of the study's units, the goal rule,
+tables and figures from a real comparison. (Training end to end is the recipes' own ``--tiny`` mode.)"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vadice.experiment import Experiment, ExperimentSettings, Unit, compare_seeded
+from vadice.io import Geometry, InputError, write_nifti
+from vadice.metrics.evaluate import evaluate_folders
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import cpu_study  # noqa: E402
+import loss_bench  # noqa: E402
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _comparison(values: dict[str, dict[tuple[str, str], list]]) -> dict:
+    """A comparison.json holding only per-seed values: {run: {(label, metric): [seed values]}}."""
+    runs = list(values)
+    keys = next(iter(values.values())).keys()
+    rows = [{"label": lab, "metric": m, "seed_values": {r: values[r][(lab, m)] for r in runs}} for lab, m in keys]
+    return {"runs": runs, "rows": rows}
+
+
+def _values(small, prec_n, prec_p):
+    return {("GTVn", loss_bench.SMALL): small, ("GTVn", "lesion_precision"): prec_n,
+            ("GTVp", "lesion_precision"): prec_p}
+
+
+def test_goal_rule_by_hand():
+    # two seeds; dual's small-node sensitivity and the baseline's precisions are the bars
+    comparison = _comparison({
+        "baseline": _values([0.6, 0.6], [0.5, 0.5], [0.9, 0.8]),
+        "dual": _values([0.8, 0.7], [0.3, 0.3], [0.8, 0.7]),
+        "blob": _values([0.8, 0.75], [0.6, 0.5], [0.9, 0.85]),       # every bar, every seed (ties count)
+        "dual+pp": _values([0.7, 0.7], [0.6, 0.6], [0.9, 0.7]),      # seed 0 small -0.1, seed 1 GTVp -0.1
+        "catmil": _values([None, 0.9], [0.9, 0.9], [0.95, 0.95]),    # undefined: not met, no shortfall
+    })
+    rows, sentence = loss_bench.goal_verdict(comparison)
+    by = {r["config"]: r for r in rows}
+    assert set(by) == {"blob", "dual+pp", "catmil"}
+    assert by["blob"] == {"config": "blob", "met": 6, "of": 6, "shortfall": 0.0, "reached": True}
+    assert (by["dual+pp"]["met"], by["dual+pp"]["shortfall"], by["dual+pp"]["reached"]) == (4, 0.2, False)
+    assert (by["catmil"]["met"], by["catmil"]["shortfall"]) == (5, 0.0)
+    assert sentence == "Goal reached (every condition in every seed) by: blob."
+
+    del comparison["rows"][0]["seed_values"]["blob"]
+    for row in comparison["rows"]:
+        row["seed_values"].pop("blob", None)
+    comparison["runs"].remove("blob")
+    _, sentence = loss_bench.goal_verdict(comparison)
+    # catmil meets 5 of 6 (its undefined seed is not met) and beats dual+pp's 4 of 6
+    assert sentence.startswith("No configuration reaches the goal. Closest: catmil (5 of 6")
+
+
+def _experiment(run_dir, setups, seeds=(0, 1), iterations=800):
+    settings = ExperimentSettings(dataset="/nowhere/Dataset991_VadiceStudy", preset="cpu-small", folds=(0,),
+                                  seeds=seeds, setups=setups, device="cpu", iterations=iterations, epochs=16,
+                                  warm_start_iterations=2500, warm_start_epochs=50)
+    return Experiment(run_dir, settings, progress=False)
+
+
+def _finish(exp, unit, cases=("c1", "c2")):
+    pred = exp.prediction_dir(unit.setup, unit.seed)
+    pred.mkdir(parents=True, exist_ok=True)
+    for c in cases:
+        (pred / f"{c}.nii.gz").write_bytes(f"{unit.key} {c}".encode())
+    exp.marker(unit).parent.mkdir(parents=True, exist_ok=True)
+    exp.marker(unit).write_text(json.dumps({"unit": unit.key, "cases": list(cases)}))
+
+
+def test_adopting_the_study_copies_its_units_and_links_its_warm_starts(tmp_path):
+    study = _experiment(tmp_path / "study" / "run", ("baseline", "dual", "selective-ln"))
+    (study.run_dir / "warm_start" / "seed_0").mkdir(parents=True)
+    for unit in study.settings.units():
+        _finish(study, unit)
+    bench = _experiment(tmp_path / "study" / "bench_run", ("baseline", "dual", "selective-ln", "blob"))
+    adopted = loss_bench.adopt_study_units(study, bench)
+
+    assert sorted(u.key for u in adopted) == sorted(u.key for u in study.settings.units())
+    assert (bench.run_dir / "warm_start").resolve() == (study.run_dir / "warm_start").resolve()
+    assert [u.setup for u in bench.missing()] == ["blob", "blob"]
+    copied = bench.prediction_dir("dual", 1) / "c2.nii.gz"
+    assert copied.read_bytes() == b"dual__fold0__seed1 c2"
+    assert loss_bench.adopt_study_units(study, bench) == []  # resumable: nothing adopted twice
+
+
+def test_adopting_refuses_other_settings_and_an_unfinished_study(tmp_path):
+    study = _experiment(tmp_path / "s" / "run", ("baseline", "dual"))
+    for unit in study.settings.units():
+        _finish(study, unit)
+    other = _experiment(tmp_path / "s" / "bench_run", ("baseline", "dual", "blob"), iterations=400)
+    with pytest.raises(InputError, match=r"these differ: \['iterations'\]"):
+        loss_bench.adopt_study_units(study, other)
+    study.marker(Unit("dual", 0, 1)).unlink()
+    bench = _experiment(tmp_path / "s" / "bench_run2", ("baseline", "dual", "blob"))
+    with pytest.raises(InputError, match=r"unfinished \(1 units\)"):
+        loss_bench.adopt_study_units(study, bench)
+    assert not (tmp_path / "s" / "bench_run2").exists()
+
+
+def _mask_pair(rng, shape=(12, 40, 40)):
+    gt = np.zeros(shape, np.uint8)
+    gt[3:9, 5:20, 5:20] = 1                                  # a tumour
+    for z, y, x in ((5, 28, 8), (6, 30, 30), (4, 10, 32)):    # three small nodes
+        gt[z - 1:z + 2, y - 2:y + 2, x - 2:x + 2] = 2
+    pred = gt.copy()
+    drop = rng.integers(0, 3)                                 # miss one node at random
+    pred[pred == 2] = 0
+    for i, (z, y, x) in enumerate(((5, 28, 8), (6, 30, 30), (4, 10, 32))):
+        if i != drop:
+            pred[z - 1:z + 2, y - 2:y + 2, x - 2:x + 2] = 2
+    if rng.random() < 0.5:
+        pred[10, 35, 35] = 2                                   # a spurious speck
+    return gt, pred
+
+
+def test_tables_and_figures_from_a_real_comparison(tmp_path):
+    geom = Geometry((40, 40, 12), (0.8, 0.8, 2.0), (0.0, 0.0, 0.0), IDENTITY)
+    run_dir = tmp_path / "run"
+    rng = np.random.default_rng(7)
+    gt_dir = tmp_path / "gt"
+    cases = [f"case_{i}" for i in range(5)]
+    pairs = {c: _mask_pair(rng) for c in cases}
+    for c, (gt, _) in pairs.items():
+        write_nifti(gt, geom, gt_dir / f"{c}.nii.gz")
+    evaluations = {}
+    for setup in ("baseline", "dual", "blob"):
+        for seed in (0, 1):
+            pred_dir = tmp_path / "pred" / setup / str(seed)
+            for c in cases:
+                pred = _mask_pair(rng)[1] if setup != "baseline" or seed else pairs[c][1]
+                write_nifti(pred, geom, pred_dir / f"{c}.nii.gz")
+            out = run_dir / "evaluation" / setup / f"seed_{seed}"
+            evaluate_folders(gt_dir, pred_dir, out, size_bins_ml=loss_bench.SIZE_BINS_ML, progress=False)
+            evaluations.setdefault(setup, {})[seed] = out
+    compare_seeded(evaluations, ["baseline", "dual", "blob"], run_dir / "comparison")
+    comparison = json.loads((run_dir / "comparison" / "comparison.json").read_text())
+
+    rows, sentence = loss_bench.goal_verdict(comparison)
+    text = loss_bench.markdown(comparison, rows, sentence)
+    small_row = next(line for line in text.splitlines() if line.startswith(f"| GTVn | {loss_bench.SMALL} |"))
+    ours = {(r["label"], r["metric"]): r for r in comparison["rows"]}[("GTVn", loss_bench.SMALL)]
+    assert small_row.split(" | ")[2] == f"{ours['values']['baseline']:.3f}"
+    assert "| blob |" in text and "**Goal**" in text
+    assert loss_bench.figure(comparison, tmp_path).stat().st_size > 5000
+
+    study_table = cpu_study.evidence_table(comparison)
+    assert "| GTVn | lesion_precision |" in study_table and "agree" in study_table
+    pngs = cpu_study.figures(run_dir, tmp_path)
+    assert [p.name for p in pngs] == ["study_sensitivity_by_size.png", "study_precision_vs_sensitivity.png"]
