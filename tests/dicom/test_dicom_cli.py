@@ -208,3 +208,22 @@ def test_predict_output_types_need_a_dicom_input(tmp_path, monkeypatch, capsys):
     _series(tmp_path, modality="CT")
     rc = main(["predict", "-i", str(tmp_path / "mr"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "model")])
     assert rc == 2 and "modality CT" in capsys.readouterr().err
+
+
+def test_predict_refuses_an_existing_rtstruct_before_inference(tmp_path, monkeypatch, capsys):
+    import vadice.predict
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("inference ran although the RTSTRUCT output exists")
+
+    monkeypatch.setattr(vadice.predict, "predict", must_not_run)
+    (tmp_path / "model").mkdir()
+    _series(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "RS_SYN001.dcm").write_bytes(b"the clinic's file")
+    rc = main(["predict", "-i", str(tmp_path / "mr"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "model"),
+               "--output-type", "rtstruct"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "RS_SYN001.dcm: already exists" in err[0]
+    assert (tmp_path / "out" / "RS_SYN001.dcm").read_bytes() == b"the clinic's file"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["RS_SYN001.dcm"]

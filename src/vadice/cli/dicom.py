@@ -124,6 +124,16 @@ def run_import(args) -> int:
     return 0
 
 
+def dicom_targets(out_dir, name: str, types) -> dict[str, Path]:
+    """``{type: path}`` of the DICOM outputs (``RS_<name>.dcm``, ``SEG_<name>.dcm``) among ``types``."""
+    return {t: Path(out_dir) / f"{'RS' if t == 'rtstruct' else 'SEG'}_{name}.dcm" for t in types if t != "nifti"}
+
+
+def refuse_existing_dicom(out_dir, name: str, types, overwrite: bool) -> None:
+    """Raise FileExistsError before any work when a DICOM output exists and ``overwrite`` is false."""
+    _refuse_existing(dicom_targets(out_dir, name, types).values(), overwrite)
+
+
 def write_dicom_outputs(series, labels_path, out_dir, name: str, types, overwrite: bool = False) -> list[Path]:
     """RTSTRUCT and/or SEG files of a NIfTI label map that lies on ``series``' grid.
 
@@ -138,8 +148,7 @@ def write_dicom_outputs(series, labels_path, out_dir, name: str, types, overwrit
     from vadice.dicom.seg import write_seg
     from vadice.io import InputError, read_mask
 
-    out_dir = Path(out_dir)
-    targets = {t: out_dir / f"{'RS' if t == 'rtstruct' else 'SEG'}_{name}.dcm" for t in types if t != "nifti"}
+    targets = dicom_targets(out_dir, name, types)
     _refuse_existing(targets.values(), overwrite)
     labels, geom = read_mask(labels_path)
     if diffs := series.geometry.differences(geom, atol=1e-3):

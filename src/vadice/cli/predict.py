@@ -59,7 +59,8 @@ def run(args) -> int:
     import tempfile
 
     from vadice.cli import UsageError
-    from vadice.cli.dicom import parse_output_types, resolve_model, stage_predict_input, write_dicom_outputs
+    from vadice.cli.dicom import (parse_output_types, refuse_existing_dicom, resolve_model, stage_predict_input,
+                                  write_dicom_outputs)
     from vadice.experiment import model_dir_from
     from vadice.predict import predict
 
@@ -70,6 +71,8 @@ def run(args) -> int:
         staged = stage_predict_input(args.input, tmp, args.series)  # a DICOM folder or .mha -> NIfTI
         if staged.series is None and set(types) - {"nifti"}:
             raise UsageError("--output-type rtstruct/seg needs a DICOM MR series folder as -i")
+        if staged.series is not None:  # refuse before inference, not after minutes of it
+            refuse_existing_dicom(args.output, staged.case, types, args.overwrite)
         result = predict(staged.folder, args.output, model, folds=parse_folds(args.folds), device=args.device,
                          overlays=not args.no_overlays, checkpoint=args.checkpoint, progress=not args.quiet,
                          tta=not args.disable_tta, overwrite=args.overwrite, postprocessing=args.postprocessing)
