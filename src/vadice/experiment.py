@@ -199,8 +199,6 @@ class Experiment:
 
     def run_units(self, units: Iterable[Unit] | None = None) -> list[Unit]:
         """Train and predict every unfinished unit; returns the units run now."""
-        from vadice.nnunet import runner
-
         if self.plan is None:
             self.prepare()
         todo = [u for u in (units or self.settings.units()) if not self.is_done(u)]
@@ -209,15 +207,8 @@ class Experiment:
             log.info("[%d/%d] training %s", i, len(todo), unit)
             start = time.time()
             warm = self.warm_start(unit.fold, unit.seed)
-            result = runner.train(
-                self.settings.dataset, loss=unit.setup, fold=unit.fold, preset=self.settings.preset,
-                device=self.settings.device, iterations=self.settings.iterations, epochs=self.settings.epochs,
-                val_iterations=self.settings.val_iterations, val_mirroring=self.settings.val_mirroring,
-                seed=unit.seed, resume=True, num_gpus=self.settings.num_gpus,
-                results_dir=self.results_root(unit.seed),
-                log_file=self.run_dir / "logs" / f"{unit.key}.log", progress=self.progress,
-                warm_start=warm,
-            )
+            result = self._train(unit.setup, unit.fold, unit.seed, self.settings.iterations, self.settings.epochs,
+                                 self.results_root(unit.seed), unit.key, warm_start=warm)
             validation = Path(result.fold_dir) / "validation"
             preds = sorted(validation.glob("*.nii.gz"))
             if not preds:
@@ -242,21 +233,27 @@ class Experiment:
         Every set-up of this fold and seed starts from this checkpoint, so the set-ups differ only in
         the loss of the phase that follows. Returns None when the settings ask for no warm start.
         """
-        from vadice.nnunet import runner
-
         if self.settings.warm_start_weights is not None:
             return Path(self.settings.warm_start_weights).resolve()
         if not self.settings.warm_start_iterations:
             return None
-        result = runner.train(
-            self.settings.dataset, loss="baseline", fold=fold, preset=self.settings.preset,
-            device=self.settings.device, iterations=self.settings.warm_start_iterations,
-            epochs=self.settings.warm_start_epochs, val_iterations=self.settings.val_iterations,
-            val_mirroring=self.settings.val_mirroring, seed=seed, resume=True, num_gpus=self.settings.num_gpus,
-            results_dir=self.run_dir / "warm_start" / f"seed_{seed}",
-            log_file=self.run_dir / "logs" / f"warm_start__fold{fold}__seed{seed}.log", progress=self.progress,
-        )
+        result = self._train("baseline", fold, seed, self.settings.warm_start_iterations,
+                             self.settings.warm_start_epochs, self.run_dir / "warm_start" / f"seed_{seed}",
+                             f"warm_start__fold{fold}__seed{seed}")
         return Path(result.checkpoint)
+
+    def _train(self, loss: str, fold, seed: int, iterations, epochs, results_dir: Path, log_name: str,
+               warm_start: Path | None = None):
+        """One resumable nnU-Net training with the run's fixed settings (a unit or a warm-start phase)."""
+        from vadice.nnunet import runner
+
+        return runner.train(
+            self.settings.dataset, loss=loss, fold=fold, preset=self.settings.preset, device=self.settings.device,
+            iterations=iterations, epochs=epochs, val_iterations=self.settings.val_iterations,
+            val_mirroring=self.settings.val_mirroring, seed=seed, resume=True, num_gpus=self.settings.num_gpus,
+            results_dir=results_dir, log_file=self.run_dir / "logs" / f"{log_name}.log", progress=self.progress,
+            warm_start=warm_start,
+        )
 
     def missing(self, units: Iterable[Unit] | None = None) -> list[Unit]:
         return [u for u in (units or self.settings.units()) if not self.is_done(u)]
