@@ -9,6 +9,8 @@ set-ups were fine-tuned from a common baseline.
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,27 +18,31 @@ import pytest
 from vadice.io import sha256_file
 
 pytestmark = pytest.mark.slow
+NNUNET_ROOTS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    import os
-
-    from vadice.demo import run_demo
-
-    # run_demo points nnU-Net's three folders into the demo folder through os.environ; restore them after.
-    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-    saved = {k: os.environ.get(k) for k in names}
-    out = tmp_path_factory.mktemp("demo") / "demo_out"
+@contextmanager
+def nnunet_roots_restored():
+    """run_demo points nnU-Net's three folders into the demo folder through os.environ; restore them after."""
+    saved = {k: os.environ.get(k) for k in NNUNET_ROOTS}
     try:
-        report = run_demo(out, cases=6, iterations=2, warm_start_iterations=2, progress=False)
-        yield out, Path(report)
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from vadice.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    with nnunet_roots_restored():
+        report = run_demo(out, cases=6, iterations=2, warm_start_iterations=2, progress=False)
+        yield out, Path(report)
 
 
 def test_every_setup_starts_from_the_one_warm_start_checkpoint(demo_run):
@@ -87,21 +93,11 @@ def test_the_shipped_checkpoint_fits_todays_demo_plans(tmp_path):
     with (the strict load names the mismatching weights), when its bytes do not match its recorded
     SHA-256, or when nnU-Net's split would hold out a case the checkpoint was trained on.
     """
-    import os
-
     from vadice.demo import DEMO_CASES, PROVENANCE_FILE, WEIGHTS_FILE, run_demo
 
-    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-    saved = {k: os.environ.get(k) for k in names}
-    try:
-        out = tmp_path / "demo_out"
+    out = tmp_path / "demo_out"
+    with nnunet_roots_restored():
         run_demo(out, iterations=2, progress=False)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     sha = sha256_file(WEIGHTS_FILE)
     assert sha == json.loads(PROVENANCE_FILE.read_text())["sha256"]
     units = sorted((out / "run" / "units").glob("*.json"))
