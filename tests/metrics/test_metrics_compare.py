@@ -281,3 +281,18 @@ def test_runs_with_different_seed_counts(runs):
     assert any("different numbers of seeds" in w for w in res["warnings"])
     verdicts = {r["verdict"]["better"] for r in res["rows"] if np.isfinite(r["diff"]["better"])}
     assert verdicts <= {"CI includes 0", "seeds unpaired"} and all(r["seed_diffs"]["better"] == [] for r in res["rows"])
+
+
+def test_headline_with_other_label_names(runs, tmp_path):
+    from vadice.metrics.compare import headline_rows
+
+    _, gt_dir, pred_dir, _, _ = runs
+    evals = []
+    for name, pred in (("a", pred_dir), ("b", gt_dir)):
+        out = tmp_path / f"named_{name}"
+        evaluate_folders(gt_dir, pred, out, labels={"tumour": 1, "node": 2}, progress=False)
+        evals.append(out)
+    result = compare_runs(evals, names=["a", "b"])
+    got = [(r["label"], r["metric"]) for r in headline_rows(result)]
+    assert got == [(lab, m) for lab in ("tumour", "node")
+                   for m in ("lesion_sensitivity", "lesion_sensitivity <0.5 ml", "lesion_precision", "dscagg")]

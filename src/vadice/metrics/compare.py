@@ -477,12 +477,21 @@ HEADLINE = (("GTVn", "lesion_sensitivity"), ("GTVn", "lesion_sensitivity SMALL")
 
 def headline_rows(result: dict) -> list[dict]:
     """The rows the study is about, in HEADLINE order: GTVn lesion sensitivity (all, smallest size bin),
-    lesion precision and DSCagg per label; rows whose label the evaluation lacks are skipped."""
+    lesion precision and DSCagg per label; rows whose label the evaluation lacks are skipped.
+
+    An evaluation with other label names (no GTVp and no GTVn) gets the same rows for each of its labels,
+    in label order, rather than an empty headline.
+    """
     bins = result["settings"].get("size_bins_ml") or DEFAULT_SIZE_BINS_ML
     small = f"lesion_sensitivity {bin_names(bins)[0]}"
     by_key = {(r["label"], r["metric"]): r for r in result["rows"]}
+    labels = list(dict.fromkeys(r["label"] for r in result["rows"] if r["label"] != "mean"))
+    wanted = HEADLINE
+    if not {"GTVp", "GTVn"} & set(labels):
+        wanted = [(lab, m) for lab in labels
+                  for m in ("lesion_sensitivity", "lesion_sensitivity SMALL", "lesion_precision", "dscagg")]
     out = []
-    for lab, metric in HEADLINE:
+    for lab, metric in wanted:
         row = by_key.get((lab, small if metric.endswith("SMALL") else metric))
         if row is not None:
             out.append(row)
