@@ -271,6 +271,15 @@ def test_plan_rejects_a_dataset_nnunet_rejects(tmp_path):
         runner.plan(folder, preset="cpu-small", num_processes=1, progress=False)
 
 
+def test_plan_works_with_augmentation_workers_set_to_zero(tmp_path, monkeypatch):
+    # nnU-Net's planner would call torch.set_num_threads(0); the value is the user's, for training
+    folder = write_tiny_dataset(tmp_path / "nnUNet_raw", n_cases=2)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    result = runner.plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=10_000)
+    assert "plan" in result.steps_run
+    assert os.environ["nnUNet_n_proc_DA"] == "0"
+
+
 def test_train_before_plan_says_run_plan(tmp_path):
     folder = write_tiny_dataset(tmp_path / "nnUNet_raw", n_cases=1)
     with pytest.raises(InputError, match=r"vadiceCPUSmallPlans\.json: no cpu-small plans for Dataset987_Tiny: "

@@ -430,7 +430,10 @@ def plan(dataset, preset: str = "resenc-m", num_processes: int = 2, verify: bool
         if (not plans_file.is_file() or entry.get("sha256") != sha256_file(plans_file)
                 or entry.get("fingerprint") != state["fingerprint"]):
             log.info("%s: planning with preset %s", ref.name, spec.name)
-            with _quiet_stdout(log_file):
+            # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails at 0 — a value
+            # users export for training without augmentation workers (and vadice's trainings use): plan with 1.
+            planner_env = {"nnUNet_n_proc_DA": "1"} if os.environ.get("nnUNet_n_proc_DA", "").strip() == "0" else {}
+            with _quiet_stdout(log_file), _environ(planner_env):
                 plan_experiment_dataset(ref.id, experiment_planner_class=spec.planner)
             state["plans"][spec.plans_identifier] = {"preset": spec.name, "sha256": sha256_file(plans_file),
                                                      "fingerprint": state["fingerprint"]}
