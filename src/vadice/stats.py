@@ -209,13 +209,7 @@ def paired_bootstrap_ci(
         diff = float(statistic(cols_b) - statistic(cols_a))
         boot = (np.asarray(statistic({k: v[idx] for k, v in cols_b.items()}), dtype=np.float64)
                 - np.asarray(statistic({k: v[idx] for k, v in cols_a.items()}), dtype=np.float64))
-    boot = boot[np.isfinite(boot)]
-    alpha = (1 - confidence) / 2
-    if boot.size == 0:
-        low = high = float("nan")
-    else:
-        low, high = (float(x) for x in np.quantile(boot, [alpha, 1 - alpha]))
-    return BootstrapCI(diff, low, high, confidence, int(idx.shape[0]), int(boot.size))
+    return _percentile_ci(diff, boot, confidence, int(idx.shape[0]))
 
 
 def two_level_bootstrap_ci(
@@ -269,13 +263,18 @@ def two_level_bootstrap_ci(
         diff = float(statistic(cols[1]) - statistic(cols[0]))
         boot = (np.asarray(statistic({k: v[seeds_b, patients] for k, v in cols[1].items()}), dtype=np.float64)
                 - np.asarray(statistic({k: v[seeds_a, patients] for k, v in cols[0].items()}), dtype=np.float64))
+    return _percentile_ci(diff, boot, confidence, int(n_boot))
+
+
+def _percentile_ci(diff: float, boot: np.ndarray, confidence: float, n_boot: int) -> BootstrapCI:
+    """The percentile interval of the finite resampled differences (NaN bounds when none is finite)."""
     boot = boot[np.isfinite(boot)]
     alpha = (1 - confidence) / 2
     if boot.size == 0:
         low = high = float("nan")
     else:
         low, high = (float(x) for x in np.quantile(boot, [alpha, 1 - alpha]))
-    return BootstrapCI(diff, low, high, confidence, int(n_boot), int(boot.size))
+    return BootstrapCI(diff, low, high, confidence, n_boot, int(boot.size))
 
 
 VERDICTS = {
