@@ -32,8 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="label map to write (.nii.gz)")
     p.add_argument("--image-out", help="also write the MR series as NIfTI here (same grid)")
     p.add_argument("--map", default="GTVp*=1,GTVn*=2", help="ROI name patterns to labels (default 'GTVp*=1,GTVn*=2')")
-    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID when SERIES_DIR holds several series")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _series_and_overwrite(p)
     p.set_defaults(func=run_import)
 
     p = sub.add_parser(
@@ -47,8 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("labels", metavar="LABELS", help="label map (.nii.gz) on the series' grid")
     p.add_argument("--out-dir", required=True, help="folder for RS_<name>.dcm / SEG_<name>.dcm")
     p.add_argument("--output-type", default="rtstruct", help="comma-separated: rtstruct, seg (default rtstruct)")
-    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID when SERIES_DIR holds several series")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _series_and_overwrite(p)
     p.set_defaults(func=run_export)
 
     p = sub.add_parser(
@@ -91,6 +89,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold")
     p.add_argument("--overwrite", action="store_true", help="replace an existing zip")
     p.set_defaults(func=run_export_model)
+
+
+def _series_and_overwrite(p) -> None:
+    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID when SERIES_DIR holds several series")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def parse_output_types(text: str, allowed: tuple[str, ...] = OUTPUT_TYPES) -> tuple[str, ...]:
