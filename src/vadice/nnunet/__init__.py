@@ -19,12 +19,14 @@ TRAINER_FOR_LOSS = {
     "blob": "nnUNetTrainerBlob",
     "cc-dicece": "nnUNetTrainerCCDiceCE",
     "catmil": "nnUNetTrainerCATMIL",
+    # a loss-side precision lever: VA dual + the false-positive component term (docs/losses.md)
+    "dual-fp": "nnUNetTrainerVADualFP",
 }
 # nnU-Net's own trainer with only the schedule and seed settable: short baseline runs.
 BUDGET_TRAINER = "nnUNetTrainerBudget"
 # Volume-aware trainer whose options come from a JSON file (VADICE_VA_CONFIG or vadice_va.json).
 GENERIC_VA_TRAINER = "nnUNetTrainerVA"
-VA_TRAINERS = ("nnUNetTrainerVA", "nnUNetTrainerVADual", "nnUNetTrainerVASelectiveLN")
+VA_TRAINERS = ("nnUNetTrainerVA", "nnUNetTrainerVADual", "nnUNetTrainerVASelectiveLN", "nnUNetTrainerVADualFP")
 # Trainers that need vadice's lesion ids (preprocess_instances) besides nnU-Net's data.
 COMPARATOR_TRAINERS = ("nnUNetTrainerBlob", "nnUNetTrainerCCDiceCE", "nnUNetTrainerCATMIL")
 # Torch CPU threads of the training process, read by the vadice trainers (nnUNetv2_train sets one per core).

@@ -48,6 +48,7 @@ from vadice.losses import (
     VolumeAwareDiceCELoss,
     median_lesion_volumes,
 )
+from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
 from vadice.nnunet import THREADS_ENV
 from vadice.nnunet.instances import (
     lesion_dataset_class,
@@ -625,3 +626,31 @@ class nnUNetTrainerCATMIL(_ComparatorTrainer):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self.loss.set_epoch(int(self.current_epoch))
+
+
+# ------------------------------------------------------------------------------------------
+# a loss-side precision lever (docs/losses.md)
+
+
+class nnUNetTrainerVADualFP(nnUNetTrainerVADual):
+    """VA dual plus the false-positive component term: every predicted component that touches no truth of its
+    label costs its mean probability (:class:`vadice.losses.fp_components.FalsePositiveComponentLoss`).
+
+    The term is added at each deep-supervision scale with that scale's weight, over every foreground label,
+    with the lesion table's connectivity; its weight is ``fp_weight`` (1 by default; subclass to change it).
+    """
+
+    fp_weight: float = 1.0
+    provenance_keys = nnUNetTrainerVADual.provenance_keys + ("fp_term",)
+
+    def _fp_options(self, table) -> dict:
+        return {"weight": float(self.fp_weight), "labels": [int(l) for l in self.label_manager.foreground_labels],
+                "connectivity": int(table.connectivity)}
+
+    def _lesion_loss(self, table):
+        opts = self._fp_options(table)
+        fp = FalsePositiveComponentLoss(labels=opts["labels"], connectivity=opts["connectivity"])
+        return WithFalsePositiveTerm(super()._lesion_loss(table), fp, weight=opts["weight"])
+
+    def _provenance_record(self, table) -> dict:
+        return {**super()._provenance_record(table), "fp_term": self._fp_options(table)}

@@ -13,5 +13,6 @@ from vadice.nnunet.trainers import (  # noqa: F401
     nnUNetTrainerCCDiceCE,
     nnUNetTrainerVA,
     nnUNetTrainerVADual,
+    nnUNetTrainerVADualFP,
     nnUNetTrainerVASelectiveLN,
 )

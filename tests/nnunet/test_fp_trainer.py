@@ -1,0 +1,105 @@
+"""nnUNetTrainerVADualFP: VA dual + the false-positive component term, on real nnU-Net batches and end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nnunetv2")
+
+from test_trainers import DATASET_ID, NAME, _trainer, lesions, nnunet_env  # noqa: E402,F401
+
+TRAINER = "nnUNetTrainerVADualFP"
+
+
+def test_registered_and_found_by_nnunet(monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from vadice.nnunet import TRAINER_FOR_LOSS, trainer_dir, trainers
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
+    assert TRAINER_FOR_LOSS["dual-fp"] == TRAINER
+    assert recursive_find_trainer_class_by_name(TRAINER) is trainers.nnUNetTrainerVADualFP
+
+
+def test_loss_is_va_dual_plus_the_term_at_every_scale(nnunet_env, lesions, monkeypatch):
+    from vadice.losses import VolumeAwareDiceCELoss
+    from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
+    from vadice.nnunet.trainers import DeepSupervisionVALoss
+
+    monkeypatch.setenv("VADICE_SEED", "3")
+    tr = _trainer(nnunet_env, TRAINER, patch=(12, 24, 24))
+    tr.initialize()
+    assert isinstance(tr.loss, DeepSupervisionVALoss)
+    inner = tr.loss.loss
+    assert isinstance(inner, WithFalsePositiveTerm) and isinstance(inner.main, VolumeAwareDiceCELoss)
+    assert inner.fp.labels == (1, 2) and inner.weight == 1.0
+    record = json.loads((Path(tr.output_folder) / "vadice_va.json").read_text())
+    assert record["trainer"] == TRAINER and record["fp_term"] == {"weight": 1.0, "labels": [1, 2],
+                                                                   "connectivity": record["connectivity"]}
+
+    # The bound loss on a real batch equals VA dual's plus the weighted per-scale term, computed apart.
+    batch = next(tr.get_dataloaders()[0])
+    labels, inputs = tr.loss_inputs(batch)
+    tr.network.eval()
+    with torch.no_grad():
+        outputs = tr.network(batch["data"])
+        got = tr.loss(outputs, labels, **inputs)
+        fp = FalsePositiveComponentLoss(labels=(1, 2), connectivity=record["connectivity"])
+        expected = sum(w * (inner.main(o, t, i, inputs["volumes"]) + fp(o, t))
+                       for w, o, t, i in zip(tr.loss.weights, outputs, labels, inputs["instances"]) if w != 0)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    tr.network.train()
+    out = tr.train_step(batch)
+    assert np.isfinite(out["loss"])
+
+
+def test_resuming_with_another_fp_weight_is_refused(nnunet_env, lesions):
+    from vadice.nnunet import trainers
+
+    _trainer(nnunet_env, TRAINER).initialize()
+
+    class nnUNetTrainerVADualFP(trainers.nnUNetTrainerVADualFP):  # same name, same folder, other weight
+        fp_weight = 0.5
+
+    plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
+    plans["continue_training"] = True
+    dataset_json = json.loads((nnunet_env["pre"] / "dataset.json").read_text())
+    tr = nnUNetTrainerVADualFP(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"resuming with different VA settings \(fp_term\)"):
+        tr.initialize()
+
+
+@pytest.mark.slow
+def test_nnunet_trains_and_predicts_with_the_fp_trainer(nnunet_env, lesions, tmp_path):
+    from vadice.io import read_mask
+    from vadice.nnunet import trainer_dir
+
+    binary = Path(sys.executable).parent
+    env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "VADICE_EPOCHS": "1",
+           "VADICE_ITERS_PER_EPOCH": "2", "VADICE_VAL_ITERS": "1", "VADICE_SEED": "0", "VADICE_VAL_MIRRORING": "0",
+           "VADICE_TORCH_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_results": str(tmp_path / "res")}
+
+    def run(cmd):
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"{cmd[0]} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+
+    run([str(binary / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-p", nnunet_env["plans_id"],
+         "-tr", TRAINER, "-device", "cpu"])
+    out = tmp_path / "res" / NAME / f"{TRAINER}__{nnunet_env['plans_id']}__3d_fullres" / "fold_0"
+    assert (out / "checkpoint_final.pth").is_file()
+    (tmp_path / "in").mkdir()
+    image = nnunet_env["root"] / "raw" / NAME / "imagesTr" / "case01_0000.nii.gz"
+    (tmp_path / "in" / image.name).symlink_to(image)
+    run([str(binary / "nnUNetv2_predict"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"),
+         "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-p", nnunet_env["plans_id"], "-tr", TRAINER,
+         "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"])
+    pred, _ = read_mask(tmp_path / "pred" / "case01.nii.gz")
+    assert set(np.unique(pred).tolist()) <= {0, 1, 2}
