@@ -295,3 +295,20 @@ def test_cli_cv_out_and_its_refusals(tmp_path, capsys):
                  "--cv-out", str(tmp_path / "cv3")]) == 2
     assert "not a vadice post-processing file" in capsys.readouterr().err
     assert out.read_text() == "mine" and not (tmp_path / "cv3").exists()
+
+
+def test_cli_fit_on_an_experiment_run_folder_finds_model_and_truth(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    model, gt_dir = _write_model(tmp_path, {"0": [("a1", "A")], "1": [("b1", "B")]})
+    run = tmp_path / "run"
+    (run / "units").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    for fold in (0, 1):
+        (run / "units" / f"dual__fold{fold}__seed0.json").write_text(json.dumps({"model_dir": str(model)}))
+    gt_dir.rename(run / "gt")  # the run's own copy of the truth, as `vadice experiment` collects it
+    out = tmp_path / "pp.json"
+    assert main(["-q", "postprocess", "fit", str(run), "--setup", "dual", "--out", str(out)]) == 0
+    source = json.loads(out.read_text())["source"]
+    assert source["run_dir"] == str(run.resolve()) and source["setup"] == "dual" and source["seed"] == 0
+    assert source["gt_dir"] == str(run / "gt") and source["model_dir"] == str(model.resolve())
