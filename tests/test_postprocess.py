@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from vadice.cli import main
-from vadice.io import Geometry, InputError, read_mask, read_nifti, write_nifti
+from vadice.io import Geometry, InputError, read_mask, write_nifti
 from vadice.lesions import label_components
 from vadice.postprocess import (
     DEFAULT_GRID_MM3,

@@ -270,7 +270,7 @@ def predict(
         pp.refuse_seen([c.case for c in cases], postprocessing)
         fitted_for = pp.source.get("model_dir")
         if fitted_for and Path(fitted_for).resolve() != Path(model_dir).resolve():
-            # Legal (e.g. a model copied elsewhere) but worth a line: minimum volumes suit the model they were fitted on.
+            # Legal (a model copied elsewhere) but worth a line: the volumes suit the model they were fitted on.
             log.warning("%s was fitted on predictions of %s, not of %s", postprocessing, fitted_for, model_dir)
     settings = prediction_settings(model_dir, folds, checkpoint, tta, postprocessing)
     created = not output_dir.exists()

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(cross-validation, recorded in the file and printed); the file itself is fitted on all "
                     "folds and lists every case it saw: `vadice predict --postprocessing` refuses those.",
         epilog="examples:\n"
-               "  vadice postprocess fit $nnUNet_results/Dataset501_X/nnUNetTrainerVADual__vadiceCPUSmallPlans__3d_fullres --out pp.json\n"
+               "  vadice postprocess fit MODEL_DIR --out pp.json   # MODEL_DIR: Trainer__Plans__3d_fullres\n"
                "  vadice postprocess fit runs/task1 --setup dual --seed 0 --out pp_dual.json\n"
                "  vadice postprocess fit train_preds/ --gt labelsTr/ --out pp.json   # one group, no CV",
         formatter_class=ExamplesFormatter,

@@ -26,7 +26,6 @@ and records every case id it saw.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ from vadice.lesions import check_connectivity
 from vadice.metrics.lesionwise import check_label_maps, match_lesions, parse_match
 from vadice.metrics.surface import bounding_box
 from vadice.postprocess import DEFAULT_GRID_MM3, PostProcessing, remove_small_components
-
-log = logging.getLogger(__name__)
 
 DEFAULT_LABELS = {"GTVp": 1, "GTVn": 2}
 DEFAULT_OBJECTIVE = "f1"
