@@ -69,3 +69,24 @@ def test_truncated_or_unusual_files_take_the_checked_path(tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.float32), img.affine), str(tmp_path / "f.nii.gz"))
     assert _read_integer_nifti(tmp_path / "f.nii.gz") is None
     assert read_label_map(tmp_path / "f.nii.gz", (1, 2))[0].dtype == np.uint8
+
+
+@pytest.mark.parametrize("allowed,values,stray", [
+    ((1, 2), (1, 2), None),  # 0..max all allowed: the one-reduction check
+    ((2,), (2,), None),  # max 2 but 1 not allowed: the value-set check, nothing stray
+    ((2,), (1, 2), "1"),
+    ((1, 3), (1, 3), None),
+    ((1, 3), (1, 2, 3), "2"),
+    ((1, 2), (1, 2, 7), "7"),
+])
+def test_label_check_names_strays_whichever_check_runs(tmp_path, allowed, values, stray):
+    m = np.zeros((6, 9, 11), np.uint8)
+    for k, v in enumerate(values):
+        m[1 + k, 2:4, 3:5] = v
+    path = tmp_path / "m.nii.gz"
+    write_nifti(m, Geometry((11, 9, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)), path)
+    if stray is None:
+        np.testing.assert_array_equal(read_label_map(path, allowed)[0], m)
+    else:
+        with pytest.raises(InputError, match=rf"unexpected label value\(s\) {stray};"):
+            read_label_map(path, allowed)

@@ -244,3 +244,40 @@ def test_separated_groups_against_deepmind(deepmind):
     assert _rel(sd.areas_pred.sum(), ref["surfel_areas_pred"].sum()) < 1e-12
     np.testing.assert_allclose(sd.distances_gt_to_pred, np.sort(ref["distances_gt_to_pred"]), rtol=1e-12)
     np.testing.assert_allclose(sd.distances_pred_to_gt, np.sort(ref["distances_pred_to_gt"]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_label_distances_on_shared_boxes_equal_mask_distances(seed):
+    # evaluate_case computes the groups of all labels of both maps once and every label's surfaces on them
+    # (shared corners get 0 without a search): the distances must be those of the label's own masks.
+    from vadice.metrics.surface import label_surface_distances, separated_boxes
+
+    gt, pred, spacing = label_pair(seed, shape=(16, 26, 24))
+    gt[gt.shape[0] - 2:, :3, :3] = 3  # another label far away: part of the groups, not of the surfaces
+    boxes = separated_boxes(gt, pred)
+    assert separated_boxes(gt, pred) == separated_boxes((gt != 0) | (pred != 0))
+    for label in (1, 2):
+        ref = surface_distances(gt == label, pred == label, spacing)
+        for got in (label_surface_distances(gt, pred, label, spacing, boxes),
+                    label_surface_distances(gt, pred, label, spacing)):
+            for name in ("distances_gt_to_pred", "distances_pred_to_gt"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
+            for name in ("areas_gt", "areas_pred"):
+                np.testing.assert_allclose(np.sort(getattr(got, name)), np.sort(getattr(ref, name)), rtol=0, atol=0)
+
+
+def test_separated_boxes_of_several_masks():
+    from vadice.metrics.surface import bounding_box, separated_boxes
+
+    a = np.zeros((12, 20, 20), np.uint8)
+    b = np.zeros_like(a)
+    a[1:3, 1:4, 1:4] = 2
+    b[1:3, 5:8, 1:4] = 1  # one empty plane (y = 4) from a's block: two groups
+    b[9:11, 15:18, 15:19] = 1
+    boxes = sorted(separated_boxes(a, b), key=lambda bx: [s.start for s in bx])
+    assert boxes == [(slice(1, 3), slice(1, 4), slice(1, 4)), (slice(1, 3), slice(5, 8), slice(1, 4)),
+                     (slice(9, 11), slice(15, 18), slice(15, 19))]
+    b[1:3, 4, 1] = 1  # bridges the gap
+    assert len(separated_boxes(a, b)) == 2
+    assert separated_boxes(np.zeros_like(a), np.zeros_like(a)) == [] and bounding_box(np.zeros_like(a)) is None
+    assert bounding_box(a, margin=1) == (slice(0, 4), slice(0, 5), slice(0, 5))

@@ -128,6 +128,7 @@ def match_lesions(
     labels: Iterable[int] = (1, 2),
     connectivity: int = 26,
     match: str = "overlap",
+    boxes: Sequence[tuple[slice, ...]] | None = None,
 ) -> dict[int, LesionMatch]:
     """Match truth lesions and predicted components, label by label.
 
@@ -141,6 +142,9 @@ def match_lesions(
       labels: label values to evaluate.
       connectivity: 6, 18 or 26.
       match: ``"overlap"`` or ``"iou:<t>"``.
+      boxes: ``separated_boxes`` of the non-zero voxels of both maps when the
+        caller has them already (``vadice.metrics.evaluate`` shares them with
+        the surfaces); computed when None.
 
     Returns:
       ``{label: LesionMatch}`` for every requested label.
@@ -158,8 +162,11 @@ def match_lesions(
 
     # Components never cross an empty plane, so each separated group of voxels (any label, either mask) is
     # matched on its own small box: a distant false positive no longer stretches one box over the volume.
+    if boxes is None:
+        # Max-reductions find non-zero planes of unsigned maps directly; signed ones need the comparison.
+        boxes = separated_boxes(*(m if m.dtype.kind in "ub" else m != 0 for m in (gt, pred)))
     parts = [_match_box(gt[box], pred[box], labels, connectivity, rule, threshold, box, gt.shape)
-             for box in separated_boxes((gt != 0) | (pred != 0))]
+             for box in boxes]
     out = {}
     for l in labels:
         fields = []

@@ -7,11 +7,17 @@ the 2x2x2 voxels around it, codes other than "all outside"/"all inside" are
 surface points, and each carries the area of the marching-cubes surface
 inside its 2x2x2 cell.
 
-Distances from each surface point to the other surface come from a KD-tree
-over the other surface's points (scipy cKDTree) on the crop of both masks:
-surfaces are sparse, and on realistic crops this beat a Euclidean distance
-transform ~4x. All work happens on the bounding box of both masks plus one
-voxel, so the cost depends on the structures, not the image size.
+All work happens on the boxes of groups of voxels separated by empty planes
+(:func:`separated_boxes`), so the cost depends on the structures, not on the
+image size or on the distance between them. Both surfaces are computed on the
+same boxes, so a corner on both surfaces is found there and gets distance 0
+without a search (a quarter to a third of the points of a fair prediction).
+The other points get their distance to the other surface from a KD-tree over
+that surface's points (scipy cKDTree): surfaces are sparse, so this beat a
+Euclidean distance transform ~4x on the bounding box of both masks, and it
+still costs no more than a transform of a single group's box (~4 ms each way
+for a 4 ml primary tumour), while also reaching other groups. One set of
+distances feeds SDS, MSD and HD95.
 """
 
 from __future__ import annotations
@@ -46,22 +52,84 @@ def check_binary_pair(gt: np.ndarray, pred: np.ndarray, ndim: int = 3) -> None:
         raise ValueError(f"gt and pred shapes differ: {gt.shape} vs {pred.shape}")
 
 
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """Slices of the bounding box of the non-zero voxels of ``mask``, grown by ``margin``.
+def _projections(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per axis, a bool vector: the planes where any of ``masks`` has a non-zero voxel.
 
-    Uses per-axis max-reductions rather than ``np.nonzero``: on a 512x512x80
-    volume that is ~1 ms instead of ~50 ms. Returns None for an empty mask.
+    Max-reductions (not ``np.nonzero`` nor a materialised ``a | b``): on a
+    512x512x80 volume this is ~1 ms instead of ~50 ms. In 3-D, the maximum
+    over the slices gives both in-plane projections, so the data is read
+    twice, not three times. For bool or unsigned masks only (a negative value
+    would not count).
     """
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.max(axis=other) if mask.size else np.zeros(mask.shape[axis]))
-        if hit.size == 0:
-            return None
-        lo = max(int(hit[0]) - margin, 0)
-        hi = min(int(hit[-1]) + 1 + margin, mask.shape[axis])
-        slices.append(slice(lo, hi))
-    return tuple(slices)
+    shape = masks[0].shape
+    if masks[0].size == 0:
+        return [np.zeros(n, bool) for n in shape]
+    if len(shape) == 3:
+        along0 = np.max([m.max(axis=(1, 2)) for m in masks], axis=0)
+        # Slice by slice: NumPy's max(axis=0) over a cropped (non-contiguous) view is ~20x slower.
+        plane = np.zeros(shape[1:], np.result_type(*masks))
+        for m in masks:
+            for sl in m:
+                np.maximum(plane, sl, out=plane)
+        return [along0 != 0, plane.max(axis=1) != 0, plane.max(axis=0) != 0]
+    out = []
+    for axis in range(len(shape)):
+        other = tuple(a for a in range(len(shape)) if a != axis)
+        out.append(np.max([m.max(axis=other) for m in masks], axis=0) != 0)
+    return out
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of the non-zero voxels of ``mask`` (bool or unsigned), grown by ``margin``.
+
+    Returns None for an empty mask.
+    """
+    hits = [np.flatnonzero(p) for p in _projections([mask])]
+    if hits[0].size == 0:
+        return None
+    return tuple(slice(max(int(h[0]) - margin, 0), min(int(h[-1]) + 1 + margin, n))
+                 for h, n in zip(hits, mask.shape))
+
+
+def separated_boxes(*masks: np.ndarray) -> list[tuple[slice, ...]]:
+    """Tight boxes of groups of voxels separated from each other by at least one empty plane.
+
+    A voxel is occupied when any of ``masks`` (bool or unsigned arrays of one
+    shape) is non-zero there. Splits recursively wherever a box's projection
+    on an axis has a gap. A 2x2x2 neighbour-code cell never holds voxels of
+    two such groups, and a connected component never spans two, so surfaces
+    and components of any of the masks (or of one label of them) are the
+    union of the groups', each computed on its own box: a distant false
+    positive no longer stretches one box over the space between it and the
+    rest. Empty masks: no box.
+    """
+    todo = [tuple(slice(0, n) for n in masks[0].shape)]
+    out = []
+    while todo:
+        box = todo.pop()
+        proj = _projections([m[box] for m in masks])
+        hits = [np.flatnonzero(p) for p in proj]
+        if hits[0].size == 0:
+            continue
+        # Tighten, then split along the first axis whose projection has a gap; the parts are tightened
+        # (and split further) when they come off the stack, one projection pass each.
+        box = tuple(slice(b.start + int(h[0]), b.start + int(h[-1]) + 1) for b, h in zip(box, hits))
+        proj = [p[h[0]:h[-1] + 1] for p, h in zip(proj, hits)]
+        for axis, hit in enumerate(proj):
+            if hit.all():
+                continue
+            # Runs of occupied planes along this axis; the box is tight, so it starts and ends occupied.
+            edges = np.flatnonzero(np.diff(hit.astype(np.int8)))
+            starts = np.concatenate(([0], edges[1::2] + 1))
+            stops = np.concatenate((edges[0::2] + 1, [hit.size]))
+            for lo, hi in zip(starts, stops):
+                part = list(box)
+                part[axis] = slice(box[axis].start + int(lo), box[axis].start + int(hi))
+                todo.append(tuple(part))
+            break
+        else:
+            out.append(box)
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,49 +205,43 @@ def neighbour_codes(mask: np.ndarray) -> np.ndarray:
     return code
 
 
-def separated_boxes(mask: np.ndarray) -> list[tuple[slice, ...]]:
-    """Tight boxes of groups of voxels separated from each other by at least one empty plane.
+@dataclass
+class _Surface:
+    """Surface points of one mask: corner indices in the full volume, neighbour codes, and whether the
+    other mask's surface passes through the same corner."""
 
-    Splits recursively wherever a box's projection on an axis has a gap. A
-    2x2x2 neighbour-code cell never holds voxels of two such groups, so the
-    surface of ``mask`` is the union of the groups' surfaces, each computed on
-    its own box: a distant false positive no longer stretches one box over
-    the space between it and the rest. Empty mask: no box.
-    """
-    first = bounding_box(mask)
-    todo, out = ([first] if first is not None else []), []
-    while todo:
-        box = todo.pop()
-        sub = mask[box]
-        for axis in range(mask.ndim):
-            other = tuple(a for a in range(mask.ndim) if a != axis)
-            hit = sub.max(axis=other)
-            if hit.all():
+    corners: np.ndarray  # (n, 3) int64
+    codes: np.ndarray  # (n,) uint8
+    shared: np.ndarray  # (n,) bool
+
+
+def _surfaces(gt: np.ndarray, pred: np.ndarray, boxes: Sequence[tuple[slice, ...]],
+              value: int | None) -> tuple[_Surface, _Surface]:
+    """Both surfaces of ``gt == value`` and ``pred == value`` (of the bool masks themselves when ``value``
+    is None), computed box by box; ``boxes`` must come from :func:`separated_boxes` of masks covering both."""
+    parts: tuple[list, list] = ([], [])
+    for box in boxes:
+        masks = [m[box] if value is None else m[box] == value for m in (gt, pred)]
+        present = [bool(m.any()) for m in masks]
+        if not any(present):
+            continue
+        offset = np.array([b.start for b in box], dtype=np.int64)
+        codes = [neighbour_codes(m) if p else None for m, p in zip(masks, present)]
+        on = [(c != 0) & (c != 255) if c is not None else None for c in codes]
+        shared = on[0] & on[1] if all(present) else None
+        for side, c, o in zip(parts, codes, on):
+            if c is None:
                 continue
-            # Runs of occupied planes along this axis; the box is tight, so it starts and ends occupied.
-            edges = np.flatnonzero(np.diff(hit.astype(np.int8)))
-            starts = np.concatenate(([0], edges[1::2] + 1))
-            stops = np.concatenate((edges[0::2] + 1, [hit.size]))
-            for lo, hi in zip(starts, stops):
-                part = list(box)
-                part[axis] = slice(box[axis].start + int(lo), box[axis].start + int(hi))
-                tight = bounding_box(mask[tuple(part)])
-                todo.append(tuple(slice(p.start + t.start, p.start + t.stop) for p, t in zip(part, tight)))
-            break
+            idx = np.nonzero(o)
+            side.append((np.stack(idx, axis=1) + offset, c[idx],
+                         shared[idx] if shared is not None else np.zeros(idx[0].size, bool)))
+    out = []
+    for side in parts:
+        if not side:
+            out.append(_Surface(np.zeros((0, 3), np.int64), np.zeros(0, np.uint8), np.zeros(0, bool)))
         else:
-            out.append(box)
-    return out
-
-
-def _surface(mask: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    points, areas = [np.zeros((0, 3))], [np.zeros(0)]
-    for box in separated_boxes(mask):
-        code = neighbour_codes(mask[box])
-        idx = np.nonzero((code != 0) & (code != 255))
-        offset = np.array([b.start for b in box], dtype=np.float64)
-        points.append((np.stack(idx, axis=1) + offset) * np.asarray(spacing))
-        areas.append(_area_table(spacing)[code[idx]])
-    return np.concatenate(points), np.concatenate(areas)
+            out.append(_Surface(*(np.concatenate(field) for field in zip(*side))))
+    return out[0], out[1]
 
 
 @dataclass(frozen=True)
@@ -208,14 +270,37 @@ class SurfaceDistances:
         return self.areas_pred.size == 0
 
 
-def _directed(points_from: np.ndarray, points_to: np.ndarray) -> np.ndarray:
-    if points_from.shape[0] == 0:
-        return np.zeros(0)
-    if points_to.shape[0] == 0:
-        return np.full(points_from.shape[0], np.inf)
-    # leafsize above the default suits one batched query per tree.
-    dist, _ = cKDTree(points_to, leafsize=32, balanced_tree=False).query(points_from, k=1)
+def _directed(src: _Surface, dst: _Surface, origin: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Distance (mm) from every point of ``src`` to the nearest point of ``dst``."""
+    if dst.corners.shape[0] == 0:
+        return np.full(src.corners.shape[0], np.inf)
+    dist = np.zeros(src.corners.shape[0])
+    search = ~src.shared  # a shared corner is its own nearest point: 0 exactly, as the tree would say
+    if search.any():
+        # Coordinates from the corner of the structure's box, as integers until the last step: the same
+        # floats whichever boxes the points came from. leafsize above the default suits one batched query;
+        # without compact_nodes the tree is built faster and, measured on the benchmark cases, answers
+        # points far from the other surface (a false positive or a missed lesion: ~10 % of the points)
+        # ~4x faster, at the same speed elsewhere. Any tree gives the exact nearest distance.
+        tree = cKDTree((dst.corners - origin) * spacing, leafsize=32, balanced_tree=False, compact_nodes=False)
+        dist[search], _ = tree.query((src.corners[search] - origin) * spacing, k=1)
     return dist
+
+
+def _distances(gt: np.ndarray, pred: np.ndarray, boxes: Sequence[tuple[slice, ...]], value: int | None,
+               spacing: tuple[float, ...]) -> SurfaceDistances:
+    s_gt, s_pred = _surfaces(gt, pred, boxes, value)
+    if s_gt.codes.size + s_pred.codes.size == 0:
+        empty = np.zeros(0)
+        return SurfaceDistances(empty, empty, empty, empty)
+    origin = np.concatenate([s_gt.corners, s_pred.corners]).min(axis=0)
+    sp = np.asarray(spacing, dtype=np.float64)
+    d_gt = _directed(s_gt, s_pred, origin, sp)
+    d_pred = _directed(s_pred, s_gt, origin, sp)
+    table = _area_table(spacing)
+    o_gt = np.argsort(d_gt, kind="stable")
+    o_pred = np.argsort(d_pred, kind="stable")
+    return SurfaceDistances(d_gt[o_gt], table[s_gt.codes[o_gt]], d_pred[o_pred], table[s_pred.codes[o_pred]])
 
 
 def surface_distances(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float]) -> SurfaceDistances:
@@ -235,18 +320,24 @@ def surface_distances(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float]
     """
     check_binary_pair(gt, pred)
     spacing = check_spacing(spacing, 3)
-    box = bounding_box(gt | pred)
-    if box is None:
-        empty = np.zeros(0)
-        return SurfaceDistances(empty, empty, empty, empty)
-    # Both surfaces in the coordinates of the shared box; each mask is then split into separated groups.
-    pts_gt, area_gt = _surface(gt[box], spacing)
-    pts_pred, area_pred = _surface(pred[box], spacing)
-    d_gt = _directed(pts_gt, pts_pred)
-    d_pred = _directed(pts_pred, pts_gt)
-    o_gt = np.argsort(d_gt, kind="stable")
-    o_pred = np.argsort(d_pred, kind="stable")
-    return SurfaceDistances(d_gt[o_gt], area_gt[o_gt], d_pred[o_pred], area_pred[o_pred])
+    return _distances(gt, pred, separated_boxes(gt, pred), None, spacing)
+
+
+def label_surface_distances(gt: np.ndarray, pred: np.ndarray, value: int, spacing: Sequence[float],
+                            boxes: Sequence[tuple[slice, ...]] | None = None) -> SurfaceDistances:
+    """:func:`surface_distances` of ``gt == value`` and ``pred == value`` without full-size masks.
+
+    Args:
+      gt, pred: unsigned integer label maps of one 3-D shape.
+      value: the label.
+      spacing: mm, array axis order.
+      boxes: ``separated_boxes(gt, pred)`` when the caller already has them (one computation for all
+        labels and the lesion matching); computed when None.
+    """
+    spacing = check_spacing(spacing, 3)
+    if boxes is None:
+        boxes = separated_boxes(gt, pred)
+    return _distances(gt, pred, boxes, int(value), spacing)
 
 
 def _check_tolerance(tolerance_mm: float) -> float:
@@ -282,7 +373,9 @@ def mean_surface_distance(sd: SurfaceDistances) -> float:
     """
     if sd.gt_empty or sd.pred_empty:
         return float("nan")
-    num = np.dot(sd.distances_gt_to_pred, sd.areas_gt) + np.dot(sd.distances_pred_to_gt, sd.areas_pred)
+    # Elementwise products summed, not np.dot: a BLAS dot may wake its thread pool, which cost ~10 ms per
+    # call on a busy machine, more than the rest of this function.
+    num = np.sum(sd.distances_gt_to_pred * sd.areas_gt) + np.sum(sd.distances_pred_to_gt * sd.areas_pred)
     return float(num / (sd.areas_gt.sum() + sd.areas_pred.sum()))
 
 
@@ -348,11 +441,16 @@ def surface_metrics(
       flag is ``""``, ``"gt_empty"``, ``"pred_empty"`` or ``"both_empty"``.
     """
     tolerances = [_check_tolerance(t) for t in tolerances]
-    sd = surface_distances(gt, pred, spacing)
+    return metrics_from_distances(surface_distances(gt, pred, spacing), tolerances, hd_mode, percentile)
+
+
+def metrics_from_distances(sd: SurfaceDistances, tolerances: Sequence[float] = (2.0,), hd_mode: str = "directed",
+                           percentile: float = 95.0) -> dict:
+    """The result of :func:`surface_metrics` from distances already computed (same keys)."""
     flag = ("both_empty" if sd.gt_empty and sd.pred_empty else "gt_empty" if sd.gt_empty
             else "pred_empty" if sd.pred_empty else "")
     return {
-        "sds": {t: surface_dice(sd, t) for t in tolerances},
+        "sds": {float(t): surface_dice(sd, t) for t in tolerances},
         "msd": mean_surface_distance(sd),
         "hd95": hausdorff_distance(sd, percentile, hd_mode),
         "flag": flag,
