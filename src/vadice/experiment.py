@@ -40,7 +40,9 @@ from vadice.io import InputError, check_output_dir, copy_file, sha256_file, stri
 
 log = logging.getLogger(__name__)
 
-SETUPS = ("baseline", "dual", "selective-ln")
+SETUPS = ("baseline", "dual", "selective-ln")  # the default study
+# every set-up --setups accepts: the defaults plus the small-lesion comparators (docs/losses.md)
+KNOWN_SETUPS = SETUPS + ("blob", "cc-dicece", "catmil")
 
 # Settings that must not change between invocations on one run folder: they define the study.
 _FIXED_SETTINGS = ("dataset", "preset", "iterations", "epochs", "val_iterations", "val_mirroring", "folds", "seeds",
@@ -139,8 +141,8 @@ class Experiment:
         """
         run_dir = check_output_dir(run_dir)
         for setup in settings.setups:
-            if setup not in SETUPS:
-                raise InputError(None, f"unknown set-up {setup!r}; choose from {', '.join(SETUPS)}")
+            if setup not in KNOWN_SETUPS:
+                raise InputError(None, f"unknown set-up {setup!r}; choose from {', '.join(KNOWN_SETUPS)}")
         if not settings.setups or settings.setups[0] != "baseline":
             raise InputError(None, "set-ups must start with 'baseline' (differences are taken against it)")
         if not settings.seeds or not settings.folds:

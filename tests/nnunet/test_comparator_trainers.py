@@ -33,6 +33,16 @@ def test_registered_for_the_cli_and_found_by_nnunet(monkeypatch):
     assert issubclass(trainers.nnUNetTrainerVA, trainers.nnUNetTrainerLesions)
 
 
+def test_every_loss_is_an_experiment_setup_with_a_report_label():
+    from vadice.experiment import KNOWN_SETUPS, SETUPS
+    from vadice.nnunet import TRAINER_FOR_LOSS
+    from vadice.report.html import TRAINING_LOSS
+
+    assert SETUPS == ("baseline", "dual", "selective-ln")  # the default study is unchanged
+    for loss in ("baseline", "dual", "selective-ln", *COMPARATORS):
+        assert loss in TRAINER_FOR_LOSS and loss in KNOWN_SETUPS and loss in TRAINING_LOSS
+
+
 @pytest.mark.parametrize("loss", sorted(COMPARATORS))
 def test_train_step_on_a_real_batch(nnunet_env, lesions, monkeypatch, loss):
     from vadice.losses import BlobDiceCELoss, CATMILLoss, CCDiceCELoss

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vadice.cli.options import add_device, parse_folds
+from vadice.nnunet import TRAINER_FOR_LOSS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for label maps and overlays")
     p.add_argument("-m", "--model", required=True, metavar="MODEL_DIR",
                    help="trained model folder (Trainer__Plans__configuration) or an experiment run folder with --setup")
-    p.add_argument("--setup", choices=("baseline", "dual", "selective-ln"),
+    p.add_argument("--setup", choices=tuple(TRAINER_FOR_LOSS),
                    help="with an experiment run folder: which set-up's model (seed from --seed)")
     p.add_argument("--seed", type=int, default=0, help="with an experiment run folder: which seed (default 0)")
     p.add_argument("--folds", default="0", help="comma-separated folds to ensemble, or 'all' (default 0)")

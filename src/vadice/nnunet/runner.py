@@ -648,7 +648,8 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
 
     The trainer is nnU-Net's ``nnUNetTrainer`` for the baseline without a budget,
     ``nnUNetTrainerBudget`` for the baseline with any of iterations/epochs/
-    val_iterations/seed, and vadice's VA trainer for 'dual' / 'selective-ln'.
+    val_iterations/seed, vadice's VA trainer for 'dual' / 'selective-ln' and its
+    comparator trainers for 'blob' / 'cc-dicece' / 'catmil' (docs/losses.md).
 
     A fold folder holding a finished run (checkpoint_final.pth and the final
     validation's summary.json) trained with the same settings is not retrained: the
@@ -658,7 +659,8 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
 
     Args:
         dataset: id, name or raw dataset folder (see :func:`resolve_dataset`).
-        loss: 'baseline', 'dual' or 'selective-ln'.
+        loss: a key of ``TRAINER_FOR_LOSS``: 'baseline', 'dual', 'selective-ln',
+            'blob', 'cc-dicece' or 'catmil'.
         fold: 0-4 (nnU-Net 5-fold split, or splits_final.json) or 'all'.
         preset: plans preset used by :func:`plan`.
         device: 'cuda', 'cpu' or 'mps'.

@@ -47,7 +47,9 @@ SECTIONS = (
 DISTRIBUTION_METRICS = ("dsc", "sds", "msd", "hd95")
 # The loss each set-up trains with (what the training curves show).
 TRAINING_LOSS = {"baseline": "Dice + cross-entropy", "dual": "VA Dice + cross-entropy",
-                 "selective-ln": "VA Dice + cross-entropy"}
+                 "selective-ln": "VA Dice + cross-entropy", "blob": "blob loss (2 Dice+CE + 1 per-lesion Dice+CE)",
+                 "cc-dicece": "Dice+CE + per-lesion Voronoi-cell Dice+CE",
+                 "catmil": "Dice+CE + component-adaptive Tversky + MIL"}
 METRIC_NAMES = {
     "dscagg": "DSCagg",
     "dscagg_mean": "DSCagg (mean of labels)",
