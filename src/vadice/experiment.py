@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 SETUPS = ("baseline", "dual", "selective-ln")  # the default study
 # every set-up --setups accepts: the defaults plus the small-lesion comparators (docs/losses.md)
-KNOWN_SETUPS = SETUPS + ("blob", "cc-dicece", "catmil")
+KNOWN_SETUPS = SETUPS + ("blob", "cc-dicece", "catmil", "dual-fp")
 
 # Settings that must not change between invocations on one run folder: they define the study.
 _FIXED_SETTINGS = ("dataset", "preset", "iterations", "epochs", "val_iterations", "val_mirroring", "folds", "seeds",

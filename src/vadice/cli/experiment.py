@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     p.add_argument("--setups", default="baseline,dual,selective-ln",
                    help="comma-separated set-ups, baseline first (default baseline,dual,selective-ln); "
-                        "the comparators blob, cc-dicece and catmil may be added (docs/losses.md)")
+                        "the comparators blob, cc-dicece, catmil and the precision lever dual-fp may be added "
+                        "(docs/losses.md)")
     p.add_argument("--preset", choices=("resenc-m", "cpu-small"), default="resenc-m",
                    help="network plan: resenc-m, nnU-Net's ResEnc M (GPU; the default), or cpu-small, "
                         "a reduced network for CPU demos")

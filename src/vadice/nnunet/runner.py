@@ -649,7 +649,8 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     The trainer is nnU-Net's ``nnUNetTrainer`` for the baseline without a budget,
     ``nnUNetTrainerBudget`` for the baseline with any of iterations/epochs/
     val_iterations/seed, vadice's VA trainer for 'dual' / 'selective-ln' and its
-    comparator trainers for 'blob' / 'cc-dicece' / 'catmil' (docs/losses.md).
+    comparator trainers for 'blob' / 'cc-dicece' / 'catmil', and VA dual with the false-positive
+    component term for 'dual-fp' (docs/losses.md).
 
     A fold folder holding a finished run (checkpoint_final.pth and the final
     validation's summary.json) trained with the same settings is not retrained: the
@@ -660,7 +661,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     Args:
         dataset: id, name or raw dataset folder (see :func:`resolve_dataset`).
         loss: a key of ``TRAINER_FOR_LOSS``: 'baseline', 'dual', 'selective-ln',
-            'blob', 'cc-dicece' or 'catmil'.
+            'blob', 'cc-dicece', 'catmil' or 'dual-fp'.
         fold: 0-4 (nnU-Net 5-fold split, or splits_final.json) or 'all'.
         preset: plans preset used by :func:`plan`.
         device: 'cuda', 'cpu' or 'mps'.

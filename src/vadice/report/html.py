@@ -49,7 +49,8 @@ DISTRIBUTION_METRICS = ("dsc", "sds", "msd", "hd95")
 TRAINING_LOSS = {"baseline": "Dice + cross-entropy", "dual": "VA Dice + cross-entropy",
                  "selective-ln": "VA Dice + cross-entropy", "blob": "blob loss (2 Dice+CE + 1 per-lesion Dice+CE)",
                  "cc-dicece": "Dice+CE + per-lesion Voronoi-cell Dice+CE",
-                 "catmil": "Dice+CE + component-adaptive Tversky + MIL"}
+                 "catmil": "Dice+CE + component-adaptive Tversky + MIL",
+                 "dual-fp": "VA Dice + cross-entropy + false-positive component term"}
 METRIC_NAMES = {
     "dscagg": "DSCagg",
     "dscagg_mean": "DSCagg (mean of labels)",
