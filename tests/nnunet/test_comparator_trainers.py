@@ -158,7 +158,7 @@ def test_nnunet_trains_and_predicts_with_the_comparator(nnunet_env, lesions, tmp
            "VADICE_TORCH_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_results": str(tmp_path / "res")}
 
     def run(cmd):
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)  # loaded 2-core runners
         assert res.returncode == 0, f"{cmd[0]} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
 
     run([str(binary / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-p", nnunet_env["plans_id"],

@@ -304,7 +304,8 @@ def _region_case(job: tuple) -> tuple[str, dict]:
     inst = np.asarray(inst_file[:])[0]
     cells = voronoi_regions(inst, lut, labels, spacing).astype(np.int16)  # ids < 2^15 (MAX_LESIONS_PER_CASE)
     final = folder / f"{case}{REGION_SUFFIX}"
-    partial = final.with_name(f"{case}_regions.partial.b2nd")
+    # one partial file per process: DDP ranks may compute the same case at once, each replace is atomic
+    partial = final.with_name(f"{case}_regions.partial{os.getpid()}.b2nd")
     partial.unlink(missing_ok=True)
     # one chunk row per label, the instance map's chunks otherwise: a patch crop reads the same blocks
     chunks = (1, *inst_file.chunks[1:])
