@@ -18,6 +18,11 @@ instance-carrying (nnUNetTrainerVADual); needs nnUNet_preprocessed/nnUNet_result
 set and ``preprocess_instances`` run:
 
     python bench/loss_overhead.py --mode loader --dataset 501 --plans-id nnUNetResEncUNetMPlans
+
+Both loaders are seeded alike before each batch (same cases, crops and augmentation);
+wall-time medians and the loader's CPU time (``time.thread_time``, the figure to read
+on a shared machine) are reported. ``--repeats 3`` draws each batch three times per
+loader and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -184,22 +189,36 @@ def bench_loader(args):
         tr.initialize()
         loaders[key], _ = tr.get_dataloaders()
     times = {k: [] for k in loaders}
+    cpu = {k: [] for k in loaders}
     for i in range(args.warmup):
         for dl in loaders.values():
             next(dl)
+    load_before = os.getloadavg()
     for i in range(args.steps):
-        np.random.seed(i)
-        torch.manual_seed(i)
-        for key in (list(loaders) if i % 2 == 0 else list(loaders)[::-1]):
-            t0 = time.perf_counter()
-            next(loaders[key])
-            times[key].append(time.perf_counter() - t0)
+        # both loaders draw the same augmentation parameters at step i (seeded before each), in alternating order
+        # --repeats r: the same batch r times per loader, its fastest kept (sporadic stalls of a loaded machine drop out)
+        runs = {k: [] for k in loaders}
+        for _ in range(args.repeats):
+            for key in (list(loaders) if i % 2 == 0 else list(loaders)[::-1]):
+                np.random.seed(i)
+                torch.manual_seed(i)
+                t0, c0 = time.perf_counter(), time.thread_time()
+                next(loaders[key])
+                runs[key].append((time.thread_time() - c0, time.perf_counter() - t0))
+        for key, r in runs.items():
+            cpu[key].append(min(c for c, _ in r))
+            times[key].append(min(w for _, w in r))
     plain, ours = statistics.median(times["plain"]), statistics.median(times["lesion ids"])
+    # CPU time of this (single-threaded) loader: what the batch costs, less sensitive to other jobs than wall time
+    cpu_plain, cpu_ours = sum(cpu["plain"]), sum(cpu["lesion ids"])
     return {"mode": "loader", "dataset": name, "plans": args.plans_id, "configuration": args.configuration,
             "patch": list(plans["configurations"][args.configuration]["patch_size"]),
             "batch": plans["configurations"][args.configuration]["batch_size"], "batches": args.steps,
-            "plain_median_s": plain, "with_ids_median_s": ours, "ratio": ours / plain,
-            "plain_all_s": times["plain"], "with_ids_all_s": times["lesion ids"]}
+            "repeats": args.repeats, "plain_median_s": plain, "with_ids_median_s": ours, "ratio": ours / plain,
+            "plain_cpu_mean_s": cpu_plain / args.steps, "with_ids_cpu_mean_s": cpu_ours / args.steps,
+            "cpu_ratio": cpu_ours / cpu_plain, "load_average_1min": [load_before[0], os.getloadavg()[0]],
+            "plain_all_s": times["plain"], "with_ids_all_s": times["lesion ids"],
+            "plain_cpu_all_s": cpu["plain"], "with_ids_cpu_all_s": cpu["lesion ids"]}
 
 
 def main(argv=None) -> int:
@@ -216,6 +235,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="loader mode: draw each batch this many times per loader (same seed), keep the fastest")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dataset", help="loader mode: dataset id or name")
     p.add_argument("--plans-id", default="nnUNetResEncUNetMPlans", help="loader mode: plans identifier")
@@ -238,6 +259,9 @@ def main(argv=None) -> int:
               f"batch {result['batch']}")
         print(f"plain loader {result['plain_median_s'] * 1e3:.1f} ms/batch, with lesion ids "
               f"{result['with_ids_median_s'] * 1e3:.1f} ms/batch (medians of {args.steps}), ratio {result['ratio']:.3f}")
+        print(f"CPU time (thread): plain {result['plain_cpu_mean_s'] * 1e3:.1f} ms/batch, with lesion ids "
+              f"{result['with_ids_cpu_mean_s'] * 1e3:.1f} ms/batch (means), ratio {result['cpu_ratio']:.3f}; "
+              f"load average {result['load_average_1min'][0]:.1f} -> {result['load_average_1min'][1]:.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -237,3 +237,81 @@ def test_odd_channel_count_is_rejected():
         next(t for t in _transforms((8, 8, 8)).transforms if type(t).__name__ == "SpatialTransform"))
     with pytest.raises(ValueError, match="label and id channels"):
         t(image=torch.zeros((1, 8, 8, 8)), segmentation=torch.zeros((3, 8, 8, 8), dtype=torch.int16))
+
+
+def _reference_lesion_spatial(t, segmentation, params):
+    """The full-patch formulation: nearest-neighbour ids over the whole patch, then the consistency rule."""
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
+    from vadice.nnunet.instances import MAX_LESIONS_PER_CASE, _mode_seg
+
+    per = segmentation.shape[0] // 2
+    labels_in, ids_in = segmentation[:per], segmentation[per:]
+    labels = SpatialTransform._apply_to_segmentation(t, labels_in, **params)
+    with _mode_seg(t, "nearest"):
+        ids = SpatialTransform._apply_to_segmentation(t, ids_in, **params)
+    if params["grid"] is None:
+        return torch.cat((labels, ids))
+    ids = ids.clamp_min(0).contiguous()
+    lut = torch.zeros(MAX_LESIONS_PER_CASE + 1, dtype=labels.dtype)
+    lut.scatter_(0, ids_in.reshape(-1).long().clamp_(min=0), labels_in.reshape(-1).to(labels.dtype))
+    lut[0] = 0
+    ids[lut[ids.long()] != labels] = 0
+    orphans = (labels > 0) & (ids == 0)
+    if orphans.any():
+        _fill_from_neighbours(ids, labels, lut, orphans)
+    return torch.cat((labels, ids))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), dummy_2d=st.booleans(), touching=st.booleans())
+def test_foreground_only_id_sampling_equals_the_full_patch_pass(seed, dummy_2d, touching):
+    """Sampling ids only at foreground voxels gives exactly the ids of a nearest pass over the whole patch."""
+    lab, ids = (_touching_case if touching else _case)(seed % 200)
+    seg = torch.from_numpy(np.stack([lab, ids])).to(torch.int16)
+    t = LesionSpatialTransform.from_transform(
+        next(t for t in _transforms((16, 32, 32), dummy_2d).transforms if type(t).__name__ == "SpatialTransform"))
+    t.p_rotation, t.p_scaling = 1.0, 1.0
+    if dummy_2d:  # as Convert3DTo2DTransform hands it over: (channel, z) pairs as channels, 2-D patches
+        seg = seg.reshape(-1, *seg.shape[2:])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    params = t.get_parameters(image=seg[:1].float(), segmentation=seg)
+    assert params["grid"] is not None
+    got = t._apply_to_segmentation(seg.clone(), **params)
+    want = _reference_lesion_spatial(t, seg.clone(), params)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # and a plain crop is a plain crop
+    params = dict(params, grid=None)
+    torch.testing.assert_close(t._apply_to_segmentation(seg.clone(), **params),
+                               _reference_lesion_spatial(t, seg.clone(), params), rtol=0, atol=0)
+
+
+def test_instance_crop_reads_only_the_foreground_box(tmp_path):
+    """Crops without foreground never decompress the instance map; others equal the stacked array."""
+    lab, ids = _case(3)
+    lab[:, :2] = -1  # nnU-Net's outside-the-mask value is not foreground
+    seg = blosc2.asarray(np.ascontiguousarray(lab[None].astype(np.int8)), urlpath=str(tmp_path / "s.b2nd"),
+                         chunks=(1, 10, 20, 20), blocks=(1, 5, 10, 10))
+    inst = blosc2.asarray(np.ascontiguousarray(ids[None]), urlpath=str(tmp_path / "i.b2nd"),
+                          chunks=(1, 10, 20, 20), blocks=(1, 5, 10, 10))
+    reads = []
+
+    class Counting:
+        shape = inst.shape
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return inst[key]
+
+    lazy = SegWithInstances(seg, Counting())
+    stacked = np.concatenate([lab[None], ids[None]]).astype(np.int16)
+    empty = [[0, 20], [0, 5], [0, 40]]
+    assert not (lab[:, :5] > 0).any()
+    np.testing.assert_array_equal(crop_and_pad_nd(lazy, empty, -1), crop_and_pad_nd(stacked, empty, -1))
+    assert reads == []
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        bbox = [[int(a), int(max(a + rng.integers(1, s), 1))] for s in lab.shape for a in [rng.integers(-4, s - 1)]]
+        np.testing.assert_array_equal(crop_and_pad_nd(lazy, bbox, -1, cast_cropped_to=np.int16),
+                                      crop_and_pad_nd(stacked, bbox, -1, cast_cropped_to=np.int16))

@@ -512,10 +512,37 @@ class SegWithInstances:
         if any(k is Ellipsis for k in key):
             i = key.index(Ellipsis)
             key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
-        spatial = (slice(None),) + tuple(key[1:])
-        both = np.concatenate([np.asarray(a[spatial]).astype(np.int16, copy=False)
-                               for a in (self.seg, self.instances, *self.extra)])
+        spatial = (slice(None),) + tuple(key[1:]) + (slice(None),) * (self.ndim - max(len(key), 1))
+        seg = np.asarray(self.seg[spatial]).astype(np.int16, copy=False)
+        parts = [seg, self._instances(seg, spatial)]
+        parts += [np.asarray(a[spatial]).astype(np.int16, copy=False) for a in self.extra]
+        both = np.concatenate(parts)
         return both[key[0]] if key else both
+
+    def _instances(self, seg: np.ndarray, spatial: tuple) -> np.ndarray:
+        """The instance map under ``spatial``, read only inside the bounding box of the crop's foreground.
+
+        Lesion ids are > 0 only on foreground voxels (labels > 0) of the segmentation they were made from
+        (:func:`preprocess_instances`; the trainer verifies the segmentation's hash), so outside the box
+        of ``seg > 0`` the map is 0 and need not be decompressed: a background-only crop reads nothing.
+        """
+        starts = []
+        for k, n in zip(spatial[1:], self.shape[1:]):
+            if not isinstance(k, slice) or k.step not in (None, 1) or seg.ndim != self.ndim:
+                return np.asarray(self.instances[spatial]).astype(np.int16, copy=False)
+            starts.append(k.indices(n)[0])
+        out = np.zeros((self.instances.shape[0], *seg.shape[1:]), dtype=np.int16)
+        fg = (seg > 0).any(0)
+        box = []
+        for axis in range(fg.ndim):
+            hit = np.flatnonzero(fg.any(tuple(a for a in range(fg.ndim) if a != axis)))
+            if not hit.size:
+                return out
+            box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+            fg = fg[(slice(None),) * axis + (box[-1],)]  # later axes reduce over the box only
+        source = (slice(None),) + tuple(slice(s + b.start, s + b.stop) for s, b in zip(starts, box))
+        out[(slice(None), *box)] = np.asarray(self.instances[source])
+        return out
 
     def __array__(self, dtype=None, copy=None):
         out = self[...]
@@ -644,7 +671,10 @@ class LesionSpatialTransform(SpatialTransform):
     this, wherever id > 0 the label equals that lesion's label.
 
     The id/label correspondence is read from the input crop itself (each id
-    has one label), so the transform needs no lesion table. With
+    has one label: the input label at the voxel an id is sampled from), so the
+    transform needs no lesion table. Ids are sampled only where the resampled
+    label is foreground, and a plain crop (no rotation or scaling) crops all
+    channels at once; see :meth:`_nearest_ids_on_foreground`. With
     ``Convert3DTo2DTransform`` (dummy 2-D augmentation) channels become
     (channel, z) pairs in channel-major order, so equal groups still hold
     labels, ids and each extra map.
@@ -674,24 +704,65 @@ class LesionSpatialTransform(SpatialTransform):
                              f"got {n} segmentation channels")
         per = n // groups
         labels_in, ids_in, extra_in = segmentation[:per], segmentation[per:2 * per], segmentation[2 * per:]
+        if params["grid"] is None:  # a plain crop (no rotation or scaling): one crop of all channels, aligned
+            return super()._apply_to_segmentation(segmentation, **params)
         labels = super()._apply_to_segmentation(labels_in, **params)
         with _mode_seg(self, "nearest"):
-            ids = super()._apply_to_segmentation(ids_in, **params)
             extra = (super()._apply_to_segmentation(extra_in, **params) if self.extra_maps
-                     else ids[:0])  # empty, patch-shaped (extra_in[:0] has the input crop's shape)
-        if params["grid"] is None:  # a plain crop keeps labels and ids aligned
-            return torch.cat((labels, ids, extra))
-        ids = ids.clamp_min(0).contiguous()
-        # label of each id, read from the input crop: every voxel of a lesion has its label, so a scatter
-        # (one pass, no boolean indexing) fills it; index 0 collects background and padding and is reset
-        lut = torch.zeros(MAX_LESIONS_PER_CASE + 1, dtype=labels.dtype)
-        lut.scatter_(0, ids_in.reshape(-1).long().clamp_(min=0), labels_in.reshape(-1).to(labels.dtype))
-        lut[0] = 0
-        ids[lut[ids.long()] != labels] = 0
-        orphans = (labels > 0) & (ids == 0)
-        if orphans.any():
+                     else labels[:0])
+        ids, lut, orphans = self._nearest_ids_on_foreground(labels_in, ids_in, labels, params["grid"])
+        if orphans is not None:
             _fill_from_neighbours(ids, labels, lut, orphans)
         return torch.cat((labels, ids, extra.to(ids.dtype)))
+
+    def _nearest_ids_on_foreground(self, labels_in: torch.Tensor, ids_in: torch.Tensor, labels: torch.Tensor,
+                                   grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest-neighbour ids at the foreground voxels of ``labels`` where their lesion's label agrees, 0 elsewhere.
+
+        The ids are exactly what the parent's ``mode_seg='nearest'`` path gives at those voxels (same
+        grid points, padding and corner convention; ``grid_sample`` reads each output point on its
+        own, so sampling only some points changes no value). The input labels are sampled at the same
+        points in the same pass: the label of the source voxel is the label of the lesion whose id it
+        holds, so an id is kept where that label equals the voxel's (interpolated) label, and dropped
+        otherwise. Background and padding voxels (label <= 0) would have every id dropped, so they are
+        not sampled at all: the pass costs the foreground, not the patch, and no table of the input's
+        ids is built.
+
+        Returns:
+          ``(ids, lut, orphans)``: ids shaped like ``labels``; ``lut[id]``, the label of each id in ``ids``
+          (0 for others); the foreground voxels left without an id (a bool mask), ``None`` if there are none.
+        """
+        ids = torch.zeros_like(labels)
+        lut = torch.zeros(MAX_LESIONS_PER_CASE + 1, dtype=labels.dtype)
+        fg = (labels > 0).any(0)
+        points = grid[fg]  # grid: (*patch, dim), the sample point of each output voxel
+        if not points.shape[0]:
+            return ids, lut, None
+        dim, per = points.shape[1], labels_in.shape[0]
+        padding_mode = self._get_grid_sample_padding_mode(self.border_mode_seg)
+        # as SpatialTransform's nearest path: grid_sample pads with zeros, shifted to make that the padding label
+        shift = float(self.padding_value_seg if self.border_mode_seg == "constant" else 0) \
+            if padding_mode == "zeros" else 0.
+        source = torch.cat((labels_in, ids_in))[None].float()
+        if shift:
+            source -= shift
+        sampled = torch.nn.functional.grid_sample(
+            source, points.view(1, -1, *([1] * (dim - 1)), dim), mode="nearest",
+            padding_mode=padding_mode, align_corners=self.align_corners)[0].reshape(2 * per, -1)
+        if shift:
+            sampled += shift
+        sampled = sampled.to(ids.dtype)
+        want = labels[:, fg]
+        got = torch.where((sampled[per:] > 0) & (sampled[:per] == want), sampled[per:], 0)
+        ids[:, fg] = got
+        lut.scatter_(0, got.reshape(-1).long(), want.reshape(-1))  # got 0 collects the rest; reset below
+        lut[0] = 0
+        left = (want > 0) & (got == 0)
+        if not left.any():
+            return ids, lut, None
+        orphans = torch.zeros(labels.shape, dtype=torch.bool)
+        orphans[:, fg] = left
+        return ids, lut, orphans
 
 
 def lesion_training_transforms(transforms, extra_maps: int = 0):
