@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fit / apply per-label minimum component volumes (fewer false-positive lesions)",
         description="Post-processing that removes predicted components smaller than a per-label minimum "
                     "volume, fitted on cross-validation predictions (docs/postprocessing.md).",
+        epilog="examples:\n"
+               "  vadice postprocess fit runs/task1 --setup dual --seed 0 --out pp_dual.json\n"
+               "  vadice postprocess apply pp_dual.json -i seg/ -o seg_pp/",
         formatter_class=ExamplesFormatter,
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION")
