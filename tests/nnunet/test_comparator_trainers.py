@@ -144,14 +144,14 @@ def test_deep_supervision_wrapper_checks_every_list_length():
     assert torch.isfinite(value)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("loss", sorted(COMPARATORS))
-def test_nnunet_trains_and_predicts_with_the_comparator(nnunet_env, lesions, tmp_path, loss):
-    """Plain nnUNetv2_train / nnUNetv2_predict with the trainer found through nnUNet_extTrainer."""
+def train_and_predict(nnunet_env, tmp_path, trainer: str):
+    """Plain nnUNetv2_train (2 iterations) then nnUNetv2_predict with ``trainer`` found through nnUNet_extTrainer.
+
+    Returns ``(fold folder, predicted label map of case01)``.
+    """
     from vadice.io import read_mask
     from vadice.nnunet import trainer_dir
 
-    trainer = COMPARATORS[loss]
     binary = Path(sys.executable).parent
     env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "VADICE_EPOCHS": "1",
            "VADICE_ITERS_PER_EPOCH": "2", "VADICE_VAL_ITERS": "1", "VADICE_SEED": "0", "VADICE_VAL_MIRRORING": "0",
@@ -165,7 +165,6 @@ def test_nnunet_trains_and_predicts_with_the_comparator(nnunet_env, lesions, tmp
          "-tr", trainer, "-device", "cpu"])
     out = tmp_path / "res" / NAME / f"{trainer}__{nnunet_env['plans_id']}__3d_fullres" / "fold_0"
     assert (out / "checkpoint_final.pth").is_file()
-    assert json.loads((out / "vadice_loss.json").read_text())["loss"] == loss
     (tmp_path / "in").mkdir()
     image = nnunet_env["root"] / "raw" / NAME / "imagesTr" / "case01_0000.nii.gz"
     (tmp_path / "in" / image.name).symlink_to(image)
@@ -173,4 +172,13 @@ def test_nnunet_trains_and_predicts_with_the_comparator(nnunet_env, lesions, tmp
          "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-p", nnunet_env["plans_id"], "-tr", trainer,
          "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"])
     pred, _ = read_mask(tmp_path / "pred" / "case01.nii.gz")
+    return out, pred
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", sorted(COMPARATORS))
+def test_nnunet_trains_and_predicts_with_the_comparator(nnunet_env, lesions, tmp_path, loss):
+    """Plain nnUNetv2_train / nnUNetv2_predict with the trainer found through nnUNet_extTrainer."""
+    out, pred = train_and_predict(nnunet_env, tmp_path, COMPARATORS[loss])
+    assert json.loads((out / "vadice_loss.json").read_text())["loss"] == loss
     assert pred.shape == (16, 56, 56) and set(np.unique(pred).tolist()) <= {0, 1, 2}

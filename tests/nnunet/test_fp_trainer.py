@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,8 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-from test_trainers import DATASET_ID, NAME, _trainer, lesions, nnunet_env  # noqa: E402,F401
+from test_comparator_trainers import train_and_predict  # noqa: E402
+from test_trainers import _trainer, lesions, nnunet_env  # noqa: E402,F401
 
 TRAINER = "nnUNetTrainerVADualFP"
 
@@ -83,27 +81,6 @@ def test_resuming_with_another_fp_weight_is_refused(nnunet_env, lesions):
 
 @pytest.mark.slow
 def test_nnunet_trains_and_predicts_with_the_fp_trainer(nnunet_env, lesions, tmp_path):
-    from vadice.io import read_mask
-    from vadice.nnunet import trainer_dir
-
-    binary = Path(sys.executable).parent
-    env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "VADICE_EPOCHS": "1",
-           "VADICE_ITERS_PER_EPOCH": "2", "VADICE_VAL_ITERS": "1", "VADICE_SEED": "0", "VADICE_VAL_MIRRORING": "0",
-           "VADICE_TORCH_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_results": str(tmp_path / "res")}
-
-    def run(cmd):
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, f"{cmd[0]} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
-
-    run([str(binary / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-p", nnunet_env["plans_id"],
-         "-tr", TRAINER, "-device", "cpu"])
-    out = tmp_path / "res" / NAME / f"{TRAINER}__{nnunet_env['plans_id']}__3d_fullres" / "fold_0"
-    assert (out / "checkpoint_final.pth").is_file()
-    (tmp_path / "in").mkdir()
-    image = nnunet_env["root"] / "raw" / NAME / "imagesTr" / "case01_0000.nii.gz"
-    (tmp_path / "in" / image.name).symlink_to(image)
-    run([str(binary / "nnUNetv2_predict"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"),
-         "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-p", nnunet_env["plans_id"], "-tr", TRAINER,
-         "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"])
-    pred, _ = read_mask(tmp_path / "pred" / "case01.nii.gz")
-    assert set(np.unique(pred).tolist()) <= {0, 1, 2}
+    out, pred = train_and_predict(nnunet_env, tmp_path, TRAINER)
+    assert "fp_term" in json.loads((out / "vadice_va.json").read_text())
+    assert pred.shape == (16, 56, 56) and set(np.unique(pred).tolist()) <= {0, 1, 2}

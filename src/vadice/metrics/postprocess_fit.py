@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from vadice.io import InputError, is_nifti, strip_nifti_suffix
+from vadice.io import InputError
 from vadice.lesions import check_connectivity
 from vadice.metrics.lesionwise import check_label_maps, match_lesions, parse_match
 from vadice.metrics.surface import bounding_box
@@ -331,18 +331,6 @@ def _truth_file(gt_dir: Path, case: str) -> Path:
     raise InputError(gt_dir / f"{case}.nii.gz", "truth label map of a predicted case is missing")
 
 
-def _nifti_cases(folder: Path) -> dict[str, Path]:
-    cases = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not is_nifti(path.name):
-            continue
-        case = strip_nifti_suffix(path.name)
-        if case in cases:
-            raise InputError(path, f"duplicate case name {case!r} (also {cases[case].name})")
-        cases[case] = path
-    return cases
-
-
 def validation_folds(source: str | os.PathLike) -> dict[str, dict[str, Path]]:
     """Predictions of held-out cases, grouped by fold.
 
@@ -358,6 +346,8 @@ def validation_folds(source: str | os.PathLike) -> dict[str, dict[str, Path]]:
     Raises:
       InputError: missing folder, no predictions, or a fold folder without validation predictions.
     """
+    from vadice.metrics.evaluate import list_cases
+
     source = Path(source)
     if not source.is_dir():
         raise InputError(source, "folder not found" if not source.exists() else "not a folder")
@@ -366,12 +356,12 @@ def validation_folds(source: str | os.PathLike) -> dict[str, dict[str, Path]]:
         folds = {}
         for fold_dir in fold_dirs:
             validation = fold_dir / "validation"
-            cases = _nifti_cases(validation) if validation.is_dir() else {}
+            cases = list_cases(validation) if validation.is_dir() else {}
             if not cases:
                 raise InputError(validation, "no validation predictions (training unfinished?)")
             folds[fold_dir.name[len("fold_"):]] = cases
         return folds
-    cases = _nifti_cases(source)
+    cases = list_cases(source)
     if not cases:
         raise InputError(source, "neither an nnU-Net model folder (fold_<k>/validation/) nor a folder of "
                          "<case>.nii.gz predictions")
