@@ -5,8 +5,10 @@ Generates a full-size synthetic cohort (>= 40 cases), converts it (Task 1),
 plans with nnU-Net's real ResEnc M planner (nnUNetResEncUNetMPlans), trains
 baseline, dual and selective-ln on fold 0 for a fixed iteration budget with at
 least two seeds, evaluates the pooled out-of-fold predictions and writes the
-comparison (JSON + Markdown) and the stage timings under ``--out`` (default
-``$OUT``).
+comparison (JSON + Markdown), the CPU study's evidence table and figures
+(bench/cpu_study.py: per set-up sensitivity overall and per size bin, precision,
+DSCagg, DSC, HD95, Δ with CI, per-seed Δ and sign agreement) and the stage
+timings under ``--out`` (default ``$OUT``).
 
     python bench/gpu_experiment.py                       # on the GPU machine
     python bench/gpu_experiment.py --tiny --out /tmp/g   # CPU smoke run of the same script
@@ -107,8 +109,15 @@ def main(argv=None) -> int:
               f"{args.cases} {args.size} synthetic cases; fold 0; seeds {list(seeds)}; "
               f"{args.iterations} iterations per unit\n\n"
               + "\n".join(f"- {k}: {v:.0f} s" for k, v in timings.items()) + "\n\n")
-    write_text(out / "gpu_experiment.md", header + result["markdown"])
-    print(header + result["markdown"])
+    # the same evidence table and figures as the CPU study (docs/evidence.md), so the two read side by side
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cpu_study
+
+    comparison = json.loads((exp.run_dir / "comparison" / "comparison.json").read_text())
+    pngs = cpu_study.figures(exp.run_dir, out)
+    table = cpu_study.evidence_table(comparison) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
+    write_text(out / "gpu_experiment.md", header + table + "\n\n## Full comparison\n\n" + result["markdown"])
+    print(header + table)
     return 0
 
 
