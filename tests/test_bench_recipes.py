@@ -156,3 +156,43 @@ def test_tables_and_figures_from_a_real_comparison(tmp_path):
     assert "| GTVn | lesion_precision |" in study_table and "agree" in study_table
     pngs = cpu_study.figures(run_dir, tmp_path)
     assert [p.name for p in pngs] == ["study_sensitivity_by_size.png", "study_precision_vs_sensitivity.png"]
+
+
+@pytest.mark.slow
+def test_study_and_bench_recipes_end_to_end_with_a_tiny_budget(tmp_path):
+    """The study's ``--tiny`` recipe (6 cases, 2 seeds, 2 iterations per phase), then the bench on it: warm starts
+    shared per seed, the study's units adopted, the comparators and dual-fp trained, post-processing fitted on
+    training cases only, the goal rule applied. Scores are not asserted (2 iterations segment nothing)."""
+    import os
+
+    from vadice.io import sha256_file
+
+    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    study = tmp_path / "study"
+    try:
+        comparison = cpu_study.run(study, cpu_study.TINY, progress=False)
+        bench, bench_dir = loss_bench.run(study, cpu_study.TINY, progress=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    assert comparison["runs"] == ["baseline", "dual", "selective-ln"]
+    assert (study / "run" / "report.html").is_file()
+    for seed in cpu_study.TINY["seeds"]:
+        warm = next((study / "run" / "warm_start" / f"seed_{seed}").rglob("checkpoint_final.pth"))
+        units = [json.loads(p.read_text()) for p in (bench_dir / "units").glob(f"*__seed{seed}.json")]
+        assert len(units) == 3 + len(loss_bench.NEW_SETUPS)
+        assert {u["warm_start_sha256"] for u in units} == {sha256_file(warm)}
+    assert bench["runs"] == ["baseline", "dual", "selective-ln", *loss_bench.NEW_SETUPS, "dual+pp", "selective-ln+pp"]
+    pp = json.loads(next((bench_dir / "postprocessing" / "dual").rglob("postprocessing.json")).read_text())
+    held_out = set(json.loads((bench_dir / "units" / "dual__fold0__seed0.json").read_text())["cases"])
+    splits = json.loads((study / "nnUNet_preprocessed" / f"Dataset{cpu_study.DATASET_ID:03d}_{cpu_study.DATASET_NAME}"
+                         / "splits_final.json").read_text())
+    assert set(pp["fitted_on"]["cases"]) == set(splits[0]["train"])
+    assert not held_out & set(pp["fitted_on"]["cases"])
+    rows, sentence = loss_bench.goal_verdict(bench)
+    assert {r["config"] for r in rows} == {"selective-ln", *loss_bench.NEW_SETUPS, "dual+pp", "selective-ln+pp"}
+    assert sentence
