@@ -149,6 +149,11 @@ def figures(run_dir: Path, out: Path) -> list[Path]:
     return [size_png, pr_png]
 
 
+def machine_text() -> str:
+    """The machine line written beside every result table (processor, cores, platform)."""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="study folder (resumed if it holds an unfinished study)")
@@ -161,7 +166,7 @@ def main(argv=None) -> int:
     comparison = run(out, design, progress=not args.quiet)
     minutes = (time.time() - start) / 60
     pngs = figures(out / "run", out)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+    machine = machine_text()
     text = (f"# vadice CPU study ({'tiny recipe check' if args.tiny else 'study'})\n\n"
             f"design: {json.dumps(design)}\n\ncommand: `{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`\n\n"
             f"wall time of this invocation: {minutes:.1f} min (a resumed run counts only its own part); "

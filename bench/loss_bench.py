@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -281,7 +279,7 @@ def main(argv=None) -> int:
     minutes = (time.time() - start) / 60
     verdict_rows, sentence = goal_verdict(comparison)
     png = figure(comparison, study)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+    machine = cpu_study.machine_text()
     text = (f"# vadice loss bench ({'tiny recipe check' if args.tiny else 'bench'})\n\n"
             f"study design: {json.dumps(design)}; new set-ups {list(NEW_SETUPS)}; post-processing on "
             f"{list(PP_SETUPS)} ({PP_OBJECTIVE}, fitted on fold 0's training cases)\n\n"

@@ -123,10 +123,7 @@ def test_resuming_with_other_comparator_options_is_refused(nnunet_env, lesions):
     class nnUNetTrainerBlob(trainers.nnUNetTrainerBlob):  # same name, same output folder, nodes only
         loss_options = {**trainers.nnUNetTrainerBlob.loss_options, "blob_labels": (2,)}
 
-    plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
-    plans["continue_training"] = True
-    dataset_json = json.loads((nnunet_env["pre"] / "dataset.json").read_text())
-    tr = nnUNetTrainerBlob(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    tr = _trainer(nnunet_env, nnUNetTrainerBlob, continuing=True)
     with pytest.raises(RuntimeError, match=r"resuming with different loss settings \(options\)"):
         tr.initialize()
 

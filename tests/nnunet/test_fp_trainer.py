@@ -71,10 +71,7 @@ def test_resuming_with_another_fp_weight_is_refused(nnunet_env, lesions):
     class nnUNetTrainerVADualFP(trainers.nnUNetTrainerVADualFP):  # same name, same folder, other weight
         fp_weight = 0.5
 
-    plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
-    plans["continue_training"] = True
-    dataset_json = json.loads((nnunet_env["pre"] / "dataset.json").read_text())
-    tr = nnUNetTrainerVADualFP(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    tr = _trainer(nnunet_env, nnUNetTrainerVADualFP, continuing=True)
     with pytest.raises(RuntimeError, match=r"resuming with different VA settings \(fp_term\)"):
         tr.initialize()
 

@@ -201,15 +201,17 @@ def test_preprocess_instances_errors(nnunet_env, tmp_path):
 # ------------------------------------------------------------------------------------ trainers
 
 
-def _trainer(nnunet_env, cls_name: str, patch=None, continuing: bool = False):
+def _trainer(nnunet_env, cls_name, patch=None, continuing: bool = False):
+    """A trainer of ``cls_name`` (a name in vadice.nnunet.trainers, or a class) on the tiny planned dataset."""
     from vadice.nnunet import trainers
 
+    cls = getattr(trainers, cls_name) if isinstance(cls_name, str) else cls_name
     plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
     plans["continue_training"] = continuing  # what nnUNetv2_train --c sets
     if patch is not None:
         plans["configurations"]["3d_fullres"]["patch_size"] = list(patch)
     dataset_json = json.loads((nnunet_env["pre"] / "dataset.json").read_text())
-    return getattr(trainers, cls_name)(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    return cls(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
 
 
 def test_schedule_and_seed_from_environment(nnunet_env, monkeypatch):
