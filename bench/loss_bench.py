@@ -230,15 +230,15 @@ def figure(comparison: dict, out: Path) -> Path:
 
 def run(study: Path, design: dict, progress: bool = True) -> tuple[dict, Path]:
     from vadice.demo import set_nnunet_roots
-    from vadice.experiment import Experiment
+    from vadice.experiment import SETUPS, Experiment  # SETUPS: the study's arms (its default set-ups)
     from vadice.io import InputError
 
     if not (study / "run" / "manifest.json").is_file():
         raise InputError(study, "no CPU study here: run bench/cpu_study.py --out STUDY first")
     set_nnunet_roots(study)
-    study_exp = Experiment.open(study / "run", study_settings(study, design, cpu_study_setups()), progress,
+    study_exp = Experiment.open(study / "run", study_settings(study, design, SETUPS), progress,
                                 existing=True)
-    setups = cpu_study_setups() + NEW_SETUPS
+    setups = SETUPS + NEW_SETUPS
     exp = Experiment.open(study / "bench_run", study_settings(study, design, setups), progress)
     exp.prepare(fingerprint_samples=1_000_000)
     adopt_study_units(study_exp, exp)
@@ -249,12 +249,6 @@ def run(study: Path, design: dict, progress: bool = True) -> tuple[dict, Path]:
             post_processed(exp, setup, seed, progress)
         runs.append(f"{setup}+pp")
     return evaluate_all(exp, runs, progress), exp.run_dir
-
-
-def cpu_study_setups() -> tuple:
-    from vadice.experiment import SETUPS
-
-    return tuple(s for s in SETUPS if s in ("baseline", "dual", "selective-ln"))
 
 
 def markdown(comparison: dict, verdict_rows: list[dict], sentence: str) -> str:
