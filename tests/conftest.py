@@ -7,6 +7,7 @@ one without nodes, mixed fat suppression, one case whose pre-RT and mid-RT spaci
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,14 @@ def small_cohort(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("small_cohort") / "cohort"
     return generate_cohort(out, SMALL_COHORT_CASES, SMALL_COHORT_SEED, size="small", progress=False)
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    """A stand-in nnU-Net model folder (one-channel dataset.json, a fold_0 checkpoint of fake bytes), for tests
+    that replace inference (``vadice.nnunet.runner.predict``) and check what predict does around it."""
+    folder = tmp_path / "model"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz"}))
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"weights")
+    return folder

@@ -255,15 +255,6 @@ def test_cli_apply_one_line_errors_exit_2_and_no_output(tmp_path, capsys):
 GEOM = Geometry((12, 12, 6), (0.5, 0.5, 2.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 
 
-@pytest.fixture
-def model(tmp_path) -> Path:
-    folder = tmp_path / "model"
-    (folder / "fold_0").mkdir(parents=True)
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz"}))
-    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"weights")
-    return folder
-
-
 def _fake_inference(model_dir, staged, out, **kwargs):
     """Every case 'predicts' the hand-worked mask."""
     for f in sorted(Path(staged).iterdir()):

@@ -25,15 +25,6 @@ CASES = ("caseA", "caseB", "caseC")
 
 
 @pytest.fixture
-def model(tmp_path) -> Path:
-    folder = tmp_path / "model"
-    (folder / "fold_0").mkdir(parents=True)
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz"}))
-    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"weights")
-    return folder
-
-
-@pytest.fixture
 def inputs(tmp_path) -> Path:
     folder = tmp_path / "in"
     rng = np.random.default_rng(0)
