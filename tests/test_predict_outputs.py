@@ -8,7 +8,6 @@ around it: staging, collision checks, the manifest, atomic per-case moves and re
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
