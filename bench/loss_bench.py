@@ -141,21 +141,11 @@ def post_processed(exp, setup: str, seed: int, progress: bool) -> Path:
     return out
 
 
-def evaluate_all(exp, runs: list[str], progress: bool) -> dict:
+def evaluate_all(exp, runs: list[str]) -> dict:
     """Evaluate every run name and seed with the bench's size bins; compare against the baseline."""
     from vadice.experiment import compare_seeded
-    from vadice.metrics.evaluate import evaluate_folders
 
-    cases = exp._pooled_cases()
-    gt_dir = exp._link_ground_truth(cases)
-    evaluations: dict[str, dict[int, Path]] = {}
-    for name in runs:
-        for seed in exp.settings.seeds:
-            out = exp.run_dir / "evaluation" / name / f"seed_{seed}"
-            if not (out / "summary.json").is_file():
-                evaluate_folders(gt_dir, exp.prediction_dir(name, seed), out, size_bins_ml=SIZE_BINS_ML,
-                                 progress=progress)
-            evaluations.setdefault(name, {})[seed] = out
+    evaluations = exp.evaluate(runs, size_bins_ml=SIZE_BINS_ML, reuse=True)
     compare_seeded(evaluations, runs, exp.run_dir / "comparison")
     return json.loads((exp.run_dir / "comparison" / "comparison.json").read_text())
 
@@ -248,7 +238,7 @@ def run(study: Path, design: dict, progress: bool = True) -> tuple[dict, Path]:
         for seed in exp.settings.seeds:
             post_processed(exp, setup, seed, progress)
         runs.append(f"{setup}+pp")
-    return evaluate_all(exp, runs, progress), exp.run_dir
+    return evaluate_all(exp, runs), exp.run_dir
 
 
 def markdown(comparison: dict, verdict_rows: list[dict], sentence: str) -> str:

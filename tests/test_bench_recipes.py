@@ -158,6 +158,45 @@ def test_tables_and_figures_from_a_real_comparison(tmp_path):
     assert [p.name for p in pngs] == ["study_sensitivity_by_size.png", "study_precision_vs_sensitivity.png"]
 
 
+def test_experiment_evaluate_pools_the_units_cases_and_reuses_only_when_asked(tmp_path):
+    geom = Geometry((40, 40, 12), (0.8, 0.8, 2.0), (0.0, 0.0, 0.0), IDENTITY)
+    dataset = tmp_path / "nnUNet_raw" / "Dataset991_VadiceStudy"
+    (dataset / "labelsTr").mkdir(parents=True)
+    (dataset / "dataset.json").write_text("{}")
+    rng = np.random.default_rng(3)
+    pairs = {c: _mask_pair(rng) for c in ("c1", "c2")}
+    for c, (gt, _) in pairs.items():
+        write_nifti(gt, geom, dataset / "labelsTr" / f"{c}.nii.gz")
+    settings = ExperimentSettings(dataset=str(dataset), preset="cpu-small", folds=(0,), seeds=(0, 1),
+                                  setups=("baseline",), device="cpu", iterations=8, epochs=1)
+    exp = Experiment(tmp_path / "run", settings, progress=False)
+    for unit in settings.units():
+        _finish(exp, unit)
+        for c, (_, pred) in pairs.items():
+            write_nifti(pred, geom, exp.prediction_dir(unit.setup, unit.seed) / f"{c}.nii.gz")
+    for seed in (0, 1):  # a post-processed copy: any folder name under predictions/ is evaluated alike
+        for c in pairs:
+            write_nifti(np.zeros((12, 40, 40), np.uint8), geom, exp.prediction_dir("baseline+pp", seed) / f"{c}.nii.gz")
+
+    evaluations = exp.evaluate(["baseline", "baseline+pp"], size_bins_ml=(1.0,), reuse=True)
+    assert sorted(p.name for p in (exp.run_dir / "gt").iterdir()) == ["c1.nii.gz", "c2.nii.gz"]
+    summary = evaluations["baseline"][1] / "summary.json"
+    text = summary.read_text()
+    assert "<1 ml" in text
+    empty = json.loads((evaluations["baseline+pp"][0] / "summary.json").read_text())["labels"]["GTVn"]
+    assert (empty["n_gt_lesions"], empty["n_gt_detected"], empty["n_pred_lesions"]) == (6, 0, 0)
+
+    summary.write_text(text + " ")  # a kept evaluation is not redone with reuse=True, and is without it
+    exp.evaluate(["baseline"], size_bins_ml=(1.0,), reuse=True)
+    assert summary.read_text().endswith(" ")
+    exp.evaluate(["baseline"], size_bins_ml=(1.0,))
+    assert summary.read_text() == text
+
+    exp.marker(Unit("baseline", 0, 1)).write_text(json.dumps({"cases": ["c1"]}))
+    with pytest.raises(InputError, match="different case sets"):
+        exp.evaluate(["baseline"])
+
+
 @pytest.mark.slow
 def test_study_and_bench_recipes_end_to_end_with_a_tiny_budget(tmp_path):
     """The study's ``--tiny`` recipe (6 cases, 2 seeds, 2 iterations per phase), then the bench on it: warm starts

@@ -263,25 +263,46 @@ class Experiment:
     # ---- evaluation ---------------------------------------------------------------------
     def collect(self, tolerances=(2.0,), connectivity: int = 26, workers: int = 1, pair_by: str = "case") -> dict:
         """Evaluate every set-up and seed on the pooled out-of-fold predictions, compare, report."""
-        from vadice.metrics.evaluate import evaluate_folders
-
         missing = self.missing()
         if missing:
             raise InputError(self.run_dir, f"{len(missing)} unit(s) unfinished: "
                              + ", ".join(str(u) for u in missing[:10]) + (" …" if len(missing) > 10 else ""))
-        cases = self._pooled_cases()
-        gt_dir = self._link_ground_truth(cases)
-        evaluations: dict[str, dict[int, Path]] = {}
-        for setup in self.settings.setups:
-            for seed in self.settings.seeds:
-                out = self.run_dir / "evaluation" / setup / f"seed_{seed}"
-                evaluate_folders(gt_dir, self.prediction_dir(setup, seed), out, tolerances=tuple(tolerances),
-                                 connectivity=connectivity, workers=workers, progress=self.progress)
-                evaluations.setdefault(setup, {})[seed] = out
+        evaluations = self.evaluate(self.settings.setups, tolerances=tolerances, connectivity=connectivity,
+                                    workers=workers)
         comparison = compare_seeded(evaluations, self.settings.setups, self.run_dir / "comparison",
                                     pair_by=pair_by)
         self.write_manifest()
         return {"evaluations": evaluations, "comparison": comparison}
+
+    def evaluate(self, names: Sequence[str], tolerances=(2.0,), connectivity: int = 26, workers: int = 1,
+                 size_bins_ml: Sequence[float] | None = None, reuse: bool = False) -> dict[str, dict[int, Path]]:
+        """Evaluate ``predictions/<name>/seed_<s>`` for every name and seed against the pooled ground truth.
+
+        Args:
+          names: set-ups, or any other folder names under ``predictions/`` (e.g. post-processed copies).
+          size_bins_ml: lesion size-bin edges for the size-stratified rows; ``None`` keeps evaluate's default.
+          reuse: keep an evaluation folder that already has its ``summary.json`` (a resumed bench);
+            ``collect`` re-evaluates so that changed metric settings always take effect.
+
+        Returns:
+          ``{name: {seed: evaluation folder}}``, ready for :func:`compare_seeded`.
+
+        Raises:
+          InputError: the finished units predicted different case sets, or a case has no ground truth.
+        """
+        from vadice.metrics.evaluate import evaluate_folders
+
+        gt_dir = self._link_ground_truth(self._pooled_cases())
+        extra = {} if size_bins_ml is None else {"size_bins_ml": tuple(size_bins_ml)}
+        evaluations: dict[str, dict[int, Path]] = {}
+        for name in names:
+            for seed in self.settings.seeds:
+                out = self.run_dir / "evaluation" / name / f"seed_{seed}"
+                if not (reuse and (out / "summary.json").is_file()):
+                    evaluate_folders(gt_dir, self.prediction_dir(name, seed), out, tolerances=tuple(tolerances),
+                                     connectivity=connectivity, workers=workers, progress=self.progress, **extra)
+                evaluations.setdefault(name, {})[seed] = out
+        return evaluations
 
     def _pooled_cases(self) -> list[str]:
         per_setup = {}
