@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -206,17 +207,10 @@ def test_study_and_bench_recipes_end_to_end_with_a_tiny_budget(tmp_path):
 
     from vadice.io import sha256_file
 
-    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     study = tmp_path / "study"
-    try:
+    with mock.patch.dict(os.environ):  # the recipes point nnU-Net's roots into the study folder
         comparison = cpu_study.run(study, cpu_study.TINY, progress=False)
         bench, bench_dir = loss_bench.run(study, cpu_study.TINY, progress=False)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
     assert comparison["runs"] == ["baseline", "dual", "selective-ln"]
     assert (study / "run" / "report.html").is_file()

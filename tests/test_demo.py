@@ -10,37 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from vadice.io import sha256_file
 
 pytestmark = pytest.mark.slow
-NNUNET_ROOTS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-
-
-@contextmanager
-def nnunet_roots_restored():
-    """run_demo points nnU-Net's three folders into the demo folder through os.environ; restore them after."""
-    saved = {k: os.environ.get(k) for k in NNUNET_ROOTS}
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     from vadice.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo") / "demo_out"
-    with nnunet_roots_restored():
+    with mock.patch.dict(os.environ):  # run_demo points nnU-Net's roots into its folder
         report = run_demo(out, cases=6, iterations=2, warm_start_iterations=2, progress=False)
         yield out, Path(report)
 
@@ -96,7 +79,7 @@ def test_the_shipped_checkpoint_fits_todays_demo_plans(tmp_path):
     from vadice.demo import DEMO_CASES, PROVENANCE_FILE, WEIGHTS_FILE, run_demo
 
     out = tmp_path / "demo_out"
-    with nnunet_roots_restored():
+    with mock.patch.dict(os.environ):  # run_demo points nnU-Net's roots into its folder
         run_demo(out, iterations=2, progress=False)
     sha = sha256_file(WEIGHTS_FILE)
     assert sha == json.loads(PROVENANCE_FILE.read_text())["sha256"]

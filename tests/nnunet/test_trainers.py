@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -55,13 +56,10 @@ def nnunet_env(tmp_path_factory):
     env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
            "nnUNet_results": str(root / "res"), "nnUNet_n_proc_DA": "1", "nnUNet_compile": "f",
            "nnUNet_def_n_proc": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    old.update({k: os.environ.get(k) for k in ("VADICE_VA_CONFIG", "VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH",
-                                                "VADICE_VAL_ITERS", "VADICE_SEED")})
-    for k in ("VADICE_VA_CONFIG", "VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED"):
-        os.environ.pop(k, None)
-    os.environ.update(env)  # nnU-Net 2.8 reads its roots from the environment on each use
-    try:
+    with mock.patch.dict(os.environ, env):  # restores the whole environment after the module
+        for k in ("VADICE_VA_CONFIG", "VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED"):
+            os.environ.pop(k, None)
+        # nnU-Net 2.8 reads its roots from the environment on each use
         write_tiny_raw_dataset(root / "raw", NAME)
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
             extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
@@ -73,12 +71,6 @@ def nnunet_env(tmp_path_factory):
         # single-threaded augmentation from here (0 would break planning: torch.set_num_threads(0))
         os.environ["nnUNet_n_proc_DA"] = "0"
         yield {"root": root, "pre": root / "pre" / NAME, "plans_id": plans_id}
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
