@@ -17,6 +17,7 @@ from vadice.cli import main
 from vadice.io import Geometry, InputError, read_mask, write_nifti
 from vadice.lesions import label_components
 from vadice.postprocess import (
+    BUNDLED_NAME,
     DEFAULT_GRID_MM3,
     PostProcessing,
     apply_to_file,
@@ -315,4 +316,37 @@ def test_predict_with_a_bad_file_fails_before_inference(monkeypatch, tmp_path, m
                  "--device", "cpu", "--postprocessing", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"vadice predict: error: {bad}: bad post-processing file")
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_predict_bundled_applies_the_models_own_file_and_only_when_asked(monkeypatch, tmp_path, model, caplog):
+    from vadice.nnunet import runner
+
+    monkeypatch.setattr(runner, "predict", _fake_inference)
+    inputs = _inputs(tmp_path / "in", ["new1"])
+    save_postprocessing(_pp(), model / BUNDLED_NAME)  # fitted for /nowhere/model: a zip unpacks elsewhere
+    with caplog.at_level("INFO", logger="vadice"):
+        assert main(["predict", "-i", str(inputs), "-o", str(tmp_path / "pp"), "-m", str(model), "--device", "cpu",
+                     "--postprocessing", "bundled"]) == 0
+    assert np.count_nonzero(read_mask(tmp_path / "pp" / "new1.nii.gz")[0] == 2) == 20  # the 10 mm³ minimum
+    assert "was fitted on predictions of" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vadice"):
+        assert main(["predict", "-i", str(inputs), "-o", str(tmp_path / "raw"), "-m", str(model),
+                     "--device", "cpu"]) == 0
+    assert np.array_equal(read_mask(tmp_path / "raw" / "new1.nii.gz")[0], _hand_mask())
+    assert "add --postprocessing bundled" in caplog.text
+
+
+def test_predict_bundled_without_a_bundled_file_fails_before_inference(monkeypatch, tmp_path, model, capsys):
+    from vadice.nnunet import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "predict", lambda *a, **k: calls.append(a))
+    inputs = _inputs(tmp_path / "in", ["new1"])
+    assert main(["-q", "predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model),
+                 "--device", "cpu", "--postprocessing", "bundled"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vadice predict: error: {model}: --postprocessing bundled: this model carries no "
+                   f"{BUNDLED_NAME} (it was exported without --postprocessing)"]
     assert calls == [] and not (tmp_path / "out").exists()

@@ -90,3 +90,40 @@ def test_export_model_command(tmp_path, capsys):
     assert not any("fold_1" in n for n in names)
     assert main(["export-model", str(model), "--out", str(tmp_path / "m.zip")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_postprocessing_file_travels_in_the_zip(tmp_path, caplog):
+    from vadice.postprocess import BUNDLED_NAME, PostProcessing, load_postprocessing, save_postprocessing
+
+    model = _fake_results(tmp_path / "res")
+    pp = save_postprocessing(PostProcessing(labels={"GTVp": 1, "GTVn": 2}, min_volume_mm3={1: 0.0, 2: 50.0},
+                                            cases=("a", "b", "c"), source={"model_dir": str(model)}),
+                             tmp_path / "pp.json")
+    with caplog.at_level("WARNING", logger="vadice"):
+        export_model(model, tmp_path / "m.zip", postprocessing=pp)
+    assert caplog.text == ""
+    unpacked = model_from_zip(tmp_path / "m.zip", cache=tmp_path / "cache")
+    assert (unpacked / BUNDLED_NAME).read_bytes() == pp.read_bytes()
+    assert load_postprocessing(unpacked / BUNDLED_NAME).min_volume_mm3 == {1: 0.0, 2: 50.0}
+    info = json.loads((unpacked / "vadice_model.json").read_text())["postprocessing"]
+    assert info == {"file": BUNDLED_NAME, "sha256": info["sha256"], "min_volume_mm3": {"GTVp": 0.0, "GTVn": 50.0},
+                    "fitted_on_cases": 3}
+    assert len(info["sha256"]) == 64
+    assert BUNDLED_NAME not in "".join(zipfile.ZipFile(export_model(model, tmp_path / "plain.zip")).namelist())
+
+    other = tmp_path / "other" / model.name
+    other.parent.mkdir()
+    model.rename(other)  # the file names the folder it was fitted for: shipping it with another warns
+    with caplog.at_level("WARNING", logger="vadice"):
+        export_model(other, tmp_path / "moved.zip", postprocessing=pp)
+    assert "was fitted on predictions of" in caplog.text
+
+
+def test_a_bad_postprocessing_file_leaves_no_zip(tmp_path, capsys):
+    model = _fake_results(tmp_path / "res")
+    (tmp_path / "pp.json").write_text('{"tool": "something else"}')
+    assert main(["export-model", str(model), "--out", str(tmp_path / "m.zip"),
+                 "--postprocessing", str(tmp_path / "pp.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vadice export-model: error: {tmp_path / 'pp.json'}: not a vadice")
+    assert not (tmp_path / "m.zip").exists()

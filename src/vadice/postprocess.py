@@ -40,6 +40,27 @@ FILE_VERSION = 1
 # grid, has to say whether that pays.
 DEFAULT_GRID_MM3 = (0.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
 _REL_TOL = 1e-9
+# A model zip (``vadice export-model --postprocessing``) carries its file under this name in the model folder;
+# ``vadice predict --postprocessing bundled`` reads it from there.
+BUNDLED_NAME = "vadice_postprocessing.json"
+BUNDLED = "bundled"
+
+
+def resolve_postprocessing(value: str | os.PathLike | None, model_dir: str | os.PathLike) -> Path | None:
+    """The post-processing file meant by a ``--postprocessing`` value: a path, or ``bundled`` (the model's own).
+
+    Raises:
+      InputError: ``bundled`` for a model folder that carries no post-processing file.
+    """
+    if value is None:
+        return None
+    if str(value) != BUNDLED:
+        return Path(value)
+    path = Path(model_dir) / BUNDLED_NAME
+    if not path.is_file():
+        raise InputError(model_dir, f"--postprocessing {BUNDLED}: this model carries no {BUNDLED_NAME} "
+                         "(it was exported without --postprocessing)")
+    return path
 
 
 def _check_thresholds(min_volume_mm3: Mapping[int, float]) -> dict[int, float]:

@@ -243,7 +243,8 @@ def predict(
       overwrite: replace output files written by someone else or with other settings.
       postprocessing: a post-processing file (``vadice postprocess fit``): remove
         components below its per-label minimum volumes. Refused for cases it was
-        fitted on.
+        fitted on. ``"bundled"``: the file a model zip carries
+        (``vadice export-model --postprocessing``).
 
     Returns:
       PredictResult: label maps written now, and those skipped as already done.
@@ -251,7 +252,8 @@ def predict(
     Raises:
       InputError: bad inputs, model folder or output path; an output file this
         tool did not write with these settings (without ``overwrite``); a bad
-        post-processing file, or one fitted on an input case.
+        post-processing file, or one fitted on an input case; ``"bundled"`` for a
+        model without one.
     """
     from vadice.nnunet import runner  # heavy: imports torch and nnunetv2
 
@@ -264,14 +266,22 @@ def predict(
     cases = collect_inputs(input_dir, n_channels)
     pp = None
     if postprocessing is not None:  # checked before minutes of inference, like the inputs
-        from vadice.postprocess import load_postprocessing
+        from vadice.postprocess import load_postprocessing, resolve_postprocessing
 
+        postprocessing = resolve_postprocessing(postprocessing, model_dir)
         pp = load_postprocessing(postprocessing)
         pp.refuse_seen([c.case for c in cases], postprocessing)
         fitted_for = pp.source.get("model_dir")
-        if fitted_for and Path(fitted_for).resolve() != Path(model_dir).resolve():
+        bundled = Path(postprocessing).resolve().parent == Path(model_dir).resolve()  # checked at export
+        if fitted_for and not bundled and Path(fitted_for).resolve() != Path(model_dir).resolve():
             # Legal (a model copied elsewhere) but worth a line: the volumes suit the model they were fitted on.
             log.warning("%s was fitted on predictions of %s, not of %s", postprocessing, fitted_for, model_dir)
+    else:
+        from vadice.postprocess import BUNDLED_NAME
+
+        if (Path(model_dir) / BUNDLED_NAME).is_file():  # never applied unasked, as nnU-Net's postprocessing.pkl
+            log.info("this model carries a fitted post-processing file (%s), not applied: add --postprocessing "
+                     "bundled to apply it", BUNDLED_NAME)
     settings = prediction_settings(model_dir, folds, checkpoint, tta, postprocessing)
     created = not output_dir.exists()
     todo, done, manifest = plan_cases(cases, output_dir, settings, overlays, overwrite)

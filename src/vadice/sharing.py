@@ -6,9 +6,11 @@ dataset_fingerprint.json, fold_<f>/{checkpoint_final.pth, debug.json,
 progress.png, validation/summary.json}}``, so ``nnUNetv2_install_pretrained_model_from_zip``
 installs it too (plain nnU-Net then needs ``nnUNet_extTrainer=$(vadice nnunet-path)``
 for vadice's trainers). vadice adds ``vadice_model.json`` (version, folds,
-checkpoint SHA-256) and, from an experiment run, its ``manifest.json`` (the
-settings) and ``comparison.json`` (the evaluation summary), all inside the model
-folder. No nnU-Net import here: this is file handling only.
+checkpoint SHA-256), from an experiment run its ``manifest.json`` (the
+settings) and ``comparison.json`` (the evaluation summary), and, when given, a
+fitted post-processing file as ``vadice_postprocessing.json`` (applied by
+``vadice predict --postprocessing bundled``), all inside the model folder. No
+nnU-Net import here: this is file handling only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Sequence
 
 from vadice import __version__
 from vadice.io import InputError, atomic_dir, atomic_file, sha256_file
+from vadice.postprocess import BUNDLED_NAME, load_postprocessing
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,8 @@ def _fold_names(model_dir: Path, folds: Sequence[int | str] | None, checkpoint: 
 
 
 def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, folds: Sequence[int | str] | None = None,
-                 checkpoint: str = "checkpoint_final.pth", run_dir: str | os.PathLike | None = None) -> Path:
+                 checkpoint: str = "checkpoint_final.pth", run_dir: str | os.PathLike | None = None,
+                 postprocessing: str | os.PathLike | None = None) -> Path:
     """Write a trained model folder as a zip (atomically).
 
     Args:
@@ -56,18 +60,24 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, folds: Se
       checkpoint: checkpoint file name in each fold.
       run_dir: the experiment run folder the model came from, if any: its
         ``manifest.json`` and ``comparison/comparison.json`` go in too.
+      postprocessing: a file from ``vadice postprocess fit`` to ship with the model (checked first; a
+        warning when it was fitted on another model folder).
 
     Returns:
       ``out``.
 
     Raises:
-      InputError: not a model folder, missing checkpoints.
+      InputError: not a model folder, missing checkpoints, a bad post-processing file.
     """
     model_dir = Path(model_dir)
     for name in MODEL_FILES[:2]:
         if not (model_dir / name).is_file():
             raise InputError(model_dir, f"not a trained nnU-Net model folder (no {name})")
     fold_names = _fold_names(model_dir, folds, checkpoint)
+    pp = None if postprocessing is None else load_postprocessing(postprocessing)
+    fitted_for = pp.source.get("model_dir") if pp is not None else None
+    if fitted_for and Path(fitted_for).resolve() != model_dir.resolve():
+        log.warning("%s was fitted on predictions of %s, not of %s", postprocessing, fitted_for, model_dir)
     dataset = model_dir.parent.name if model_dir.parent.name.startswith("Dataset") else "Dataset000_vadice"
     prefix = PurePosixPath(dataset, model_dir.name)
     info = {"vadice_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -88,6 +98,11 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, folds: Se
                 if (Path(run_dir) / rel).is_file():
                     zf.write(Path(run_dir) / rel, str(prefix / "vadice_run" / PurePosixPath(rel).name))
                     info.setdefault("run_files", []).append(f"vadice_run/{PurePosixPath(rel).name}")
+        if pp is not None:
+            zf.write(postprocessing, str(prefix / BUNDLED_NAME))
+            info["postprocessing"] = {"file": BUNDLED_NAME, "sha256": sha256_file(postprocessing),
+                                      "min_volume_mm3": {n: pp.min_volume_mm3[v] for n, v in pp.labels.items()},
+                                      "fitted_on_cases": len(pp.cases)}
         zf.writestr(str(prefix / INFO_NAME), json.dumps(info, indent=2))
     log.info("wrote %s (%s, folds %s)", out, model_dir.name, ",".join(info["folds"]))
     return Path(out)

@@ -89,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated folds, 'all', or 'available' = every fold with a checkpoint (default)")
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold")
     p.add_argument("--overwrite", action="store_true", help="replace an existing zip")
+    p.add_argument("--postprocessing", metavar="PP_JSON",
+                   help="ship this fitted post-processing file (`vadice postprocess fit`) in the zip; recipients "
+                        "apply it with `vadice predict --postprocessing bundled`")
     p.set_defaults(func=run_export_model)
 
 
@@ -298,6 +301,7 @@ def run_export_model(args) -> int:
     model = model_dir_from(args.model, args.setup, args.seed)
     run_dir = Path(args.model) if args.setup else None
     folds = None if args.folds == "available" else parse_folds(args.folds)
-    out = export_model(model, args.out, folds=folds, checkpoint=args.checkpoint, run_dir=run_dir)
+    out = export_model(model, args.out, folds=folds, checkpoint=args.checkpoint, run_dir=run_dir,
+                       postprocessing=args.postprocessing)
     print(f"wrote {out}")
     return 0

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace files in OUT_DIR that vadice predict did not write with these settings")
     p.add_argument("--postprocessing", metavar="PP_JSON",
                    help="remove components below the per-label minimum volumes of this file (`vadice postprocess "
-                        "fit`, docs/postprocessing.md); refused for the cases it was fitted on")
+                        "fit`, docs/postprocessing.md), or of the model's own with 'bundled' (a zip from `vadice "
+                        "export-model --postprocessing`); refused for the cases it was fitted on")
     # DICOM / .mha input and DICOM outputs (vadice.cli.dicom, docs/clinic.md); -m also takes a model zip.
     p.add_argument("--output-type", default="nifti",
                    help="comma-separated nifti,rtstruct,seg (default nifti; rtstruct/seg need a DICOM series "
