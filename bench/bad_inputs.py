@@ -94,6 +94,9 @@ def main(scratch: Path, model: Path | None) -> None:
     env_planned = {**env_roots, "nnUNet_preprocessed": str(planned_cpu)}
     run_dir = scratch / "run"
     s = str(scratch)
+    # a post-processing file fitted on case "a" (truth against itself): applying it to "a" must be refused
+    subprocess.run([sys.executable, "-m", "vadice", "-q", "postprocess", "fit", str(gt), "--gt", str(gt), "--out",
+                    f"{s}/pp_seen.json"], env=env, check=True, stdout=subprocess.DEVNULL)
 
     rows = [
         ("synth", ["synth", f"{s}/syn", "--cases", "0", "--seed", "1"], env, f"{s}/syn"),
@@ -148,6 +151,27 @@ def main(scratch: Path, model: Path | None) -> None:
         ("report", ["report", str(gt)], env, None),
         ("demo", ["demo", "--out", f"{s}/afile"], env, f"{s}/afile"),
         ("predict", ["predict", "-i", f"{s}/nowhere", "-o", f"{s}/p", "-m", f"{s}/nowhere_model"], env, f"{s}/p"),
+        ("postprocess", ["postprocess", "fit", f"{s}/nowhere", "--out", f"{s}/pp.json"], env, f"{s}/pp.json"),
+        ("postprocess", ["postprocess", "fit", str(label3), "--gt", str(gt), "--out", f"{s}/pp.json"], env,
+         f"{s}/pp.json"),
+        ("postprocess", ["postprocess", "fit", str(gt), "--gt", str(gt), "--out", f"{s}/pp.json", "--objective",
+                         "recall"], env, f"{s}/pp.json"),
+        ("postprocess", ["postprocess", "fit", str(gt), "--gt", str(gt), "--out", f"{s}/pp.json", "--grid", "0,-5"],
+         env, f"{s}/pp.json"),
+        ("postprocess", ["postprocess", "fit", str(gt), "--gt", str(gt), "--out", f"{s}/afile"], env, f"{s}/afile"),
+        ("postprocess", ["postprocess", "apply", f"{s}/afile", "-i", str(gt), "-o", f"{s}/ppo"], env, f"{s}/ppo"),
+        ("postprocess", ["postprocess", "apply", f"{s}/pp_seen.json", "-i", str(gt), "-o", f"{s}/ppo"], env,
+         f"{s}/ppo"),
+        ("export-model", ["export-model", f"{s}/nowhere_model", "--out", f"{s}/m.zip"], env, f"{s}/m.zip"),
+        ("export-model", ["export-model", str(fake_run), "--out", f"{s}/m.zip"], env, f"{s}/m.zip"),
+        ("import-rtstruct", ["import-rtstruct", f"{s}/nowhere", f"{s}/rs.dcm", "--out", f"{s}/rt.nii.gz"], env,
+         f"{s}/rt.nii.gz"),
+        ("import-rtstruct", ["import-rtstruct", str(images), f"{s}/afile", "--out", f"{s}/rt.nii.gz"], env,
+         f"{s}/rt.nii.gz"),
+        ("export-rtstruct", ["export-rtstruct", str(images), f"{s}/gt/a.nii.gz", "--out-dir", f"{s}/rto"], env,
+         f"{s}/rto"),
+        ("gc-predict", ["gc-predict", "--task", "1", "--model", f"{s}/nowhere_model", "--input", f"{s}/nowhere",
+                        "--output", f"{s}/gco"], env, f"{s}/gco"),
     ]
     if model is not None:
         m_ = str(model)
@@ -161,6 +185,13 @@ def main(scratch: Path, model: Path | None) -> None:
             ("predict", ["predict", "-i", str(images), "-o", str(foreign), "-m", m_], env, str(foreign)),
             ("predict", ["predict", "-i", str(images), "-o", f"{s}/p", "-m", m_, "--device", "cuda"], env,
              f"{s}/p"),
+            ("predict", ["predict", "-i", str(images), "-o", f"{s}/p", "-m", m_, "--postprocessing",
+                         f"{s}/pp_seen.json"], env, f"{s}/p"),
+            ("predict", ["predict", "-i", str(images), "-o", f"{s}/p", "-m", m_, "--postprocessing", "bundled"],
+             env, f"{s}/p"),
+            ("export-model", ["export-model", m_, "--out", f"{s}/afile"], env, f"{s}/afile"),
+            ("export-model", ["export-model", m_, "--out", f"{s}/m.zip", "--postprocessing", f"{s}/afile"], env,
+             f"{s}/m.zip"),
         ]
     print("| command | bad input (arguments) | exit | what it says (last line on stderr) | left at the output |")
     print("|---|---|---|---|---|")
