@@ -350,3 +350,22 @@ def test_predict_bundled_without_a_bundled_file_fails_before_inference(monkeypat
     assert err == [f"vadice predict: error: {model}: --postprocessing bundled: this model carries no "
                    f"{BUNDLED_NAME} (it was exported without --postprocessing)"]
     assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_gc_predict_applies_a_bundled_file_to_the_challenge_output(monkeypatch, tmp_path, model):
+    from vadice.nnunet import runner
+
+    monkeypatch.setattr(runner, "predict", _fake_inference)
+    image = sitk.GetImageFromArray(np.zeros((6, 12, 12), np.float32))
+    image.SetSpacing((0.5, 0.5, 2.0))  # GEOM, on which the stand-in network writes its map
+    (tmp_path / "input/images/pre-rt-t2w-head-neck").mkdir(parents=True)
+    sitk.WriteImage(image, str(tmp_path / "input/images/pre-rt-t2w-head-neck/x.mha"))
+    save_postprocessing(_pp(), model / BUNDLED_NAME)
+    args = ["-q", "gc-predict", "--task", "1", "--model", str(model), "--input", str(tmp_path / "input"),
+            "--device", "cpu"]
+    assert main([*args, "--output", str(tmp_path / "pp"), "--postprocessing", "bundled"]) == 0
+    assert main([*args, "--output", str(tmp_path / "raw")]) == 0
+    out = "images/mri-head-neck-segmentation/output.mha"
+    filtered = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pp" / out)))
+    assert np.array_equal(filtered, remove_small_components(_hand_mask(), SPACING, {2: 10.0}))
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "raw" / out))), _hand_mask())

@@ -95,8 +95,9 @@ def test_gc_predict_command_with_injected_network(tmp_path, monkeypatch, capsys)
 
     seen = {}
 
-    def fake_predict(in_dir, out_dir, model_dir, folds, device, overlays, checkpoint, progress):
-        seen.update(folds=folds, device=device, overlays=overlays, inputs=sorted(p.name for p in Path(in_dir).iterdir()))
+    def fake_predict(in_dir, out_dir, model_dir, folds, device, overlays, checkpoint, progress, postprocessing):
+        seen.update(folds=folds, device=device, overlays=overlays, inputs=sorted(p.name for p in Path(in_dir).iterdir()),
+                    postprocessing=postprocessing)
         first = sitk.ReadImage(str(Path(in_dir) / "case_0000.nii.gz"))
         out = sitk.GetImageFromArray((sitk.GetArrayFromImage(first) > 0.5).astype(np.uint8))
         out.CopyInformation(first)
@@ -112,7 +113,8 @@ def test_gc_predict_command_with_injected_network(tmp_path, monkeypatch, capsys)
     args = ["gc-predict", "--task", "1", "--model", str(model), "--input", str(tmp_path / "input"),
             "--output", str(tmp_path / "output"), "--device", "cpu"]
     assert main(args) == 0
-    assert seen == {"folds": (0, 1), "device": "cpu", "overlays": False, "inputs": ["case_0000.nii.gz"]}
+    assert seen == {"folds": (0, 1), "device": "cpu", "overlays": False, "inputs": ["case_0000.nii.gz"],
+                    "postprocessing": None}
     out = sitk.ReadImage(str(tmp_path / "output/images/mri-head-neck-segmentation/output.mha"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(img) > 0.5)
 

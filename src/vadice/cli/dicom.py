@@ -70,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold")
     p.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto",
                    help="where to run the network (default: cuda when available)")
+    p.add_argument("--postprocessing", metavar="PP_JSON",
+                   help="remove components below this fitted file's per-label minimum volumes, or the model's own "
+                        "with 'bundled' (docs/postprocessing.md); default: none")
     p.set_defaults(func=run_gc_predict)
 
     p = sub.add_parser(
@@ -211,7 +214,7 @@ def run_gc_predict(args) -> int:
 
     def segment(in_dir: Path, out_dir: Path) -> None:
         predict(in_dir, out_dir, model, folds=folds, device=device, overlays=False, checkpoint=args.checkpoint,
-                progress=not args.quiet)
+                progress=not args.quiet, postprocessing=args.postprocessing)
 
     out = gc_predict(args.task, args.input, args.output, segment)
     print(f"wrote {out}")
