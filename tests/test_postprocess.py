@@ -268,7 +268,7 @@ def _inputs(folder: Path, cases) -> Path:
     return folder
 
 
-def test_predict_applies_the_file_and_records_it(monkeypatch, tmp_path, model):
+def test_predict_applies_the_file_and_records_it(monkeypatch, tmp_path, model, caplog):
     from vadice.nnunet import runner
     from vadice.predict import MANIFEST
 
@@ -276,8 +276,10 @@ def test_predict_applies_the_file_and_records_it(monkeypatch, tmp_path, model):
     inputs = _inputs(tmp_path / "in", ["new1"])
     pp = save_postprocessing(_pp(), tmp_path / "pp.json")
     out = tmp_path / "out"
-    assert main(["-q", "predict", "-i", str(inputs), "-o", str(out), "-m", str(model), "--device", "cpu",
-                 "--postprocessing", str(pp)]) == 0
+    with caplog.at_level("WARNING", logger="vadice"):
+        assert main(["-q", "predict", "-i", str(inputs), "-o", str(out), "-m", str(model), "--device", "cpu",
+                     "--postprocessing", str(pp)]) == 0
+    assert f"was fitted on predictions of /nowhere/model, not of {model}" in caplog.text
     labels, geom = read_mask(out / "new1.nii.gz")
     assert geom.differences(GEOM) == []
     expected = remove_small_components(_hand_mask(), SPACING, {2: 10.0})

@@ -177,6 +177,16 @@ class PostProcessing:
             raise InputError(path, f"was fitted on {len(seen)} of these case(s): {names}; applying it there would "
                              "make any score on them optimistic (use cases it did not see)")
 
+    def fitted_elsewhere(self, model_dir: str | os.PathLike) -> str | None:
+        """The model folder the file was fitted for, when it is not ``model_dir`` (else ``None``).
+
+        Legal (a model copied elsewhere) but worth a warning: the volumes suit the model they were fitted on.
+        """
+        fitted_for = self.source.get("model_dir")
+        if fitted_for and Path(fitted_for).resolve() != Path(model_dir).resolve():
+            return str(fitted_for)
+        return None
+
     def to_json(self) -> dict:
         """The file's content (strict JSON types)."""
         from vadice import __version__

@@ -271,10 +271,8 @@ def predict(
         postprocessing = resolve_postprocessing(postprocessing, model_dir)
         pp = load_postprocessing(postprocessing)
         pp.refuse_seen([c.case for c in cases], postprocessing)
-        fitted_for = pp.source.get("model_dir")
         bundled = Path(postprocessing).resolve().parent == Path(model_dir).resolve()  # checked at export
-        if fitted_for and not bundled and Path(fitted_for).resolve() != Path(model_dir).resolve():
-            # Legal (a model copied elsewhere) but worth a line: the volumes suit the model they were fitted on.
+        if not bundled and (fitted_for := pp.fitted_elsewhere(model_dir)):
             log.warning("%s was fitted on predictions of %s, not of %s", postprocessing, fitted_for, model_dir)
     else:
         from vadice.postprocess import BUNDLED_NAME

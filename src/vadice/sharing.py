@@ -75,8 +75,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, folds: Se
             raise InputError(model_dir, f"not a trained nnU-Net model folder (no {name})")
     fold_names = _fold_names(model_dir, folds, checkpoint)
     pp = None if postprocessing is None else load_postprocessing(postprocessing)
-    fitted_for = pp.source.get("model_dir") if pp is not None else None
-    if fitted_for and Path(fitted_for).resolve() != model_dir.resolve():
+    if pp is not None and (fitted_for := pp.fitted_elsewhere(model_dir)):
         log.warning("%s was fitted on predictions of %s, not of %s", postprocessing, fitted_for, model_dir)
     dataset = model_dir.parent.name if model_dir.parent.name.startswith("Dataset") else "Dataset000_vadice"
     prefix = PurePosixPath(dataset, model_dir.name)
