@@ -125,28 +125,40 @@ def _mask_pair(rng, shape=(12, 40, 40)):
 
 def test_tables_and_figures_from_a_real_comparison(tmp_path):
     geom = Geometry((40, 40, 12), (0.8, 0.8, 2.0), (0.0, 0.0, 0.0), IDENTITY)
-    run_dir = tmp_path / "run"
     rng = np.random.default_rng(7)
-    gt_dir = tmp_path / "gt"
+    dataset = tmp_path / "nnUNet_raw" / "Dataset991_VadiceStudy"
+    (dataset / "labelsTr").mkdir(parents=True)
+    (dataset / "dataset.json").write_text("{}")
     cases = [f"case_{i}" for i in range(5)]
     pairs = {c: _mask_pair(rng) for c in cases}
     for c, (gt, _) in pairs.items():
-        write_nifti(gt, geom, gt_dir / f"{c}.nii.gz")
-    evaluations = {}
-    for setup in ("baseline", "dual", "blob"):
+        write_nifti(gt, geom, dataset / "labelsTr" / f"{c}.nii.gz")
+    runs = ["baseline", "dual", "blob", "silent"]  # silent: predicts nothing, as dual-fp did in the bench
+    settings = ExperimentSettings(dataset=str(dataset), preset="cpu-small", folds=(0,), seeds=(0, 1),
+                                  setups=tuple(runs[:3]), device="cpu", iterations=8, epochs=1)
+    exp = Experiment(tmp_path / "run", settings, progress=False)
+    run_dir = exp.run_dir
+    for unit in settings.units():
+        _finish(exp, unit, cases)
+    for setup in runs:
         for seed in (0, 1):
-            pred_dir = tmp_path / "pred" / setup / str(seed)
             for c in cases:
                 pred = _mask_pair(rng)[1] if setup != "baseline" or seed else pairs[c][1]
-                write_nifti(pred, geom, pred_dir / f"{c}.nii.gz")
-            out = run_dir / "evaluation" / setup / f"seed_{seed}"
-            evaluate_folders(gt_dir, pred_dir, out, size_bins_ml=loss_bench.SIZE_BINS_ML, progress=False)
-            evaluations.setdefault(setup, {})[seed] = out
-    compare_seeded(evaluations, ["baseline", "dual", "blob"], run_dir / "comparison")
-    comparison = json.loads((run_dir / "comparison" / "comparison.json").read_text())
+                write_nifti(pred * (setup != "silent"), geom, exp.prediction_dir(setup, seed) / f"{c}.nii.gz")
+    comparison, paired = loss_bench.evaluate_all(exp, runs)
+    assert sorted(paired) == ["blob", "dual", "silent"]
 
+    # GTVp HD95 across all four is blank (no case where all four predicted a tumour); paired with the baseline
+    # it is there.
+    all_runs = {(r["label"], r["metric"]): r for r in comparison["rows"]}[("GTVp", "hd95")]
+    assert all_runs["values"]["dual"] is None
+    dual = {(r["label"], r["metric"]): r for r in paired["dual"]["rows"]}[("GTVp", "hd95")]
+    assert dual["n_pairs"]["dual"] == 5 and dual["values"]["dual"] is not None
     rows, sentence = loss_bench.goal_verdict(comparison)
-    text = loss_bench.markdown(comparison, rows, sentence)
+    text = loss_bench.markdown(comparison, rows, sentence, paired)
+    hd_dual = next(line for line in text.splitlines() if line.startswith("| GTVp | hd95 | dual |"))
+    assert hd_dual.split(" | ")[3:6] == ["10", f"{dual['values']['baseline']:.3f}", f"{dual['values']['dual']:.3f}"]
+    assert "| GTVp | hd95 | silent | 0 | — | — |" in text
     small_row = next(line for line in text.splitlines() if line.startswith(f"| GTVn | {loss_bench.SMALL} |"))
     ours = {(r["label"], r["metric"]): r for r in comparison["rows"]}[("GTVn", loss_bench.SMALL)]
     assert small_row.split(" | ")[2] == f"{ours['values']['baseline']:.3f}"
@@ -210,7 +222,7 @@ def test_study_and_bench_recipes_end_to_end_with_a_tiny_budget(tmp_path):
     study = tmp_path / "study"
     with mock.patch.dict(os.environ):  # the recipes point nnU-Net's roots into the study folder
         comparison = cpu_study.run(study, cpu_study.TINY, progress=False)
-        bench, bench_dir = loss_bench.run(study, cpu_study.TINY, progress=False)
+        bench, paired, bench_dir = loss_bench.run(study, cpu_study.TINY, progress=False)
 
     assert comparison["runs"] == ["baseline", "dual", "selective-ln"]
     assert (study / "run" / "report.html").is_file()
@@ -228,4 +240,5 @@ def test_study_and_bench_recipes_end_to_end_with_a_tiny_budget(tmp_path):
     assert not held_out & set(pp["fitted_on"]["cases"])
     rows, sentence = loss_bench.goal_verdict(bench)
     assert {r["config"] for r in rows} == {"selective-ln", *loss_bench.NEW_SETUPS, "dual+pp", "selective-ln+pp"}
+    assert sorted(paired) == sorted(bench["runs"][1:])
     assert sentence
