@@ -104,7 +104,9 @@ def register(subparsers) -> None:
                "  vadice train 101 --loss baseline --fold 3 --resume          # continue an interrupted run",
         formatter_class=ExamplesFormatter)
     p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("--loss", choices=tuple(TRAINER_FOR_LOSS), required=True)
+    p.add_argument("--loss", choices=tuple(TRAINER_FOR_LOSS), required=True,
+                   help="the set-up (docs/losses.md); dual-fp at its weight 1 stopped predicting in the CPU "
+                        "loss bench (docs/evidence.md, section 3)")
     p.add_argument("--fold", type=_fold, required=True,
                    help="a fold of the dataset's split (0-4 with nnU-Net's default 5-fold split, or the folds of "
                         "splits_final.json) or 'all'")
