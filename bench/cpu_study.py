@@ -80,6 +80,13 @@ def _fmt(v, digits=3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def delta_cell(row: dict, run: str) -> str:
+    """One comparison row's Δ of ``run`` to the reference: Δ [CI]; per-seed Δ; seeds agreeing; verdict."""
+    seeds = ", ".join(_fmt(d) for d in (row["seed_diffs"][run] or []))
+    return (f"{_fmt(row['diff'][run])} [{_fmt(row['ci_low'][run])}, {_fmt(row['ci_high'][run])}]; {seeds}; "
+            f"{row['n_seeds_agree'][run]}/{len(row['seed_diffs'][run] or [])} agree; {row['verdict'][run]}")
+
+
 def evidence_table(comparison: dict, metrics=TABLE_METRICS) -> str:
     """The study's Markdown table from comparison.json: value, Δ [CI], per-seed Δ, seeds agreeing, verdict."""
     runs = comparison["runs"]
@@ -91,12 +98,7 @@ def evidence_table(comparison: dict, metrics=TABLE_METRICS) -> str:
         row = rows.get(key)
         if row is None:
             continue
-        cells = [_fmt(row["values"][r]) for r in runs]
-        for r in runs[1:]:
-            seeds = ", ".join(_fmt(d) for d in (row["seed_diffs"][r] or []))
-            agree = row["n_seeds_agree"][r]
-            cells.append(f"{_fmt(row['diff'][r])} [{_fmt(row['ci_low'][r])}, {_fmt(row['ci_high'][r])}]; "
-                         f"{seeds}; {agree}/{len(row['seed_diffs'][r] or [])} agree; {row['verdict'][r]}")
+        cells = [_fmt(row["values"][r]) for r in runs] + [delta_cell(row, r) for r in runs[1:]]
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

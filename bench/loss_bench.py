@@ -177,12 +177,8 @@ def paired_table(paired: dict[str, dict]) -> str:
                 continue
             base = comparison["runs"][0]
             n = len(row["seed_values"][name]) * row["n_pairs"][name]
-            seeds = ", ".join(fmt(d) for d in (row["seed_diffs"][name] or []))
-            delta = (f"{fmt(row['diff'][name])} [{fmt(row['ci_low'][name])}, {fmt(row['ci_high'][name])}]; {seeds}; "
-                     f"{row['n_seeds_agree'][name]}/{len(row['seed_diffs'][name] or [])} agree; "
-                     f"{row['verdict'][name]}")
             lines.append(f"| {key[0]} | {key[1]} | {name} | {n} | {fmt(row['values'][base])} | "
-                         f"{fmt(row['values'][name])} | {delta} |")
+                         f"{fmt(row['values'][name])} | {cpu_study.delta_cell(row, name)} |")
     return "\n".join(lines)
 
 

@@ -11,9 +11,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from vadice.experiment import Experiment, ExperimentSettings, Unit, compare_seeded
+from vadice.experiment import Experiment, ExperimentSettings, Unit
 from vadice.io import Geometry, InputError, write_nifti
-from vadice.metrics.evaluate import evaluate_folders
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import cpu_study  # noqa: E402
@@ -123,28 +122,37 @@ def _mask_pair(rng, shape=(12, 40, 40)):
     return gt, pred
 
 
-def test_tables_and_figures_from_a_real_comparison(tmp_path):
-    geom = Geometry((40, 40, 12), (0.8, 0.8, 2.0), (0.0, 0.0, 0.0), IDENTITY)
-    rng = np.random.default_rng(7)
+MASK_GEOM = Geometry((40, 40, 12), (0.8, 0.8, 2.0), (0.0, 0.0, 0.0), IDENTITY)
+
+
+def _labelled_experiment(tmp_path, pairs: dict, setups: tuple) -> Experiment:
+    """An experiment on a raw dataset whose labelsTr holds the truth of ``pairs``; every unit finished on its
+    cases (predictions are written by the test)."""
     dataset = tmp_path / "nnUNet_raw" / "Dataset991_VadiceStudy"
     (dataset / "labelsTr").mkdir(parents=True)
     (dataset / "dataset.json").write_text("{}")
+    for c, (gt, _) in pairs.items():
+        write_nifti(gt, MASK_GEOM, dataset / "labelsTr" / f"{c}.nii.gz")
+    settings = ExperimentSettings(dataset=str(dataset), preset="cpu-small", folds=(0,), seeds=(0, 1),
+                                  setups=setups, device="cpu", iterations=8, epochs=1)
+    exp = Experiment(tmp_path / "run", settings, progress=False)
+    for unit in settings.units():
+        _finish(exp, unit, tuple(pairs))
+    return exp
+
+
+def test_tables_and_figures_from_a_real_comparison(tmp_path):
+    rng = np.random.default_rng(7)
     cases = [f"case_{i}" for i in range(5)]
     pairs = {c: _mask_pair(rng) for c in cases}
-    for c, (gt, _) in pairs.items():
-        write_nifti(gt, geom, dataset / "labelsTr" / f"{c}.nii.gz")
     runs = ["baseline", "dual", "blob", "silent"]  # silent: predicts nothing, as dual-fp did in the bench
-    settings = ExperimentSettings(dataset=str(dataset), preset="cpu-small", folds=(0,), seeds=(0, 1),
-                                  setups=tuple(runs[:3]), device="cpu", iterations=8, epochs=1)
-    exp = Experiment(tmp_path / "run", settings, progress=False)
+    exp = _labelled_experiment(tmp_path, pairs, tuple(runs[:3]))
     run_dir = exp.run_dir
-    for unit in settings.units():
-        _finish(exp, unit, cases)
     for setup in runs:
         for seed in (0, 1):
             for c in cases:
                 pred = _mask_pair(rng)[1] if setup != "baseline" or seed else pairs[c][1]
-                write_nifti(pred * (setup != "silent"), geom, exp.prediction_dir(setup, seed) / f"{c}.nii.gz")
+                write_nifti(pred * (setup != "silent"), MASK_GEOM, exp.prediction_dir(setup, seed) / f"{c}.nii.gz")
     comparison, paired = loss_bench.evaluate_all(exp, runs)
     assert sorted(paired) == ["blob", "dual", "silent"]
 
@@ -172,24 +180,13 @@ def test_tables_and_figures_from_a_real_comparison(tmp_path):
 
 
 def test_experiment_evaluate_pools_the_units_cases_and_reuses_only_when_asked(tmp_path):
-    geom = Geometry((40, 40, 12), (0.8, 0.8, 2.0), (0.0, 0.0, 0.0), IDENTITY)
-    dataset = tmp_path / "nnUNet_raw" / "Dataset991_VadiceStudy"
-    (dataset / "labelsTr").mkdir(parents=True)
-    (dataset / "dataset.json").write_text("{}")
     rng = np.random.default_rng(3)
     pairs = {c: _mask_pair(rng) for c in ("c1", "c2")}
-    for c, (gt, _) in pairs.items():
-        write_nifti(gt, geom, dataset / "labelsTr" / f"{c}.nii.gz")
-    settings = ExperimentSettings(dataset=str(dataset), preset="cpu-small", folds=(0,), seeds=(0, 1),
-                                  setups=("baseline",), device="cpu", iterations=8, epochs=1)
-    exp = Experiment(tmp_path / "run", settings, progress=False)
-    for unit in settings.units():
-        _finish(exp, unit)
+    exp = _labelled_experiment(tmp_path, pairs, ("baseline",))
+    for seed in (0, 1):  # baseline; and a post-processed copy: any folder under predictions/ is evaluated alike
         for c, (_, pred) in pairs.items():
-            write_nifti(pred, geom, exp.prediction_dir(unit.setup, unit.seed) / f"{c}.nii.gz")
-    for seed in (0, 1):  # a post-processed copy: any folder name under predictions/ is evaluated alike
-        for c in pairs:
-            write_nifti(np.zeros((12, 40, 40), np.uint8), geom, exp.prediction_dir("baseline+pp", seed) / f"{c}.nii.gz")
+            write_nifti(pred, MASK_GEOM, exp.prediction_dir("baseline", seed) / f"{c}.nii.gz")
+            write_nifti(np.zeros_like(pred), MASK_GEOM, exp.prediction_dir("baseline+pp", seed) / f"{c}.nii.gz")
 
     evaluations = exp.evaluate(["baseline", "baseline+pp"], size_bins_ml=(1.0,), reuse=True)
     assert sorted(p.name for p in (exp.run_dir / "gt").iterdir()) == ["c1.nii.gz", "c2.nii.gz"]
