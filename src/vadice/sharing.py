@@ -100,7 +100,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, folds: Se
         if pp is not None:
             zf.write(postprocessing, str(prefix / BUNDLED_NAME))
             info["postprocessing"] = {"file": BUNDLED_NAME, "sha256": sha256_file(postprocessing),
-                                      "min_volume_mm3": {n: pp.min_volume_mm3[v] for n, v in pp.labels.items()},
+                                      "min_volume_mm3": pp.to_json()["min_volume_mm3"],
                                       "fitted_on_cases": len(pp.cases)}
         zf.writestr(str(prefix / INFO_NAME), json.dumps(info, indent=2))
     log.info("wrote %s (%s, folds %s)", out, model_dir.name, ",".join(info["folds"]))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vadice.cli import UsageError
-from vadice.cli.options import parse_folds
+from vadice.cli.options import add_postprocessing, parse_folds
 from vadice.nnunet import TRAINER_FOR_LOSS
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold")
     p.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto",
                    help="where to run the network (default: cuda when available)")
-    p.add_argument("--postprocessing", metavar="PP_JSON",
-                   help="remove components below this fitted file's per-label minimum volumes, or the model's own "
-                        "with 'bundled' (docs/postprocessing.md); default: none")
+    add_postprocessing(p)
     p.set_defaults(func=run_gc_predict)
 
     p = sub.add_parser(

@@ -12,6 +12,15 @@ def add_device(parser: argparse.ArgumentParser, default: str = "cuda") -> None:
                         help=f"where to run the network (default {default})")
 
 
+def add_postprocessing(parser: argparse.ArgumentParser) -> None:
+    """``--postprocessing``, as ``vadice predict`` and ``vadice gc-predict`` take it."""
+    parser.add_argument("--postprocessing", metavar="PP_JSON",
+                        help="remove components below the per-label minimum volumes of this file (`vadice "
+                             "postprocess fit`, docs/postprocessing.md), or of the model's own with 'bundled' (a zip "
+                             "from `vadice export-model --postprocessing`); refused for the cases it was fitted on; "
+                             "default: nothing removed")
+
+
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())

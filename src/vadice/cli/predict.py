@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vadice.cli.options import add_device, parse_folds
+from vadice.cli.options import add_device, add_postprocessing, parse_folds
 from vadice.nnunet import TRAINER_FOR_LOSS
 
 
@@ -44,10 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "about 6x faster on a CPU (docs/experiment.md), usually slightly less accurate")
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in OUT_DIR that vadice predict did not write with these settings")
-    p.add_argument("--postprocessing", metavar="PP_JSON",
-                   help="remove components below the per-label minimum volumes of this file (`vadice postprocess "
-                        "fit`, docs/postprocessing.md), or of the model's own with 'bundled' (a zip from `vadice "
-                        "export-model --postprocessing`); refused for the cases it was fitted on")
+    add_postprocessing(p)
     # DICOM / .mha input and DICOM outputs (vadice.cli.dicom, docs/clinic.md); -m also takes a model zip.
     p.add_argument("--output-type", default="nifti",
                    help="comma-separated nifti,rtstruct,seg (default nifti; rtstruct/seg need a DICOM series "
