@@ -169,3 +169,47 @@ def test_bootstrap_checks():
         paired_bootstrap_ci({"v": [1, 2]}, {"v": [1]}, lambda c: c["v"].mean(-1))
     with pytest.raises(ValueError, match="confidence"):
         paired_bootstrap_ci({"v": [1]}, {"v": [1]}, lambda c: c["v"].mean(-1), confidence=1.5)
+
+
+def test_paired_seeds_cancel_the_shared_seed_shift():
+    # Seed k of both runs shares a warm start: a large per-seed shift common to both twins, and b = a + 0.1.
+    # Resampled jointly, the twins' shift cancels exactly; resampled apart, it swamps the 0.1.
+    rng = np.random.default_rng(3)
+    shift = np.array([[0.0], [0.6], [-0.5]])
+    a = shift + rng.normal(0, 0.01, size=(3, 12))
+    b = a + 0.1
+    stat = lambda c: np.mean(c["v"], axis=(-2, -1))  # noqa: E731
+    paired = two_level_bootstrap_ci({"v": a}, {"v": b}, stat, n_boot=400, seed=0, paired=True)
+    apart = two_level_bootstrap_ci({"v": a}, {"v": b}, stat, n_boot=400, seed=0, paired=False)
+    assert paired.low == pytest.approx(0.1) and paired.high == pytest.approx(0.1)
+    assert apart.low < 0 < apart.high
+    with pytest.raises(ValueError, match="same number of seeds"):
+        two_level_bootstrap_ci({"v": a}, {"v": b[:2]}, stat, paired=True)
+
+
+def test_unpaired_draw_is_unchanged_by_the_pairing_option():
+    rng = np.random.default_rng(5)
+    a, b = rng.random((3, 8)), rng.random((2, 8))
+    stat = lambda c: np.mean(c["v"], axis=(-2, -1))  # noqa: E731
+    old = two_level_bootstrap_ci({"v": a}, {"v": b}, stat, n_boot=300, seed=7)
+    # by hand: the draw as it was before pairing existed (patients, seeds of a, seeds of b from one stream)
+    g = np.random.default_rng(7)
+    p = g.integers(0, 8, size=(300, 1, 8))
+    sa, sb = g.integers(0, 3, size=(300, 3, 1)), g.integers(0, 2, size=(300, 2, 1))
+    boot = np.mean(b[sb, p], axis=(-2, -1)) - np.mean(a[sa, p], axis=(-2, -1))
+    assert (old.low, old.high) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])), abs=1e-12)
+
+
+def test_tied_seeds_count_neither_way_under_the_neutral_rule():
+    # 2 seeds up, 1 seed tied: against under the old rule, consistent under the neutral one
+    assert seed_verdict(0.1, 0.02, 0.2, [0.1, 0.2, 0.0]) == (2, "seeds disagree")
+    assert seed_verdict(0.1, 0.02, 0.2, [0.1, 0.2, 0.0], ties="neutral") == (2, "consistent")
+    # a seed of the other sign is against under both rules
+    assert seed_verdict(0.1, 0.02, 0.2, [0.1, 0.2, -0.01], ties="neutral") == (2, "seeds disagree")
+    # one seed up, two tied: not more than half agree
+    assert seed_verdict(0.1, 0.02, 0.2, [0.3, 0.0, 0.0], ties="neutral") == (1, "seeds tied")
+    # four seeds, two up, two tied: exactly half is not enough
+    assert seed_verdict(0.1, 0.02, 0.2, [0.1, 0.1, 0.0, 0.0], ties="neutral") == (2, "seeds tied")
+    assert seed_verdict(0.1, -0.02, 0.2, [0.1, 0.2, 0.0], ties="neutral") == (2, "CI includes 0")
+    with pytest.raises(ValueError, match="ties"):
+        seed_verdict(0.1, 0.02, 0.2, [0.1], ties="maybe")

@@ -8,8 +8,12 @@
   cohort statistic's difference (e.g. DSCagg), deterministic given a seed.
 - :func:`two_level_bootstrap_ci`: the same with several training seeds per
   run: each resample draws patients (shared by both runs: the pairing), then
-  seeds (independently per run: each seed is a separate training).
-- :func:`seed_verdict`: the rule that calls a difference "consistent".
+  seeds: jointly for both runs when seed k of one run is the twin of seed k of
+  the other (``paired=True``: they share a warm start), independently
+  otherwise (each seed a training of its own).
+- :func:`seed_verdict`: the rule that calls a difference "consistent", with a
+  seed whose Δ is exactly 0 counted against (``ties="against"``, the rule for
+  unpaired designs) or as tied (``ties="neutral"``).
   Hand-written rather than ``scipy.stats.bootstrap`` because cohort metrics
   are ratios of sums over patients and seeds: resampling indices once and
   reusing them for both runs and every column keeps the pairing explicit and
@@ -219,28 +223,36 @@ def two_level_bootstrap_ci(
     n_boot: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
+    paired: bool = False,
 ) -> BootstrapCI:
     """Percentile bootstrap CI of ``statistic(b) - statistic(a)`` over patients, then seeds.
 
     Each resample draws n patients with replacement (the same patients for
     both runs, which keeps the pairing), then S seeds with replacement, drawn
-    separately for each run because a seed of one run is a training of its
-    own, not a twin of the other run's seed with the same number. A seed is
-    resampled as a whole model (all its patients together), since a seed
-    shifts every patient of that model at once. With one seed per run this is
-    :func:`paired_bootstrap_ci` over patients.
+    separately for each run when a seed of one run is a training of its own,
+    not a twin of the other run's seed with the same number (``paired=False``).
+    When the runs' seed k share a warm start (``vadice experiment`` gives every
+    set-up of seed k the same one), seed k of ``a`` and seed k of ``b`` are
+    twins: ``paired=True`` draws one set of seed indices for both runs, so the
+    seed-to-seed spread that both twins share cancels in the difference. A
+    seed is resampled as a whole model (all its patients together), since a
+    seed shifts every patient of that model at once. With one seed per run
+    this is :func:`paired_bootstrap_ci` over patients.
 
     Args:
       a, b: columns of shape (S_a, n) and (S_b, n): seeds x patients, the
-        patients in the same order in both.
+        patients in the same order in both; with ``paired=True`` row k of
+        ``a`` and row k of ``b`` are twins, so S_a must equal S_b.
       statistic: maps a dict of arrays of shape (..., S, n) to (...,).
       n_boot, seed, confidence: as :func:`paired_bootstrap_ci`.
+      paired: resample seed indices jointly for both runs.
 
     Returns:
       :class:`BootstrapCI`.
 
     Raises:
-      ValueError: columns not 2-D, patients differing in number, bad options.
+      ValueError: columns not 2-D, patients differing in number, paired runs
+        with different numbers of seeds, bad options.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -255,10 +267,13 @@ def two_level_bootstrap_ci(
     (s_a, n), (s_b, n_b) = next(iter(cols[0].values())).shape, next(iter(cols[1].values())).shape
     if n != n_b or n < 1 or s_a < 1 or s_b < 1:
         raise ValueError(f"runs need the same, non-zero number of patients and >= 1 seed, got {n} and {n_b}")
+    if paired and s_a != s_b:
+        raise ValueError(f"paired seeds need the same number of seeds in both runs, got {s_a} and {s_b}")
     rng = np.random.default_rng(seed)
     patients = rng.integers(0, n, size=(n_boot, 1, n))
     seeds_a = rng.integers(0, s_a, size=(n_boot, s_a, 1))
-    seeds_b = rng.integers(0, s_b, size=(n_boot, s_b, 1))
+    # Unpaired: a second, independent draw (the same stream as before pairing existed, so old CIs reproduce).
+    seeds_b = seeds_a if paired else rng.integers(0, s_b, size=(n_boot, s_b, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         diff = float(statistic(cols[1]) - statistic(cols[0]))
         boot = (np.asarray(statistic({k: v[seeds_b, patients] for k, v in cols[1].items()}), dtype=np.float64)
@@ -278,29 +293,49 @@ def _percentile_ci(diff: float, boot: np.ndarray, confidence: float, n_boot: int
 
 
 VERDICTS = {
-    "consistent": "CI excludes 0 and every seed's Δ has the sign of the pooled Δ",
-    "seeds disagree": "CI excludes 0 but at least one seed's Δ has the other sign (or is 0)",
+    "consistent": "CI excludes 0 and every seed's Δ has the sign of the pooled Δ (with ties='neutral': no seed "
+                  "has the other sign and more than half the seeds have the pooled Δ's sign)",
+    "seeds disagree": "CI excludes 0 but at least one seed's Δ has the other sign (with ties='against', a Δ of "
+                      "exactly 0 counts as the other sign)",
+    "seeds tied": "CI excludes 0 and no seed's Δ has the other sign, but too many seeds have Δ = 0 "
+                  "(ties='neutral' only)",
     "CI includes 0": "the data are compatible with no difference",
     "one seed": "CI excludes 0, but with one seed per run training noise is not assessed",
     "seeds unpaired": "CI excludes 0, but the runs have different numbers of seeds: agreement not assessed",
     "undefined": "Δ or its CI could not be computed",
 }
+TIE_RULES = ("against", "neutral")
 
 
-def seed_verdict(diff: float, low: float, high: float, seed_diffs: Sequence[float]) -> tuple[int, str]:
+def seed_verdict(diff: float, low: float, high: float, seed_diffs: Sequence[float],
+                 ties: str = "against") -> tuple[int, str]:
     """How many seeds agree in sign with the pooled Δ, and the verdict (a key of ``VERDICTS``).
 
-    "consistent" needs a CI that excludes 0 and *every* seed's Δ with the
-    sign of the pooled Δ; unlike "inside the seed range", this can fail
-    either way, because the pooled Δ need not have the sign of every seed.
+    "consistent" needs a CI that excludes 0 and seeds that agree with the sign
+    of the pooled Δ; unlike "inside the seed range", this can fail either way,
+    because the pooled Δ need not have the sign of every seed.
+
+    A seed whose Δ is exactly 0 (common for lesion counts near a ceiling: both
+    twins find every small node) is not evidence against the pooled Δ, but
+    not for it either. ``ties="against"`` counts it as disagreeing (every seed
+    must agree; vadice's rule before seeds were paired, kept for unpaired
+    designs); ``ties="neutral"`` counts it neither way: "consistent" then
+    needs no seed of the other sign and *more than half* of the seeds with
+    the pooled Δ's sign, else "seeds tied".
 
     Args:
       diff: pooled Δ; low, high: its CI; seed_diffs: the Δ of each seed pair (empty when the runs'
         seeds cannot be paired).
+      ties: ``"against"`` or ``"neutral"`` (see above).
 
     Returns:
-      ``(n_agree, verdict)``.
+      ``(n_agree, verdict)``; ``n_agree`` counts seeds with Δ of the pooled Δ's sign (never ties).
+
+    Raises:
+      ValueError: unknown ``ties``.
     """
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
     sd = np.asarray(list(seed_diffs), dtype=np.float64)
     if not all(math.isfinite(x) for x in (diff, low, high)) or not np.isfinite(sd).all():
         return 0, "undefined"
@@ -311,7 +346,12 @@ def seed_verdict(diff: float, low: float, high: float, seed_diffs: Sequence[floa
         return 0, "seeds unpaired"
     if sd.size == 1:
         return n_agree, "one seed"
-    return n_agree, "consistent" if n_agree == sd.size else "seeds disagree"
+    if ties == "against":
+        return n_agree, "consistent" if n_agree == sd.size else "seeds disagree"
+    n_against = int(np.count_nonzero((sd != 0) & (np.sign(sd) != np.sign(diff))))
+    if n_against:
+        return n_agree, "seeds disagree"
+    return n_agree, "consistent" if 2 * n_agree > sd.size else "seeds tied"
 
 
 def ratio_of_sums(num: str, den: str, num_scale: float = 1.0,
