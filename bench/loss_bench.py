@@ -117,7 +117,7 @@ def post_processed(exp, setup: str, seed: int, progress: bool) -> Path:
 
     Returns the folder of post-processed held-out predictions (``predictions/<setup>+pp/seed_<S>``).
     """
-    from vadice.metrics.postprocess_fit import fit_postprocessing
+    from vadice.postprocess.fit import fit_postprocessing
     from vadice.nnunet import runner
     from vadice.postprocess import apply_to_folder, load_postprocessing, save_postprocessing
 

@@ -114,3 +114,35 @@ def test_written_files_follow_umask(tmp_path):
     finally:
         os.umask(old)
     assert (a.stat().st_mode & 0o777) == 0o644 == (b.stat().st_mode & 0o777)
+
+
+def test_write_dir_atomically_replaces_a_folder_whole(tmp_path):
+    from vadice.io import write_dir_atomically
+
+    out = tmp_path / "out"
+    write_dir_atomically(out, {"a.txt": "1", "b.txt": "2"})
+    write_dir_atomically(out, {"c.txt": "3"})
+    assert sorted(p.name for p in out.iterdir()) == ["c.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary or old folder left
+
+
+def test_write_dir_atomically_keeps_the_old_folder_when_writing_fails(tmp_path):
+    from vadice.io import write_dir_atomically
+
+    out = tmp_path / "out"
+    write_dir_atomically(out, {"a.txt": "1"})
+    with pytest.raises(OSError):
+        write_dir_atomically(out, {"a.txt": "new", "no/such/sub.txt": "x"})
+    assert (out / "a.txt").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_json_clean_makes_strict_json():
+    import json
+
+    import numpy as np
+
+    from vadice.io import json_clean
+
+    cleaned = json_clean({1: [np.float32(0.5), float("nan"), np.int64(3)], "x": (np.inf, "s")})
+    assert json.dumps(cleaned, allow_nan=False) == '{"1": [0.5, null, 3], "x": [null, "s"]}'

@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -372,24 +373,60 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Build a new directory under a temporary sibling name; rename it into place on success.
 
     On any exception the temporary directory is removed and ``final`` is left
-    untouched. ``final`` must not exist yet.
+    untouched. Without ``replace``, ``final`` must not exist yet. With
+    ``replace``, an existing ``final`` (the caller has checked it may go) is
+    renamed aside and removed only after the new folder is in place, so a
+    crash leaves either the old or the new folder complete, never a mixture.
+
+    Raises:
+      FileExistsError: ``final`` exists and ``replace`` is false.
     """
-    final = Path(final)
-    if final.exists():
+    final = Path(final).absolute()
+    if final.exists() and not replace:
         raise FileExistsError(f"{final}: already exists")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    old = None
     try:
         yield tmp
         os.chmod(tmp, umask_mode(0o777))  # mkdtemp creates 0700
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / "x")
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "x").exists() and not final.exists():
+            os.replace(old / "x", final)
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_dir_atomically(out_dir: str | os.PathLike, files: Mapping[str, str]) -> Path:
+    """Write ``{name: text}`` as a new folder ``out_dir``, replacing an existing (checked) one atomically."""
+    with atomic_dir(out_dir, replace=True) as tmp:
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return Path(out_dir).absolute()
+
+
+def json_clean(obj):
+    """NaN/inf -> None (an undefined precision, say), NumPy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_clean(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

@@ -1,4 +1,4 @@
-"""Fitting the minimum component volumes (vadice.metrics.postprocess_fit): known answers and no leakage.
+"""Fitting the minimum component volumes (vadice.postprocess.fit): known answers and no leakage.
 
 Synthetic cases on an anisotropic grid (2 x 1 x 1 mm, 2 mm³ voxels). GTVn (label 2):
   type A: one true node of 60 mm³ (predicted exactly) and one false-positive blob of 30 mm³;
@@ -20,7 +20,7 @@ from vadice.cli import main
 from vadice.io import Geometry, InputError, write_nifti
 from vadice.io import read_mask
 from vadice.metrics.evaluate import evaluate_case, evaluate_folders
-from vadice.metrics.postprocess_fit import (
+from vadice.postprocess.fit import (
     check_grid,
     choose,
     count_case,

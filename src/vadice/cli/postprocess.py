@@ -80,7 +80,7 @@ def run_fit(args) -> int:
     from vadice.cli.evaluate import parse_labels
     from vadice.experiment import model_dir_from
     from vadice.io import InputError
-    from vadice.metrics.postprocess_fit import (
+    from vadice.postprocess.fit import (
         DEFAULT_GRID_MM3,
         check_grid,
         default_truth_dir,

@@ -16,8 +16,6 @@ import io as _stdio
 import json
 import math
 import os
-import shutil
-import tempfile
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -35,12 +33,14 @@ from vadice.io import (
     InputError,
     geometry_from_affine,
     is_nifti,
+    json_clean,
     read_nifti,
     strip_nifti_suffix,
     to_sitk,
-    umask_mode,
+    write_dir_atomically,
 )
 from vadice.lesions import check_connectivity, check_spacing
+from vadice.registry import LABELS
 from vadice.metrics.lesionwise import (
     DEFAULT_SIZE_BINS_ML,
     LesionMatch,
@@ -59,7 +59,6 @@ from vadice.metrics.surface import (
     separated_boxes,
 )
 
-DEFAULT_LABELS = {"GTVp": 1, "GTVn": 2}
 SPACING_ATOL = 1e-6  # HNTS-MRG rule: prediction spacing must equal the truth's to 1e-6 mm
 OUTPUT_FILES = ("cases.csv", "lesions.csv", "summary.json")
 TOOL_TAG = "vadice evaluate"
@@ -246,7 +245,7 @@ def evaluate_case(
     gt: np.ndarray,
     pred: np.ndarray,
     spacing: Sequence[float],
-    labels: Mapping[str, int] = DEFAULT_LABELS,
+    labels: Mapping[str, int] = LABELS,
     tolerances: Sequence[float] = (2.0,),
     connectivity: int = 26,
     match: str = "overlap",
@@ -585,19 +584,6 @@ def versions() -> dict:
     return out
 
 
-def json_clean(obj):
-    """NaN/inf -> None, NumPy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_clean(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
 def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
     buf = _stdio.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
@@ -637,41 +623,11 @@ def check_out_dir(out_dir: str | os.PathLike, marker: str = "summary.json", tag:
     return out_dir
 
 
-def write_dir_atomically(out_dir: str | os.PathLike, files: Mapping[str, str]) -> Path:
-    """Write ``{name: text}`` into a temporary sibling, then swap it in for ``out_dir``.
-
-    An existing (checked) ``out_dir`` is renamed aside and removed only after
-    the new folder is in place, so a crash leaves either the old or the new
-    folder complete, never a mixture.
-    """
-    out_dir = Path(out_dir).absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    old = None
-    try:
-        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700; give the folder normal permissions
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "x").exists() and not out_dir.exists():
-            os.replace(old / "x", out_dir)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out_dir
-
-
 def evaluate_folders(
     gt_dir: str | os.PathLike,
     pred_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None,
-    labels: Mapping[str, int] = DEFAULT_LABELS,
+    labels: Mapping[str, int] = LABELS,
     tolerances: Sequence[float] = (2.0,),
     connectivity: int = 26,
     match: str = "overlap",

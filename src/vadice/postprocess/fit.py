@@ -1,7 +1,7 @@
 """Fitting the post-processing minimum component volumes on cross-validation predictions.
 
 For each label, the minimum component volume is chosen from a fixed candidate
-grid (:data:`vadice.postprocess.DEFAULT_GRID_MM3`) by an objective computed
+grid (:data:`vadice.postprocess.apply.DEFAULT_GRID_MM3`) by an objective computed
 with the evaluation's own lesion matching (:func:`match_lesions` on the
 post-processed prediction, exactly what ``vadice evaluate`` would count), pooled
 over the fitting cases.
@@ -38,9 +38,9 @@ from vadice.io import InputError
 from vadice.lesions import check_connectivity
 from vadice.metrics.lesionwise import check_label_maps, match_lesions, parse_match
 from vadice.metrics.surface import bounding_box
-from vadice.postprocess import DEFAULT_GRID_MM3, PostProcessing, remove_small_components
+from vadice.postprocess.apply import DEFAULT_GRID_MM3, PostProcessing, remove_small_components
+from vadice.registry import LABELS
 
-DEFAULT_LABELS = {"GTVp": 1, "GTVn": 2}
 DEFAULT_OBJECTIVE = "f1"
 _COUNTS = ("n_gt", "n_gt_detected", "n_pred", "n_pred_matched")
 
@@ -180,7 +180,7 @@ def count_case(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float], label
     return out
 
 
-def score_cases(pairs: Sequence[tuple[str, Path, Path]], labels: Mapping[str, int] = DEFAULT_LABELS,
+def score_cases(pairs: Sequence[tuple[str, Path, Path]], labels: Mapping[str, int] = LABELS,
                 grid: Sequence[float] = DEFAULT_GRID_MM3, connectivity: int = 26, match: str = "overlap",
                 progress: bool = False) -> FitTable:
     """Read every (truth, prediction) pair once and count lesions for each candidate.
@@ -246,7 +246,7 @@ def cross_validate(table: FitTable, folds: Mapping[str, Sequence[str]], objectiv
 def fit_postprocessing(
     folds: Mapping[str, Mapping[str, Path]],
     gt_dir: str | os.PathLike,
-    labels: Mapping[str, int] = DEFAULT_LABELS,
+    labels: Mapping[str, int] = LABELS,
     grid: Sequence[float] = DEFAULT_GRID_MM3,
     objective: str = DEFAULT_OBJECTIVE,
     connectivity: int = 26,

@@ -3,7 +3,7 @@
 This module holds only the *application* and the post-processing file: it
 imports ``io`` and ``lesions`` and nothing above them, so ``vadice.predict``
 can apply a fitted file. *Fitting* the minimum volumes needs the lesion-wise
-metrics and lives in :mod:`vadice.metrics.postprocess_fit`.
+metrics and lives in :mod:`vadice.postprocess.fit`.
 
 A component is a connected component of one label exactly as
 :func:`vadice.lesions.label_components` defines a lesion (the evaluation uses
@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from vadice.io import InputError, read_mask, write_text
+from vadice.io import InputError, json_clean, read_mask, write_text
 from vadice.lesions import check_connectivity, check_spacing, label_components
 
 TOOL = "vadice postprocess"
@@ -206,21 +206,8 @@ class PostProcessing:
             "match": self.match,
             "fitted_on": {"n_cases": len(self.cases), "cases": list(self.cases)},
             "source": dict(self.source),
-            "details": _strict_json(self.details),
+            "details": json_clean(self.details),
         }
-
-
-def _strict_json(obj):
-    """NaN/inf -> None (an undefined precision, say), NumPy scalars -> Python, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict_json(v) for v in obj]
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def save_postprocessing(pp: PostProcessing, path: str | os.PathLike) -> Path:
