@@ -65,3 +65,19 @@ def test_bad_arguments():
 def test_empty_mask():
     inst, lesions = label_lesions(np.zeros((4, 4, 4), np.uint8), (1, 1, 1))
     assert lesions == [] and not inst.any()
+
+
+@pytest.mark.parametrize("connectivity, structure", [(6, 1), (18, 2), (26, 2)])
+@pytest.mark.parametrize("shape", [(1, 9), (7, 1), (6, 8)])
+def test_2d_components_match_scipy_including_single_rows(connectivity, structure, shape):
+    # cc3d's own 2-D path mislabelled background pixels of single-row images under 8-connectivity
+    rng = np.random.default_rng(sum(shape) + connectivity)
+    for _ in range(30):
+        mask = (rng.random(shape) < 0.5).astype(np.uint8)
+        instances, comp_label = label_components(mask, connectivity=connectivity)
+        ref, n = ndi.label(mask, structure=ndi.generate_binary_structure(2, structure))
+        assert instances.shape == mask.shape
+        assert np.array_equal(instances > 0, mask > 0)
+        assert len(comp_label) - 1 == n
+        pairs = np.unique(np.stack([ref[ref > 0], instances[ref > 0]]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))

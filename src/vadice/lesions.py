@@ -93,16 +93,21 @@ def label_components(
     if labels is not None:
         keep = np.isin(mask, np.asarray(sorted(set(int(l) for l in labels)), dtype=mask.dtype))
         mask = np.where(keep, mask, 0).astype(mask.dtype, copy=False)
-    if mask.ndim == 2:
-        connectivity = 4 if connectivity == 6 else 8
     if mask.dtype == bool:
         mask = mask.view(np.uint8)
+    flat = mask.ndim == 2
+    if flat:
+        # cc3d 3.29's 2-D path mislabels single-row images under 8-connectivity (a background pixel of a (1, N)
+        # row got a component id). A one-slice 3-D volume gives the same partition through the tested 3-D path:
+        # 6 -> 4-connectivity in the plane, 18 (= 26 on one slice) -> 8.
+        mask = mask[None]
+        connectivity = 6 if connectivity == 6 else 18
     instances, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
     component_label = np.zeros(n + 1, dtype=np.int64)
     if n:
         fg = instances != 0
         component_label[instances[fg]] = mask[fg]
-    return instances, component_label
+    return (instances[0] if flat else instances), component_label
 
 
 def label_lesions(

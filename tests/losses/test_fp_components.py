@@ -147,8 +147,9 @@ def test_wrapper_adds_weighted_term_and_passes_extra_arguments():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(labels=()), "distinct foreground"), (dict(labels=(0, 2)), "distinct foreground"),
-    (dict(labels=(2, 2)), "distinct foreground"), (dict(connectivity=5), "connectivity must be"),
+    (dict(labels=()), "at least one label"), (dict(labels=(0, 2)), "foreground labels"),
+    (dict(labels=(2, 2)), "must not repeat"), (dict(labels=None), "at least one foreground label"),
+    (dict(connectivity=5), "connectivity must be"),
 ])
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import cc3d
 import numpy as np
 import torch
 from torch import nn
 
+from vadice.lesions import label_components
+from vadice.losses.components import check_label_set
 from vadice.losses.va_dice import softmax_dim1
 
 CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
@@ -46,9 +47,9 @@ class FalsePositiveComponentLoss(nn.Module):
 
     def __init__(self, labels: Iterable[int] = (1, 2), connectivity: int = 26):
         super().__init__()
-        labels = tuple(int(l) for l in labels)
-        if not labels or min(labels) < 1 or len(set(labels)) != len(labels):
-            raise ValueError(f"labels must be distinct foreground labels (>= 1), got {labels}")
+        if labels is None:
+            raise ValueError("labels must name at least one foreground label, got None")
+        labels = check_label_set("labels", labels)
         if connectivity not in (4, 6, 8, 18, 26):
             raise ValueError(f"connectivity must be 6, 18 or 26 (3-D) or 4, 8 (2-D), got {connectivity}")
         self.labels = labels
@@ -88,20 +89,15 @@ class FalsePositiveComponentLoss(nn.Module):
         # Components come from the hard prediction, which has no gradient; one host transfer per batch.
         pred = probs.detach().argmax(1).cpu().numpy().astype(np.uint8)
         truth = target.detach().cpu().numpy()
-        connectivity = self.connectivity
-        if spatial == 2:
-            # cc3d 3.29's 2-D path mislabels single-row images under 8-connectivity (a background voxel of a
-            # (1, N) row got a component id); a one-slice 3-D volume with 6/18-connectivity is the same
-            # partition and takes the tested 3-D path.
-            pred, truth = pred[:, None], truth[:, None]
-            connectivity = {4: 6, 8: 18}[connectivity]
+        # vadice.lesions names connectivities in 3-D terms (6/18/26) and maps them to 4/8 on 2-D maps.
+        connectivity = {4: 6, 8: 26}.get(self.connectivity, self.connectivity)
         means = []
         for c in self.labels:
             comp = np.zeros(pred.shape, dtype=np.int64)
             offset = 0
             for b in range(pred.shape[0]):
-                ids, n = cc3d.connected_components(pred[b] == c, connectivity=connectivity,
-                                                   return_N=True, out_dtype=np.uint32)
+                ids, component_label = label_components(pred[b] == c, connectivity=connectivity)
+                n = component_label.size - 1
                 if n == 0:
                     continue
                 hit = np.unique(ids[(truth[b] == c) & (ids > 0)])
