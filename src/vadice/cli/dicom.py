@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vadice.cli import UsageError
-from vadice.cli.options import add_postprocessing, parse_folds
+from vadice.cli.options import ExamplesFormatter, add_postprocessing, parse_folds
 from vadice.nnunet import TRAINER_FOR_LOSS
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(same frame of reference): each plane's contours combine even-odd (holes), voxels whose centre lies on "
         "a contour count as inside. ROI names map to labels with --map (shell wildcards, case-insensitive, "
         "first match wins; unmatched ROIs are skipped).",
-        epilog="example: vadice import-rtstruct patient7/MR patient7/RS.dcm --out labels/p7.nii.gz "
+        epilog="example:\n  vadice import-rtstruct patient7/MR patient7/RS.dcm --out labels/p7.nii.gz "
         "--image-out images/p7_0000.nii.gz --map 'GTVp*=1,GTVn*=2,LN*=2'",
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("series_dir", metavar="SERIES_DIR", help="folder with the DICOM MR series")
     p.add_argument("rtstruct", metavar="RTSTRUCT", help="RTSTRUCT file drawn on that series")
@@ -41,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a NIfTI label map made on a DICOM MR series as RTSTRUCT and/or DICOM SEG",
         description="LABELS must lie on the grid of the series in SERIES_DIR (as `vadice predict` outputs for "
         "a DICOM input do). Labels 1/2 become ROIs GTVp/GTVn referencing every slice of the series.",
-        epilog="example: vadice export-rtstruct patient7/MR seg/p7.nii.gz --out-dir p7_dicom --output-type rtstruct,seg",
+        epilog="example:\n  vadice export-rtstruct patient7/MR seg/p7.nii.gz --out-dir p7_dicom --output-type rtstruct,seg",
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("series_dir", metavar="SERIES_DIR", help="folder with the DICOM MR series")
     p.add_argument("labels", metavar="LABELS", help="label map (.nii.gz) on the series' grid")
@@ -57,8 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "INPUT/images/{mid-rt-t2w-head-neck, registered-pre-rt-head-neck, registered-pre-rt-head-neck-segmentation}/"
         "*.mha. Writes OUTPUT/images/mri-head-neck-segmentation/output.mha (uint8, compressed, the input's "
         "exact size, spacing, origin and direction). See docs/clinic.md for the Docker image.",
-        epilog="example: vadice gc-predict --task 1 --model /opt/algorithm/model --input test/input "
+        epilog="example:\n  vadice gc-predict --task 1 --model /opt/algorithm/model --input test/input "
         "--output test/output --device cpu",
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("--task", type=int, choices=(1, 2), required=True, help="challenge task")
     p.add_argument("--model", default="/opt/algorithm/model",
@@ -80,7 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plus vadice_model.json (version, folds, checkpoint SHA-256) and, from an experiment run folder, the run's "
         "manifest.json (settings) and comparison.json (evaluation summary). `vadice predict -m model.zip` and "
         "`vadice gc-predict --model model.zip` use it directly.",
-        epilog="example: vadice export-model runs/task1 --setup dual --out vadice_task1_dual.zip",
+        epilog="example:\n  vadice export-model runs/task1 --setup dual --out vadice_task1_dual.zip",
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("model", metavar="RUN_OR_MODEL_DIR", help="Trainer__Plans__configuration folder or a run folder")
     p.add_argument("--out", required=True, help="zip file to write")
