@@ -78,7 +78,6 @@ def run_fit(args) -> int:
 
     from vadice.cli import UsageError
     from vadice.cli.evaluate import parse_labels
-    from vadice.experiment import model_dir_from
     from vadice.io import InputError
     from vadice.metrics.postprocess_fit import (
         DEFAULT_GRID_MM3,
@@ -89,6 +88,7 @@ def run_fit(args) -> int:
         validation_folds,
         write_cross_validated,
     )
+    from vadice.models import resolve_model
     from vadice.postprocess import check_out_file, save_postprocessing
 
     try:
@@ -102,7 +102,7 @@ def run_fit(args) -> int:
     labels = parse_labels(args.labels)
     source = Path(args.source)
     is_run = (source / "manifest.json").is_file() and (source / "units").is_dir()
-    model = model_dir_from(source, args.setup, args.seed)
+    model = resolve_model(source, args.setup, args.seed)
     gt = Path(args.gt) if args.gt else (source / "gt" if is_run and (source / "gt").is_dir()
                                         else default_truth_dir(model))
     if gt is None:
