@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a NIfTI label map made on a DICOM MR series as RTSTRUCT and/or DICOM SEG",
         description="LABELS must lie on the grid of the series in SERIES_DIR (as `vadice predict` outputs for "
         "a DICOM input do). Labels 1/2 become ROIs GTVp/GTVn referencing every slice of the series.",
-        epilog="example:\n  vadice export-rtstruct patient7/MR seg/p7.nii.gz --out-dir p7_dicom --output-type rtstruct,seg",
+        epilog="example:\n  vadice export-rtstruct patient7/MR seg/p7.nii.gz --out-dir p7_dicom "
+        "--output-type rtstruct,seg",
         formatter_class=ExamplesFormatter,
     )
     p.add_argument("series_dir", metavar="SERIES_DIR", help="folder with the DICOM MR series")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from vadice import registry
 from vadice.cli.options import ExamplesFormatter
 
 
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--gt", metavar="GT_DIR",
                    help="truth label maps (default: RUN/gt for a run folder; nnU-Net's gt_segmentations or "
                         "labelsTr of the model's dataset, from nnUNet_preprocessed / nnUNet_raw)")
-    f.add_argument("--setup", help="with an experiment run folder: which set-up's model")
+    f.add_argument("--setup", choices=tuple(registry.SETUPS),
+                   help="with an experiment run folder: which set-up's model")
     f.add_argument("--seed", type=int, default=0, help="with an experiment run folder: which seed (default 0)")
     f.add_argument("--objective", default="f1", metavar="OBJ",
                    help="f1 (default) or precision@sens-drop:D (best precision losing at most D sensitivity)")
