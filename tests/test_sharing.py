@@ -13,7 +13,8 @@ import pytest
 
 from vadice.cli import main
 from vadice.io import InputError
-from vadice.sharing import export_model, model_from_zip
+from vadice.models import model_from_zip
+from vadice.sharing import export_model
 
 TRAINER, PLANS, CONF = "nnUNetTrainerVADual", "vadiceCPUSmallPlans", "3d_fullres"
 

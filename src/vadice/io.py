@@ -34,7 +34,6 @@ import SimpleITK as sitk
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 METAIMAGE_SUFFIXES = (".mha",)
-IMAGE_SUFFIXES = NIFTI_SUFFIXES + METAIMAGE_SUFFIXES
 
 # Matches the tolerance nnU-Net's own integrity check uses for spacing/origin/direction.
 GEOMETRY_ATOL = 1e-4
@@ -130,12 +129,6 @@ def is_nifti(path: str | os.PathLike) -> bool:
 
 def is_metaimage(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(METAIMAGE_SUFFIXES)
-
-
-def image_suffix(path: str | os.PathLike) -> str | None:
-    """The image suffix of ``path`` (``.nii.gz``, ``.nii`` or ``.mha``), or None."""
-    name = str(path)
-    return next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
 
 
 def strip_nifti_suffix(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Shareable models: a trained model folder (or an experiment run's set-up) as one zip, and back.
+"""Shareable models: a trained model folder (or an experiment run's set-up) as one zip.
 
 The zip uses nnU-Net's own model-zip layout (``nnUNetv2_export_model_to_zip``):
 ``<Dataset>/<Trainer__Plans__configuration>/{dataset.json, plans.json,
@@ -9,14 +9,14 @@ for vadice's trainers). vadice adds ``vadice_model.json`` (version, folds,
 checkpoint SHA-256), from an experiment run its ``manifest.json`` (the
 settings) and ``comparison.json`` (the evaluation summary), and, when given, a
 fitted post-processing file as ``vadice_postprocessing.json`` (applied by
-``vadice predict --postprocessing bundled``), all inside the model folder. No
-nnU-Net import here: this is file handling only.
+``vadice predict --postprocessing bundled``), all inside the model folder.
+:func:`vadice.models.resolve_model` (``model_from_zip``) reads such a zip back. No nnU-Net import here: this
+is file handling only.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +25,8 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from vadice import __version__
-from vadice.io import InputError, atomic_dir, atomic_file, sha256_file
+from vadice.io import InputError, atomic_file, sha256_file
+from vadice.models import available_folds
 from vadice.postprocess import BUNDLED_NAME, load_postprocessing
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,7 @@ INFO_NAME = "vadice_model.json"
 
 
 def _fold_names(model_dir: Path, folds: Sequence[int | str] | None, checkpoint: str) -> list[str]:
-    if folds is None:
-        names = sorted(p.name for p in model_dir.glob("fold_*") if (p / checkpoint).is_file())
-        if not names:
-            raise InputError(model_dir, f"no fold_*/{checkpoint} in this model folder")
-        return names
-    names = [f"fold_{f}" for f in folds]
+    names = [f"fold_{f}" for f in (available_folds(model_dir, checkpoint) if folds is None else folds)]
     for name in names:
         if not (model_dir / name / checkpoint).is_file():
             raise InputError(model_dir / name / checkpoint, "checkpoint not found")
@@ -105,46 +101,3 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, folds: Se
         zf.writestr(str(prefix / INFO_NAME), json.dumps(info, indent=2))
     log.info("wrote %s (%s, folds %s)", out, model_dir.name, ",".join(info["folds"]))
     return Path(out)
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("VADICE_CACHE") or Path.home() / ".cache" / "vadice") / "models"
-
-
-def model_from_zip(path: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
-    """Unpack a model zip once (keyed by its SHA-256) and return its model folder.
-
-    Args:
-      path: zip written by :func:`export_model` or ``nnUNetv2_export_model_to_zip``.
-      cache: where unpacked models live (default ``$VADICE_CACHE/models`` or ``~/.cache/vadice/models``).
-
-    Returns:
-      The ``Trainer__Plans__configuration`` folder inside the unpacked zip.
-
-    Raises:
-      InputError: not a zip, unsafe member paths, or not exactly one model folder inside.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "model zip not found")
-    if not zipfile.is_zipfile(path):
-        raise InputError(path, "not a zip file")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    target = Path(cache) if cache is not None else _cache_root()
-    target = target / digest
-    if not target.is_dir():
-        with zipfile.ZipFile(path) as zf:
-            for member in zf.namelist():
-                parts = PurePosixPath(member).parts
-                if member.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
-                    raise InputError(path, f"unsafe path in zip: {member!r}")
-            try:
-                with atomic_dir(target) as tmp:
-                    zf.extractall(tmp)
-            except FileExistsError:  # another process unpacked it meanwhile
-                pass
-    models = sorted({p.parent for p in target.rglob("plans.json") if (p.parent / "dataset.json").is_file()})
-    if len(models) != 1:
-        raise InputError(path, f"expected one model folder (with dataset.json and plans.json) inside, "
-                         f"found {len(models)}")
-    return models[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from vadice.data.dataset_stats import dataset_statistics, summarise_volumes, wri
 from vadice.data.hntsmrg import convert
 from vadice.io import read_nifti
 
-CASE2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hntsmrg_case2"
 
 
 def _table(cohort):
@@ -62,14 +60,13 @@ def _scipy_components(mask, label, structure):
     return ndimage.label(mask == label, structure=structure)
 
 
-@pytest.mark.skipif(not CASE2.exists(), reason="shared HNTS-MRG case 2 masks not available")
 @pytest.mark.parametrize("connectivity", [26, 6])
-def test_stats_on_real_case_2_agree_with_scipy(connectivity):
-    stats = dataset_statistics(CASE2, connectivity=connectivity, progress=False)
+def test_stats_on_real_case_2_agree_with_scipy(hntsmrg_case2, connectivity):
+    stats = dataset_statistics(hntsmrg_case2, connectivity=connectivity, progress=False)
     assert stats["layout"] == "hntsmrg-case"
     structure = ndimage.generate_binary_structure(3, 3 if connectivity == 26 else 1)
     for tp in ("preRT", "midRT"):
-        mask, geom = read_nifti(CASE2 / tp / f"2_{tp}_mask.nii.gz")
+        mask, geom = read_nifti(hntsmrg_case2 / tp / f"2_{tp}_mask.nii.gz")
         voxel_ml = geom.voxel_volume_mm3 / 1000.0
         group = stats["groups"][tp]
         for name, label in (("GTVp", 1), ("GTVn", 2)):

@@ -19,7 +19,6 @@ from matplotlib.path import Path as MplPath
 from vadice.dicom.rtstruct import format_ds, mask_contours, write_rtstruct
 from vadice.dicom.series import read_series
 
-REAL_MASK = "/work/shared/data/hntsmrg_case2/midRT/2_midRT_mask.nii.gz"
 
 
 def independent_rasterise(rs_path, written, shape) -> dict[str, np.ndarray]:
@@ -117,9 +116,9 @@ def test_every_uid_and_attribute_references_the_series(tmp_path):
             assert all(len(v.original_string) <= 16 for v in item.ContourData)
 
 
-def test_real_mask_dice_and_every_lesion(tmp_path):
+def test_real_mask_dice_and_every_lesion(tmp_path, hntsmrg_case2):
     """The real HNTS-MRG mid-RT mask of patient 2 (cropped), on a 0.5 x 0.5 x 2 mm series."""
-    full = np.asarray(nib.load(REAL_MASK).dataobj).T  # (z, y, x)
+    full = np.asarray(nib.load(hntsmrg_case2 / "midRT" / "2_midRT_mask.nii.gz").dataobj).T  # (z, y, x)
     zz, yy, xx = np.nonzero(full)
     lab = np.ascontiguousarray(full[zz.min() - 1:zz.max() + 2, yy.min() - 3:yy.max() + 4, xx.min() - 3:xx.max() + 4])
     w = write_series(tmp_path / "mr", np.full(lab.shape, 50, np.uint16), spacing_xyz=(0.5, 0.5, 2.0))

@@ -23,7 +23,6 @@ from vadice.losses import (
     median_lesion_volumes,
 )
 
-CASE2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hntsmrg_case2"
 MODES = pytest.mark.parametrize("mode", ["mass", "absolute"])
 BOTH = pytest.mark.parametrize("batch_dice", [False, True])
 
@@ -406,12 +405,11 @@ def test_median_lesion_volumes_from_tables():
         median_lesion_volumes(bad)
 
 
-@pytest.mark.skipif(not CASE2.is_dir(), reason="shared HNTS-MRG case not present")
 @MODES
-def test_real_case_patch_cutting_nodes_keeps_case_weights(mode):
+def test_real_case_patch_cutting_nodes_keeps_case_weights(hntsmrg_case2, mode):
     from vadice.io import read_mask
 
-    mask, geom = read_mask(CASE2 / "preRT" / "2_preRT_mask.nii.gz")
+    mask, geom = read_mask(hntsmrg_case2 / "preRT" / "2_preRT_mask.nii.gz")
     ids, lesions = label_lesions(mask, geom.spacing_zyx)
     table = torch.tensor([[0.0] + [les.volume_mm3 for les in lesions]])
     v_ref = median_lesion_volumes([lesions]) if mode == "absolute" else None

@@ -1,4 +1,4 @@
-"""Properties 1-7 of docs/va-loss.md (../shared/reference/va-loss.md), as hypothesis tests."""
+"""Properties 1-7 of docs/va-loss.md, as hypothesis tests."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from vadice.io import Geometry, write_nifti
 from vadice.metrics.evaluate import CASE_COLUMNS, LESION_COLUMNS, evaluate_case, evaluate_folders
 
 IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hntsmrg_case2"
 
 
 def _geom(shape_zyx, spacing_zyx, origin=(0.0, 0.0, 0.0)):
@@ -213,11 +211,10 @@ def test_stray_label_in_truth_and_label_only_in_prediction(tmp_path):
     assert np.isnan(gtvp["lesion_sensitivity"])
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared HNTS-MRG case not available")
-def test_real_case_runs_and_is_consistent(tmp_path):
+def test_real_case_runs_and_is_consistent(tmp_path, hntsmrg_case2):
     from vadice.io import read_mask
 
-    gt, geom = read_mask(SHARED / "midRT" / "2_midRT_mask.nii.gz")
+    gt, geom = read_mask(hntsmrg_case2 / "midRT" / "2_midRT_mask.nii.gz")
     res = evaluate_case(gt, gt.copy(), geom.spacing_zyx)
     for name, r in res.labels.items():
         if r.overlap.gt_voxels:

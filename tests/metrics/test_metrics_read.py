@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 from vadice.io import Geometry, InputError, read_nifti, write_nifti
 from vadice.metrics.evaluate import _read_integer_nifti, read_label_map
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hntsmrg_case2"
 OBLIQUE = (0.9848077530122080, -0.1736481776669303, 0.0, 0.1736481776669303, 0.9848077530122080, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -40,10 +38,9 @@ def test_fast_read_equals_nibabel(tmp_path, direction, suffix):
     _same_as_nibabel(path)
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared HNTS-MRG case not available")
 @pytest.mark.parametrize("name", ["preRT/2_preRT_mask.nii.gz", "midRT/2_midRT_mask.nii.gz"])
-def test_fast_read_equals_nibabel_on_real_masks(name):
-    _same_as_nibabel(SHARED / name)
+def test_fast_read_equals_nibabel_on_real_masks(hntsmrg_case2, name):
+    _same_as_nibabel(hntsmrg_case2 / name)
 
 
 def test_truncated_or_unusual_files_take_the_checked_path(tmp_path):

@@ -245,12 +245,12 @@ def test_cli_fit_bad_inputs_one_line_exit_2_no_file(tmp_path, capsys, monkeypatc
         ([str(model)], f"{model}: no truth labels found for these predictions: pass --gt LABELS_DIR"),
         ([str(model), "--gt", str(gt_dir)], f"{gt_dir / 'a2.nii.gz'}: truth label map of a predicted case is missing"),
         ([str(run)], f"{run}: this is an experiment run folder: choose a model with --setup"),
-        ([str(tmp_path / "nowhere"), "--gt", str(gt_dir)], "model folder not found"),
+        ([str(tmp_path / "nowhere"), "--gt", str(gt_dir)], f"{tmp_path / 'nowhere'}: model folder not found"),
     ]
     for args, says in cases:
         assert main(["-q", "postprocess", "fit", *args, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0] == f"vadice postprocess: error: {says}" or says in err[0], err
+        assert err == [f"vadice postprocess: error: {says}"]
         assert not out.exists()
 
 
@@ -260,10 +260,11 @@ def test_cross_validated_predictions_score_as_the_recorded_out_of_fold_counts(tm
     pp = fit_postprocessing(folds, gt_dir, LABELS)
     out = tmp_path / "cv"
     write_cross_validated(pp, folds, out)
-    # Fold 0's cases with fold 0's volume (200, fitted on fold 1), fold 1's with 50 (fitted on fold 0).
-    for case, v in (("a1", 200.0), ("b1", 50.0)):
-        raw = read_mask(folds["0" if case[0] == "a" else "1"][case])[0]
-        assert np.array_equal(read_mask(out / f"{case}.nii.gz")[0], remove_small_components(raw, SPACING, {2: v}))
+    # Fold 0's cases with fold 0's volume (200, fitted on fold 1): both type-A nodes (60 and 30 mm³) go, the
+    # 1000 mm³ GTVp stays. Fold 1's with 50 (fitted on fold 0): type B's 300 and 150 mm³ nodes both stay.
+    pred_a = _case("A")[1]
+    assert np.array_equal(read_mask(out / "a1.nii.gz")[0], np.where(pred_a == 2, 0, pred_a))
+    assert np.array_equal(read_mask(out / "b1.nii.gz")[0], _case("B")[1])
     summary = evaluate_folders(gt_dir, out, None, progress=False)["labels"]["GTVn"]
     after = pp.details["cross_validation"]["out_of_fold"]["GTVn"]["after"]
     assert [summary[k] for k in ("n_gt_lesions", "n_gt_detected", "n_pred_lesions", "n_pred_matched")] == \

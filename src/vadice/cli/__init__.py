@@ -41,13 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # command group not built yet
-                continue
-            raise
-        module.register(sub)
+        # No skipping: a listed module that does not import is a typo or a broken install, and dropping its
+        # commands silently would hide it until a user asks for one of them.
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -1,20 +1,19 @@
-"""``vadice import-rtstruct``, ``vadice export-rtstruct``, ``vadice gc-predict``: DICOM and the challenge container."""
+"""``vadice import-rtstruct``, ``export-rtstruct``, ``gc-predict``, ``export-model``: argument parsing and printing.
+
+The work is done by :mod:`vadice.dicom` (series, RTSTRUCT/SEG, the challenge container), :mod:`vadice.models`
+(which model) and :mod:`vadice.sharing` (model zips).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from vadice.cli import UsageError
-from vadice.cli.options import add_postprocessing, parse_folds
-from vadice.nnunet import TRAINER_FOR_LOSS
+from vadice import registry
+from vadice.cli.options import ExamplesFormatter, add_postprocessing, parse_folds, parse_output_types
 
 log = logging.getLogger(__name__)
-
-OUTPUT_TYPES = ("nifti", "rtstruct", "seg")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(same frame of reference): each plane's contours combine even-odd (holes), voxels whose centre lies on "
         "a contour count as inside. ROI names map to labels with --map (shell wildcards, case-insensitive, "
         "first match wins; unmatched ROIs are skipped).",
-        epilog="example: vadice import-rtstruct patient7/MR patient7/RS.dcm --out labels/p7.nii.gz "
+        epilog="example:\n  vadice import-rtstruct patient7/MR patient7/RS.dcm --out labels/p7.nii.gz "
         "--image-out images/p7_0000.nii.gz --map 'GTVp*=1,GTVn*=2,LN*=2'",
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("series_dir", metavar="SERIES_DIR", help="folder with the DICOM MR series")
     p.add_argument("rtstruct", metavar="RTSTRUCT", help="RTSTRUCT file drawn on that series")
@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a NIfTI label map made on a DICOM MR series as RTSTRUCT and/or DICOM SEG",
         description="LABELS must lie on the grid of the series in SERIES_DIR (as `vadice predict` outputs for "
         "a DICOM input do). Labels 1/2 become ROIs GTVp/GTVn referencing every slice of the series.",
-        epilog="example: vadice export-rtstruct patient7/MR seg/p7.nii.gz --out-dir p7_dicom --output-type rtstruct,seg",
+        epilog="example:\n  vadice export-rtstruct patient7/MR seg/p7.nii.gz --out-dir p7_dicom "
+        "--output-type rtstruct,seg",
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("series_dir", metavar="SERIES_DIR", help="folder with the DICOM MR series")
     p.add_argument("labels", metavar="LABELS", help="label map (.nii.gz) on the series' grid")
@@ -57,8 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "INPUT/images/{mid-rt-t2w-head-neck, registered-pre-rt-head-neck, registered-pre-rt-head-neck-segmentation}/"
         "*.mha. Writes OUTPUT/images/mri-head-neck-segmentation/output.mha (uint8, compressed, the input's "
         "exact size, spacing, origin and direction). See docs/clinic.md for the Docker image.",
-        epilog="example: vadice gc-predict --task 1 --model /opt/algorithm/model --input test/input "
+        epilog="example:\n  vadice gc-predict --task 1 --model /opt/algorithm/model --input test/input "
         "--output test/output --device cpu",
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("--task", type=int, choices=(1, 2), required=True, help="challenge task")
     p.add_argument("--model", default="/opt/algorithm/model",
@@ -68,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", default="available",
                    help="comma-separated folds, 'all', or 'available' = every fold with a checkpoint (default)")
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto",
+    p.add_argument("--device", choices=("auto", *registry.DEVICES), default="auto",
                    help="where to run the network (default: cuda when available)")
     add_postprocessing(p)
     p.set_defaults(func=run_gc_predict)
@@ -80,11 +83,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plus vadice_model.json (version, folds, checkpoint SHA-256) and, from an experiment run folder, the run's "
         "manifest.json (settings) and comparison.json (evaluation summary). `vadice predict -m model.zip` and "
         "`vadice gc-predict --model model.zip` use it directly.",
-        epilog="example: vadice export-model runs/task1 --setup dual --out vadice_task1_dual.zip",
+        epilog="example:\n  vadice export-model runs/task1 --setup dual --out vadice_task1_dual.zip",
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("model", metavar="RUN_OR_MODEL_DIR", help="Trainer__Plans__configuration folder or a run folder")
     p.add_argument("--out", required=True, help="zip file to write")
-    p.add_argument("--setup", choices=tuple(TRAINER_FOR_LOSS), help="with a run folder: which set-up")
+    p.add_argument("--setup", choices=tuple(registry.SETUPS), help="with a run folder: which set-up")
     p.add_argument("--seed", type=int, default=0, help="with a run folder: which seed (default 0)")
     p.add_argument("--folds", default="available",
                    help="comma-separated folds, 'all', or 'available' = every fold with a checkpoint (default)")
@@ -101,27 +105,14 @@ def _series_and_overwrite(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
-def parse_output_types(text: str, allowed: tuple[str, ...] = OUTPUT_TYPES) -> tuple[str, ...]:
-    """``'nifti,rtstruct'`` -> ``('nifti', 'rtstruct')``; raises UsageError on unknown or empty."""
-    types = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
-    if not types or (bad := [t for t in types if t not in allowed]):
-        raise UsageError(f"--output-type must be a comma-separated subset of {','.join(allowed)}, got {text!r}")
-    return types
-
-
-def _refuse_existing(paths, overwrite: bool) -> None:
-    for path in paths:
-        if Path(path).exists() and not overwrite:
-            raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
-
-
 def run_import(args) -> int:
+    from vadice.dicom.export import refuse_existing
     from vadice.dicom.rtstruct import read_rtstruct
     from vadice.dicom.series import read_series
     from vadice.io import write_nifti
 
     outs = [args.out] + ([args.image_out] if args.image_out else [])
-    _refuse_existing(outs, args.overwrite)
+    refuse_existing(outs, args.overwrite)
     series = read_series(args.series_dir, args.series)
     labels, used = read_rtstruct(args.rtstruct, series, args.map)
     write_nifti(labels, series.geometry, args.out)
@@ -132,47 +123,12 @@ def run_import(args) -> int:
     return 0
 
 
-def dicom_targets(out_dir, name: str, types) -> dict[str, Path]:
-    """``{type: path}`` of the DICOM outputs (``RS_<name>.dcm``, ``SEG_<name>.dcm``) among ``types``."""
-    return {t: Path(out_dir) / f"{'RS' if t == 'rtstruct' else 'SEG'}_{name}.dcm" for t in types if t != "nifti"}
-
-
-def refuse_existing_dicom(out_dir, name: str, types, overwrite: bool) -> None:
-    """Raise FileExistsError before any work when a DICOM output exists and ``overwrite`` is false."""
-    _refuse_existing(dicom_targets(out_dir, name, types).values(), overwrite)
-
-
-def write_dicom_outputs(series, labels_path, out_dir, name: str, types, overwrite: bool = False) -> list[Path]:
-    """RTSTRUCT and/or SEG files of a NIfTI label map that lies on ``series``' grid.
-
-    Returns:
-      The written paths (``RS_<name>.dcm``, ``SEG_<name>.dcm``).
-
-    Raises:
-      InputError: the label map is not on the series' grid.
-      FileExistsError: an output exists and ``overwrite`` is false.
-    """
-    from vadice.dicom.rtstruct import write_rtstruct
-    from vadice.dicom.seg import write_seg
-    from vadice.io import InputError, read_mask
-
-    targets = dicom_targets(out_dir, name, types)
-    _refuse_existing(targets.values(), overwrite)
-    labels, geom = read_mask(labels_path)
-    if diffs := series.geometry.differences(geom, atol=1e-3):
-        raise InputError(labels_path, f"not on the grid of series {series.series_uid}: " + "; ".join(diffs))
-    written = []
-    for kind, path in targets.items():
-        (write_rtstruct if kind == "rtstruct" else write_seg)(labels, series, path)
-        written.append(path)
-    return written
-
-
 def run_export(args) -> int:
+    from vadice.dicom.export import DICOM_OUTPUT_TYPES, write_dicom_outputs
     from vadice.dicom.series import read_series
     from vadice.io import strip_nifti_suffix
 
-    types = parse_output_types(args.output_type, ("rtstruct", "seg"))
+    types = parse_output_types(args.output_type, DICOM_OUTPUT_TYPES)
     series = read_series(args.series_dir, args.series)
     name = strip_nifti_suffix(Path(args.labels).name)
     written = write_dicom_outputs(series, args.labels, args.out_dir, name, types, args.overwrite)
@@ -180,15 +136,10 @@ def run_export(args) -> int:
     return 0
 
 
-def available_folds(model: Path, checkpoint: str) -> tuple[str, ...]:
-    """Folds of ``model`` that hold ``checkpoint`` (``fold_0`` … and ``fold_all``), numeric ones first."""
-    found = [p.name[len("fold_"):] for p in sorted(model.glob("fold_*")) if (p / checkpoint).is_file()]
-    return tuple(sorted(found, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0)))
-
-
 def run_gc_predict(args) -> int:
     from vadice.dicom.container import TASK_INPUTS, gc_predict
     from vadice.io import InputError
+    from vadice.models import available_folds, resolve_model
     from vadice.predict import model_channels, predict
 
     model = resolve_model(args.model)
@@ -196,13 +147,7 @@ def run_gc_predict(args) -> int:
     if n_channels != len(TASK_INPUTS[args.task]):
         raise InputError(model, f"model has {n_channels} input channel(s); task {args.task} needs "
                          f"{len(TASK_INPUTS[args.task])}")
-    if args.folds == "available":
-        folds = available_folds(model, args.checkpoint)
-        if not folds:
-            raise InputError(model, f"no fold_*/{args.checkpoint} in the model folder")
-        folds = tuple(int(f) if f.isdigit() else f for f in folds)
-    else:
-        folds = parse_folds(args.folds)
+    folds = available_folds(model, args.checkpoint) if args.folds == "available" else parse_folds(args.folds)
     device = args.device
     if device == "auto":
         import torch
@@ -219,87 +164,13 @@ def run_gc_predict(args) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class StagedInput:
-    """What ``vadice predict`` reads: ``folder`` of NIfTI inputs; ``series``/``case`` set for a DICOM input."""
-
-    folder: Path
-    series: object | None = None  # vadice.dicom.series.MRSeries
-    case: str | None = None
-
-
-def _case_name(series) -> str:
-    name = re.sub(r"[^A-Za-z0-9.-]+", "_", str(series.slices[0].get("PatientID", "") or "")).strip("._-")
-    return name or "case"
-
-
-def stage_predict_input(input_path, tmp_dir, series_uid: str | None = None) -> StagedInput:
-    """Turn ``vadice predict``'s input into a folder of NIfTI files.
-
-    A folder holding NIfTI files is used as it is; ``.mha`` files (a folder of
-    them, or one file) are converted to ``.nii.gz`` under ``tmp_dir`` keeping
-    their names (so ``_0000`` channel suffixes still work); any other folder
-    holding DICOM files is read as one DICOM MR series and staged as
-    ``<PatientID>_0000.nii.gz``; anything else is passed through unchanged.
-
-    Args:
-      input_path: ``-i`` of ``vadice predict``.
-      tmp_dir: an empty folder that outlives the prediction.
-      series_uid: ``--series``; only for DICOM inputs.
-
-    Returns:
-      :class:`StagedInput`.
-
-    Raises:
-      InputError: unreadable inputs (see vadice.dicom.series.read_series).
-      UsageError: ``--series`` with a non-DICOM input.
-    """
-    from vadice.io import InputError, is_nifti, read_mha, write_nifti, write_sitk
-
-    input_path, tmp_dir = Path(input_path), Path(tmp_dir)
-    if not input_path.exists():
-        raise InputError(input_path, "input not found")
-    files = [input_path] if input_path.is_file() else sorted(
-        p for p in input_path.iterdir() if p.is_file() and not p.name.startswith("."))
-    mha = [p for p in files if p.suffix.lower() == ".mha"]
-    if any(is_nifti(p) for p in files) or (input_path.is_file() and not mha):
-        if series_uid:
-            raise UsageError("--series applies to a DICOM folder input only")
-        return StagedInput(input_path)
-    if mha:
-        if series_uid:
-            raise UsageError("--series applies to a DICOM folder input only")
-        for path in mha:
-            write_sitk(read_mha(path), tmp_dir / (path.stem + ".nii.gz"))
-        return StagedInput(tmp_dir)
-    from pydicom.misc import is_dicom
-
-    if not any(p.is_file() and is_dicom(p) for p in input_path.rglob("*")):
-        if series_uid:
-            raise UsageError("--series applies to a DICOM folder input only")
-        return StagedInput(input_path)  # no DICOM at all: vadice.predict names what is wrong with the folder
-    from vadice.dicom.series import read_series
-
-    series = read_series(input_path, series_uid)
-    case = _case_name(series)
-    write_nifti(series.array, series.geometry, tmp_dir / f"{case}_0000.nii.gz")
-    return StagedInput(tmp_dir, series, case)
-
-
-def resolve_model(path) -> Path:
-    """A model folder, or the folder inside a model zip (unpacked once into the cache)."""
-    from vadice.sharing import model_from_zip
-
-    path = Path(path)
-    return model_from_zip(path) if path.suffix.lower() == ".zip" else path
-
-
 def run_export_model(args) -> int:
-    from vadice.experiment import model_dir_from
+    from vadice.dicom.export import refuse_existing
+    from vadice.models import resolve_model
     from vadice.sharing import export_model
 
-    _refuse_existing([args.out], args.overwrite)
-    model = model_dir_from(args.model, args.setup, args.seed)
+    refuse_existing([args.out], args.overwrite)
+    model = resolve_model(args.model, args.setup, args.seed)
     run_dir = Path(args.model) if args.setup else None
     folds = None if args.folds == "available" else parse_folds(args.folds)
     out = export_model(model, args.out, folds=folds, checkpoint=args.checkpoint, run_dir=run_dir,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from vadice import registry
 from vadice.cli import UsageError
+from vadice.dicom.export import DICOM_OUTPUT_TYPES
+
+OUTPUT_TYPES = ("nifti", *DICOM_OUTPUT_TYPES)
 
 
 def add_device(parser: argparse.ArgumentParser, default: str = "cuda") -> None:
-    parser.add_argument("--device", choices=("cuda", "cpu", "mps"), default=default,
+    parser.add_argument("--device", choices=registry.DEVICES, default=default,
                         help=f"where to run the network (default {default})")
 
 
@@ -33,8 +37,20 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def parse_folds(text: str) -> tuple:
-    return ("all",) if text.strip() == "all" else parse_int_list(text, "--folds")
+def parse_folds(text: str) -> tuple[int | str, ...]:
+    """``--folds`` read by :func:`vadice.registry.parse_folds`; its refusal becomes a UsageError."""
+    try:
+        return registry.parse_folds(text, "--folds")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_output_types(text: str, allowed: tuple[str, ...] = OUTPUT_TYPES) -> tuple[str, ...]:
+    """``--output-type``: ``'nifti,rtstruct'`` -> ``('nifti', 'rtstruct')``; raises UsageError on unknown or empty."""
+    types = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    if not types or any(t not in allowed for t in types):
+        raise UsageError(f"--output-type must be a comma-separated subset of {','.join(allowed)}, got {text!r}")
+    return types
 
 
 class ExamplesFormatter(argparse.HelpFormatter):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from vadice import registry
 from vadice.cli.options import ExamplesFormatter
 
 
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--gt", metavar="GT_DIR",
                    help="truth label maps (default: RUN/gt for a run folder; nnU-Net's gt_segmentations or "
                         "labelsTr of the model's dataset, from nnUNet_preprocessed / nnUNet_raw)")
-    f.add_argument("--setup", help="with an experiment run folder: which set-up's model")
+    f.add_argument("--setup", choices=tuple(registry.SETUPS),
+                   help="with an experiment run folder: which set-up's model")
     f.add_argument("--seed", type=int, default=0, help="with an experiment run folder: which seed (default 0)")
     f.add_argument("--objective", default="f1", metavar="OBJ",
                    help="f1 (default) or precision@sens-drop:D (best precision losing at most D sensitivity)")
@@ -78,7 +80,6 @@ def run_fit(args) -> int:
 
     from vadice.cli import UsageError
     from vadice.cli.evaluate import parse_labels
-    from vadice.experiment import model_dir_from
     from vadice.io import InputError
     from vadice.postprocess.fit import (
         DEFAULT_GRID_MM3,
@@ -89,6 +90,7 @@ def run_fit(args) -> int:
         validation_folds,
         write_cross_validated,
     )
+    from vadice.models import resolve_model
     from vadice.postprocess import check_out_file, save_postprocessing
 
     try:
@@ -102,7 +104,7 @@ def run_fit(args) -> int:
     labels = parse_labels(args.labels)
     source = Path(args.source)
     is_run = (source / "manifest.json").is_file() and (source / "units").is_dir()
-    model = model_dir_from(source, args.setup, args.seed)
+    model = resolve_model(source, args.setup, args.seed)
     gt = Path(args.gt) if args.gt else (source / "gt" if is_run and (source / "gt").is_dir()
                                         else default_truth_dir(model))
     if gt is None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vadice.cli.options import add_device, add_postprocessing, parse_folds
-from vadice.nnunet import TRAINER_FOR_LOSS
+from vadice import registry
+from vadice.cli.options import add_device, add_postprocessing, parse_folds, parse_output_types
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for label maps and overlays")
     p.add_argument("-m", "--model", required=True, metavar="MODEL_DIR",
                    help="trained model folder (Trainer__Plans__configuration) or an experiment run folder with --setup")
-    p.add_argument("--setup", choices=tuple(TRAINER_FOR_LOSS),
+    p.add_argument("--setup", choices=tuple(registry.SETUPS),
                    help="with an experiment run folder: which set-up's model (seed from --seed)")
     p.add_argument("--seed", type=int, default=0, help="with an experiment run folder: which seed (default 0)")
     p.add_argument("--folds", default="0", help="comma-separated folds to ensemble, or 'all' (default 0)")
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in OUT_DIR that vadice predict did not write with these settings")
     add_postprocessing(p)
-    # DICOM / .mha input and DICOM outputs (vadice.cli.dicom, docs/clinic.md); -m also takes a model zip.
+    # DICOM / .mha input and DICOM outputs (vadice.dicom, docs/clinic.md); -m also takes a model zip.
     p.add_argument("--output-type", default="nifti",
                    help="comma-separated nifti,rtstruct,seg (default nifti; rtstruct/seg need a DICOM series "
                         "as -i; the NIfTI label map is always written)")
@@ -58,30 +58,29 @@ def run(args) -> int:
     import tempfile
 
     from vadice.cli import UsageError
-    from vadice.cli.dicom import (parse_output_types, refuse_existing_dicom, resolve_model, stage_predict_input,
-                                  write_dicom_outputs)
-    from vadice.experiment import model_dir_from
+    from vadice.dicom.export import refuse_existing_dicom, write_dicom_outputs
+    from vadice.dicom.staging import stage_predict_input
+    from vadice.models import resolve_model
     from vadice.predict import predict
 
-    types = parse_output_types(args.output_type)
-    is_zip = str(args.model).lower().endswith(".zip")
-    model = resolve_model(args.model) if is_zip else model_dir_from(args.model, args.setup, args.seed)
+    dicom_types = [t for t in parse_output_types(args.output_type) if t != "nifti"]  # NIfTI is always written
+    folds = parse_folds(args.folds)
+    model = resolve_model(args.model, args.setup, args.seed)
     with tempfile.TemporaryDirectory(prefix="vadice-input-") as tmp:
         staged = stage_predict_input(args.input, tmp, args.series)  # a DICOM folder or .mha -> NIfTI
-        if staged.series is None and set(types) - {"nifti"}:
+        if staged.series is None and dicom_types:
             raise UsageError("--output-type rtstruct/seg needs a DICOM MR series folder as -i")
         if staged.series is not None:  # refuse before inference, not after minutes of it
-            refuse_existing_dicom(args.output, staged.case, types, args.overwrite)
-        result = predict(staged.folder, args.output, model, folds=parse_folds(args.folds), device=args.device,
+            refuse_existing_dicom(args.output, staged.case, dicom_types, args.overwrite)
+        result = predict(staged.folder, args.output, model, folds=folds, device=args.device,
                          overlays=not args.no_overlays, checkpoint=args.checkpoint, progress=not args.quiet,
                          tta=not args.disable_tta, overwrite=args.overwrite, postprocessing=args.postprocessing)
     skipped = f" ({len(result.skipped)} already there from an earlier run)" if result.skipped else ""
     print(f"wrote {len(result.written)} label map(s) to {args.output}{skipped}")
-    if staged.series is not None and set(types) - {"nifti"}:
+    if staged.series is not None and dicom_types:
         from pathlib import Path
 
         labels = Path(args.output) / f"{staged.case}.nii.gz"
-        dicom_types = [t for t in types if t != "nifti"]
         for path in write_dicom_outputs(staged.series, labels, args.output, staged.case, dicom_types, args.overwrite):
             print(f"wrote {path}")
     return 0

@@ -2,7 +2,7 @@
 
 A lesion is a connected component of one label (26-connectivity by default),
 found by :func:`vadice.lesions.label_lesions`, the same definition as the
-published HNTS-MRG statistics (../shared/reference/hntsmrg.md) and the rest of
+published HNTS-MRG statistics (docs/data.md, "Lesion distributions") and the rest of
 vadice. Quantiles use numpy's default (linear interpolation).
 """
 

@@ -7,7 +7,7 @@ boxes. Drawing is cheap, so the volume distributions can be checked on hundreds
 of cases without rendering a voxel (:func:`draw_cohort`, :func:`lesion_table`).
 
 Distributions follow the published HNTS-MRG 2024 training statistics
-(../shared/reference/hntsmrg.md, 26-connectivity):
+(docs/data.md, "Lesion distributions"; 26-connectivity):
 
 * pre-RT GTVp present in ~90 % of patients, log-normal volume, median 8.4 ml,
   IQR 4.3-16 ml, at most 50 ml;

@@ -1,8 +1,10 @@
-"""The DICOM commands end to end, in-process: import-rtstruct, export-rtstruct, gc-predict (network injected)."""
+"""The DICOM commands end to end, in-process: import-rtstruct, export-rtstruct, gc-predict, predict with DICOM in
+and out (network injected)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -10,9 +12,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_synth import rotation, write_series
 
 from vadice.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))  # the synthetic-series writer lives there
+from dicom_synth import rotation, write_series  # noqa: E402
 
 
 def _series(tmp_path, shape=(5, 20, 24), rot=None, **kw):
@@ -121,40 +125,6 @@ def test_gc_predict_command_with_injected_network(tmp_path, monkeypatch, capsys)
     rc = main(["gc-predict", "--task", "2", "--model", str(model), "--input", str(tmp_path / "input"),
                "--output", str(tmp_path / "o2"), "--device", "cpu"])
     assert rc == 2 and "task 2 needs 3" in capsys.readouterr().err
-
-
-def test_stage_predict_input_dicom_mha_and_nifti(tmp_path):
-    from vadice.cli import UsageError
-    from vadice.cli.dicom import StagedInput, stage_predict_input
-
-    w, pix = _series(tmp_path)
-    (tmp_path / "t1").mkdir()
-    staged = stage_predict_input(tmp_path / "mr", tmp_path / "t1")
-    assert staged.case == "SYN001" and staged.series.series_uid == w.series_uid
-    nii = nib.load(tmp_path / "t1/SYN001_0000.nii.gz")
-    np.testing.assert_array_equal(np.asarray(nii.dataobj).T, pix)
-    np.testing.assert_allclose(nii.header.get_zooms(), w.spacing_xyz, atol=1e-6)
-
-    img = sitk.GetImageFromArray(np.arange(60, dtype=np.float32).reshape(3, 4, 5))
-    img.SetSpacing((0.5, 0.6, 2.0))
-    img.SetOrigin((1.0, 2.0, 3.0))
-    (tmp_path / "mha").mkdir()
-    sitk.WriteImage(img, str(tmp_path / "mha/p1_0000.mha"))
-    (tmp_path / "t2").mkdir()
-    staged = stage_predict_input(tmp_path / "mha", tmp_path / "t2")
-    assert staged.series is None and staged.folder == tmp_path / "t2"
-    back = sitk.ReadImage(str(tmp_path / "t2/p1_0000.nii.gz"))
-    np.testing.assert_allclose(back.GetSpacing(), img.GetSpacing(), atol=1e-6)  # NIfTI stores float32
-    np.testing.assert_allclose(back.GetOrigin(), img.GetOrigin(), atol=1e-6)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
-
-    sitk.WriteImage(img, str(tmp_path / "t2/p2.nii.gz"))
-    assert stage_predict_input(tmp_path / "t2", tmp_path / "unused").folder == tmp_path / "t2"
-    with pytest.raises(UsageError, match="--series"):
-        stage_predict_input(tmp_path / "t2", tmp_path / "unused", series_uid="1.2")
-    (tmp_path / "notes").mkdir()  # no DICOM, no NIfTI: left to vadice.predict's own checks
-    (tmp_path / "notes/readme.txt").write_text("x")
-    assert stage_predict_input(tmp_path / "notes", tmp_path / "unused") == StagedInput(tmp_path / "notes")
 
 
 def _fake_predict(input_dir, output_dir, model_dir, **kwargs):

@@ -275,27 +275,49 @@ def test_stats_takes_a_dataset_id_like_plan(tmp_path, capsys, monkeypatch):
 
 # --------------------------------------------------------------------------- --help examples
 
-def _subparsers():
-    from vadice.cli import build_parser
+def _commands(parser, path=("vadice",)):
+    """``(path, subparser)`` of every command and sub-command (``vadice postprocess fit`` too)."""
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _commands(sub, (*path, name))
 
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return parser, action.choices
+
+def _example_lines(text: str) -> list[str]:
+    """The ``vadice ...`` lines after the first "example(s)" line, comments cut, backslash continuations joined."""
+    lines = text.replace("\\\n", " ").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().lower().startswith("example")), len(lines))
+    found = []
+    for line in lines[start:]:
+        line = line.strip()
+        if line.lower().startswith("example"):
+            line = line.split(":", 1)[1].strip()
+        if line.startswith("vadice "):
+            found.append(" ".join(line.split("  #")[0].split()))
+    return found
 
 
 def test_every_command_help_has_an_example_that_parses():
     import shlex
 
-    parser, commands = _subparsers()
-    assert {"synth", "convert", "stats", "nnunet-path", "plan", "train", "predict", "evaluate", "compare",
-            "experiment", "report", "demo"} <= set(commands)
-    for name, sub in commands.items():
-        text = sub.format_help()
-        assert "example" in text.lower(), f"`vadice {name} --help` has no example"
-        examples = text.replace("\\\n", " ").splitlines()
-        for line in (l.strip() for l in examples if l.startswith(f"  vadice {name}")):
-            argv = shlex.split(line.split("  #")[0])[1:]
+    from vadice.cli import build_parser
+
+    parser = build_parser()
+    commands = dict(_commands(parser))
+    assert {("vadice", c) for c in ("synth", "convert", "stats", "nnunet-path", "plan", "train", "predict",
+                                    "evaluate", "compare", "experiment", "report", "demo", "import-rtstruct",
+                                    "export-rtstruct", "gc-predict", "export-model")} <= set(commands)
+    assert ("vadice", "postprocess", "fit") in commands
+    for path, sub in commands.items():
+        examples = _example_lines(sub.format_help())
+        assert examples, f"`{' '.join(path)} --help` has no example"
+        # Every example the command was given is shown whole, on its own line (none wrapped or lost).
+        assert examples == _example_lines(sub.epilog or ""), f"`{' '.join(path)} --help` cuts its examples"
+        for line in examples:
+            argv = shlex.split(line)
+            assert tuple(argv[:len(path)]) == path, f"`{' '.join(path)} --help` shows another command: {line}"
             try:
-                parser.parse_args(argv)
+                parser.parse_args(argv[1:])
             except SystemExit:
                 pytest.fail(f"help example does not parse: {line}")
