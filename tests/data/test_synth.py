@@ -10,6 +10,7 @@ import pytest
 
 from vadice.cli import main
 from vadice.data import synth
+from vadice.data.synth import write as synth_write
 from vadice.data.hntsmrg import SOURCE_FILES, source_files
 from vadice.io import read_nifti
 
@@ -172,7 +173,7 @@ def test_unlabelled_lookalikes_exist():
 
 def test_interrupted_run_resumes_to_identical_output(tmp_path, monkeypatch):
     ref, ref_arrays = _generate_arrays(tmp_path, "ref", seed=21, n=2)
-    real = synth._write_case
+    real = synth_write._write_case
     calls = []
 
     def dying(spec, out_dir):
@@ -184,11 +185,11 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(spec, out_dir)
 
-    monkeypatch.setattr(synth, "_write_case", dying)
+    monkeypatch.setattr(synth_write, "_write_case", dying)
     with pytest.raises(KeyboardInterrupt):
         synth.generate_cohort(tmp_path / "run", 2, 21, progress=False)
     assert not (tmp_path / "run" / "cohort.json").exists()
-    monkeypatch.setattr(synth, "_write_case", real)
+    monkeypatch.setattr(synth_write, "_write_case", real)
     synth.generate_cohort(tmp_path / "run", 2, 21, progress=False)
     table = _cases(tmp_path / "run")
     assert table == ref

@@ -1,0 +1,148 @@
+"""Writing a cohort: HNTS-MRG 2024 training layout, ``cohort.json``, atomic files, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vadice.data.hntsmrg import source_files
+from vadice.data.synth.draw import TIMEPOINTS, CaseSpec, draw_cohort
+from vadice.data.synth.render import render_case
+from vadice.io import write_nifti, write_text
+
+
+COHORT_FILE = "cohort.json"
+_PARTIAL_DIR = ".vadice_synth.partial"
+
+
+def _write_case(spec: CaseSpec, out_dir: Path) -> dict:
+    files = source_files(out_dir / str(spec.case_id), spec.case_id)
+    grids = {"preRT": spec.grids["preRT"], "midRT": spec.grids["midRT"], "preRT_registered": spec.grids["midRT"]}
+    targets = {"preRT": ("preRT_T2", "preRT_mask"), "midRT": ("midRT_T2", "midRT_mask"),
+               "preRT_registered": ("preRT_T2_registered", "preRT_mask_registered")}
+    lesions = []
+    for tp in TIMEPOINTS:
+        img, mask, recs = render_case(spec, tp)
+        geom = grids[tp].geometry
+        # Native scans are stored as integers; the registered (resampled) image as float32.
+        if tp == "preRT_registered":
+            img_out = img.astype(np.float32)
+        else:
+            img_out = np.clip(np.rint(img), 0, 32767).astype(np.int16)
+        write_nifti(img_out, geom, files[targets[tp][0]])
+        write_nifti(mask, geom, files[targets[tp][1]])
+        origin = np.array(geom.origin)
+        spacing_zyx = np.array(geom.spacing_zyx)
+        for r in recs:
+            c = np.array(r["centroid_zyx"])
+            r["centroid_mm"] = [float(v) for v in origin + (c * spacing_zyx)[::-1]]
+            lesions.append({"case": spec.case_id, "timepoint": tp, **r})
+    return {
+        "case": {
+            "id": spec.case_id,
+            "fat_suppressed": spec.fat_suppressed,
+            "complete_response": spec.complete_response,
+            "grids": {k: {"shape_zyx": list(g.shape_zyx), "spacing_xyz": list(g.spacing_xyz),
+                          "origin_xyz": list(g.origin_xyz)} for k, g in spec.grids.items()},
+        },
+        "lesions": lesions,
+    }
+
+
+def generate_cohort(out_dir, n_cases: int, seed: int, size: str = "small", progress: bool = True,
+                    workers: int = 1) -> Path:
+    """Write a synthetic cohort in the HNTS-MRG 2024 training layout.
+
+    Writes ``OUT_DIR/<id>/preRT/<id>_preRT_{T2,mask}.nii.gz`` and
+    ``OUT_DIR/<id>/midRT/<id>_{midRT_T2,midRT_mask,preRT_T2_registered,preRT_mask_registered}.nii.gz``
+    plus ``OUT_DIR/cohort.json`` (ground-truth lesion table, written last).
+    Every file is written atomically. An interrupted run is resumed: cases
+    already finished are kept (their records sit in a hidden folder until the
+    table is complete).
+
+    Args:
+      out_dir: output folder; must be absent, empty, or an unfinished run with
+        the same parameters. A finished run with the same parameters is left
+        as it is.
+      n_cases, seed, size: see :func:`draw_cohort`.
+      progress: show a progress bar.
+      workers: cases rendered in parallel threads (numpy and zlib release the GIL).
+
+    Returns:
+      ``out_dir`` as a Path.
+
+    Raises:
+      FileExistsError: ``out_dir`` holds something else.
+      ValueError: bad arguments.
+    """
+    out_dir = Path(out_dir)
+    specs = draw_cohort(n_cases, seed, size)
+    params = {"n_cases": int(n_cases), "seed": int(seed), "size": size}
+    partial = out_dir / _PARTIAL_DIR
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise FileExistsError(f"{out_dir}: exists and is not a directory")
+        cohort = out_dir / COHORT_FILE
+        if cohort.exists():
+            try:
+                done = json.loads(cohort.read_text())
+            except (OSError, ValueError):
+                done = {}
+            if {k: done.get(k) for k in params} == params:
+                return out_dir
+            raise FileExistsError(f"{out_dir}: already holds a different cohort ({COHORT_FILE}); choose a new folder")
+        if any(out_dir.iterdir()):
+            params_file = partial / "params.json"
+            if not params_file.exists() or json.loads(params_file.read_text()) != params:
+                raise FileExistsError(f"{out_dir}: not empty; choose a new or empty folder")
+    partial.mkdir(parents=True, exist_ok=True)
+    write_text(partial / "params.json", json.dumps(params))
+
+    def one(spec: CaseSpec) -> dict:
+        record_file = partial / f"{spec.case_id}.json"
+        if record_file.exists():
+            return json.loads(record_file.read_text())
+        # A killed run can leave temporary files of an atomic write behind.
+        for leftover in (out_dir / str(spec.case_id)).glob("*/.*.part*"):
+            leftover.unlink()
+        record = _write_case(spec, out_dir)
+        write_text(record_file, json.dumps(record))
+        return record
+
+    bar = tqdm(total=len(specs), desc="synth", unit="case", disable=not progress)
+    records = []
+    if workers <= 1:
+        for spec in specs:
+            records.append(one(spec))
+            bar.update()
+    else:
+        with ThreadPoolExecutor(max_workers=int(workers)) as pool:
+            for rec in pool.map(one, specs):
+                records.append(rec)
+                bar.update()
+    bar.close()
+
+    table = {
+        "generator": "vadice.data.synth",
+        **params,
+        "layout": "HNTS-MRG 2024 training",
+        "labels": {"background": 0, "GTVp": 1, "GTVn": 2},
+        "volume_unit": "ml",
+        "centroid_zyx": "voxel indices (z, y, x) of the file's grid",
+        "centroid_mm": "physical (x, y, z) mm, ITK/LPS",
+        "cases": [r["case"] for r in records],
+        "lesions": [lesion for r in records for lesion in r["lesions"]],
+    }
+    write_text(out_dir / COHORT_FILE, json.dumps(table, indent=1))
+    shutil.rmtree(partial, ignore_errors=True)
+    return out_dir
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
