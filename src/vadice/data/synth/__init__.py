@@ -41,11 +41,13 @@ from __future__ import annotations
 from vadice.data.synth.draw import (INTENSITY_SCALE, LABEL_GTVN, LABEL_GTVP, NECK_FOV_MM, NECK_SPACING_XY_MM,
                                     NECK_SPACING_Z_MM, NODE_COUNTS, REAL_SPACINGS, SIZES, SMALL_MAX_FOV_MM,
                                     SMALL_MAX_ZYX, TIMEPOINTS, TISSUE, BlobShape, CaseSpec, Grid, LesionSpec,
-                                    Structure, draw_cohort, lesion_table)
+                                    Look, Structure)
+from vadice.data.synth.cohort import PROFILES, draw_cohort, lesion_table
 from vadice.data.synth.render import render_case
 from vadice.data.synth.write import COHORT_FILE, default_workers, generate_cohort
 
 __all__ = ["COHORT_FILE", "INTENSITY_SCALE", "LABEL_GTVN", "LABEL_GTVP", "NECK_FOV_MM", "NECK_SPACING_XY_MM",
            "NECK_SPACING_Z_MM", "NODE_COUNTS", "REAL_SPACINGS", "SIZES", "SMALL_MAX_FOV_MM", "SMALL_MAX_ZYX",
-           "TIMEPOINTS", "TISSUE", "BlobShape", "CaseSpec", "Grid", "LesionSpec", "Structure", "default_workers",
+           "PROFILES", "TIMEPOINTS", "TISSUE", "BlobShape", "CaseSpec", "Grid", "LesionSpec", "Look", "Structure",
+           "default_workers",
            "draw_cohort", "generate_cohort", "lesion_table", "render_case"]

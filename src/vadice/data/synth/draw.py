@@ -120,6 +120,28 @@ class BlobShape:
         return BlobShape(self.radii * factor, self.rotation, self.amp, self.freq, self.phase)
 
 
+@dataclass(frozen=True)
+class Look:
+    """What a structure is, where, and the imaging cues it carries (recorded in the audit of ``cohort.json``).
+
+    ``texture``, ``necrosis`` and ``hilum`` also say how it is painted: amplitude of its smoothed-noise
+    texture (0: homogeneous), radius of a bright necrotic core and of an eccentric fatty hilum as a fraction
+    of the structure's own radii (0: none), at the given relative T2 signals.
+    """
+
+    kind: str  # primary, metastatic_node, normal_node, reactive_node, parotid_gland, submandibular_gland, thyroid
+    side: int = 0  # patient side: +1 left (+x in LPS), -1 right, 0 midline
+    level: str | None = None  # cervical nodal level I..V (Som et al. 1999)
+    texture: float = 0.0
+    necrosis: float = 0.0
+    necrosis_signal: float = 0.0
+    hilum: float = 0.0
+    hilum_offset: float = 0.0  # hilum centre along the short axis, fraction of the short semi-axis
+    hilum_signal: float = 0.0
+    irregular: bool = False
+    round: bool = False
+
+
 @dataclass
 class LesionSpec:
     label: int
@@ -128,16 +150,18 @@ class LesionSpec:
     volume_pre_ml: float
     volume_mid_ml: float | None  # None: gone at mid-RT
     contrast: float  # per-lesion offset of the mean signal
-    necrotic: bool
+    necrotic: bool  # v1 necrosis (core at 0.45 of the radius); the clinical profile says it in ``look``
+    look: Look | None = None  # None: the v1 rendering (texture 0.5, necrosis as ``necrotic``)
 
 
 @dataclass
 class Structure:
-    """Image-only structure (no label): gland, thyroid or normal lymph node."""
+    """Image-only structure (no label): gland, thyroid or lymph node (painted plain unless ``look`` says more)."""
 
     tissue: str
     center: np.ndarray
     shape: BlobShape
+    look: Look | None = None
 
 
 @dataclass
@@ -152,6 +176,7 @@ class CaseSpec:
     structures: list[Structure]
     lesions: list[LesionSpec] = field(default_factory=list)
     noise_sigma: float = 0.04
+    primary_side: int = 0  # clinical profile: side of the primary (+1 left, -1 right); v1: 0 (not drawn)
 
 
 # A blob is cut at the level of its k-th smallest shape value (k = target voxel
@@ -258,7 +283,8 @@ def _body_axes(body: dict, w: np.ndarray, thin: float = 1.0) -> tuple[np.ndarray
     return a, b
 
 
-def _draw_case(case_id: int, rng: np.random.Generator, size: str) -> CaseSpec:
+def draw_frame(case_id: int, rng: np.random.Generator, size: str, fat_suppressed_share: float) -> CaseSpec:
+    """Grids, patient frames and body outline of one case (no structures, no lesions yet)."""
     spacing_pre = _draw_spacing(rng)
     grid_pre = _draw_grid(rng, size, spacing_pre)
     spacing_mid = spacing_pre if rng.random() < 0.75 else _draw_spacing(rng)
@@ -284,7 +310,7 @@ def _draw_case(case_id: int, rng: np.random.Generator, size: str) -> CaseSpec:
     spec = CaseSpec(
         case_id=case_id,
         seed=int(rng.integers(2**31)),
-        fat_suppressed=bool(rng.random() < 0.4),
+        fat_suppressed=bool(rng.random() < fat_suppressed_share),
         complete_response=bool(rng.random() < 0.07),
         grids={"preRT": grid_pre, "midRT": grid_mid},
         frames=frames,
@@ -292,31 +318,47 @@ def _draw_case(case_id: int, rng: np.random.Generator, size: str) -> CaseSpec:
         structures=[],
         noise_sigma=float(rng.uniform(0.025, 0.05)),
     )
-    _draw_structures(spec, rng)
-    _draw_lesions(spec, rng)
     return spec
 
 
-def _draw_structures(spec: CaseSpec, rng: np.random.Generator) -> None:
+def draw_case_v1(case_id: int, rng: np.random.Generator, size: str) -> CaseSpec:
+    """The ``v1`` profile: look-alike normal nodes share the metastatic nodes' signal, size and place."""
+    spec = draw_frame(case_id, rng, size, 0.4)
+    _draw_structures(spec, rng)
+    place_lesions(spec, rng, lesion_drafts(rng), _V1Lesions())
+    return spec
+
+
+def draw_glands(spec: CaseSpec, rng: np.random.Generator) -> None:
+    """Submandibular and parotid glands and thyroid lobes, both sides, at their anatomical places."""
     cov, b0 = spec.body["coverage"], spec.body["b0"]
     out = spec.structures
     for side in (-1, 1):
         out.append(Structure("gland", np.array([side * rng.uniform(30, 38), -0.35 * b0, 0.30 * cov]),
-                             _blob_shape(rng, rng.uniform(6, 10), axes=(1.3, 0.9, 0.85))))
+                             _blob_shape(rng, rng.uniform(6, 10), axes=(1.3, 0.9, 0.85)),
+                             Look("submandibular_gland", side)))
         out.append(Structure("gland", np.array([side * rng.uniform(42, 50), 0.05 * b0, 0.42 * cov]),
-                             _blob_shape(rng, rng.uniform(12, 20), axes=(0.8, 1.2, 1.05))))
+                             _blob_shape(rng, rng.uniform(12, 20), axes=(0.8, 1.2, 1.05)), Look("parotid_gland", side)))
         out.append(Structure("thyroid", np.array([side * rng.uniform(12, 16), -0.45 * b0, -0.25 * cov]),
-                             _blob_shape(rng, rng.uniform(4, 8), axes=(0.8, 0.65, 1.9))))
+                             _blob_shape(rng, rng.uniform(4, 8), axes=(0.8, 0.65, 1.9)), Look("thyroid", side)))
+
+
+def _draw_structures(spec: CaseSpec, rng: np.random.Generator) -> None:
+    draw_glands(spec, rng)
+    cov, b0 = spec.body["coverage"], spec.body["b0"]
     # Normal lymph nodes: same signal as metastatic ones, unlabelled (false-positive bait).
     for _ in range(int(rng.integers(3, 9))):
         side = 1 if rng.random() < 0.5 else -1
         centre = np.array([side * rng.uniform(20, 45), rng.uniform(-0.3, 0.45) * b0,
                            rng.uniform(-0.35, 0.38) * cov])
-        out.append(Structure("normal_node", centre, _blob_shape(rng, rng.uniform(0.15, 1.2), elongation=0.45)))
+        spec.structures.append(Structure("normal_node", centre,
+                                         _blob_shape(rng, rng.uniform(0.15, 1.2), elongation=0.45),
+                                         Look("normal_node", side)))
 
 
-def _draw_lesions(spec: CaseSpec, rng: np.random.Generator) -> None:
-    drafts: list[tuple[int, float]] = []  # (label, pre volume)
+def lesion_drafts(rng: np.random.Generator) -> list[tuple[int, float]]:
+    """``(label, pre-RT volume in ml)`` of one case's lesions, after the published HNTS-MRG statistics."""
+    drafts: list[tuple[int, float]] = []
     if rng.random() < 0.90:
         drafts.append((LABEL_GTVP, _lognormal(rng, 8.4, 0.97, 0.5, 50.0)))
     if rng.random() < 0.92:
@@ -325,36 +367,81 @@ def _draw_lesions(spec: CaseSpec, rng: np.random.Generator) -> None:
         if n >= 10:
             n = int(rng.integers(10, 22))
         drafts += [(LABEL_GTVN, _lognormal(rng, 2.65, 1.9, 0.1, 60.0)) for _ in range(n)]
+    return drafts
 
+
+class _V1Lesions:
+    """Placement policy of the ``v1`` profile (see :func:`place_lesions` for the hooks)."""
+
+    def plan(self, rng: np.random.Generator, spec: CaseSpec, label: int, v_pre: float):
+        return _blob_shape(rng, 1.0, elongation=0.3 if label == LABEL_GTVN else 0.35), None
+
+    def position(self, rng, spec: CaseSpec, label: int, extra, attempt: int) -> np.ndarray:
+        return _draw_position(rng, spec, label, spec.body["coverage"])
+
+    def clear(self, spec: CaseSpec, label: int, centre: np.ndarray, r_bound: float, attempt: int) -> bool:
+        return True
+
+    def lesion(self, rng, label: int, v_pre: float, extra) -> dict:
+        return {"contrast": float(rng.normal(0.0, 0.06)),
+                "necrotic": bool(label == LABEL_GTVN and v_pre > 3.0 and rng.random() < 0.4)}
+
+
+def placement_margin(spec: CaseSpec) -> float:
+    """Gap (mm) kept between bounding spheres: one voxel diagonal on every grid plus the registration shift."""
+    return 1.05 * max(g.voxel_diagonal for g in spec.grids.values()) + 2.5
+
+
+def place_lesions(spec: CaseSpec, rng: np.random.Generator, drafts: list[tuple[int, float]],
+                  policy) -> list[tuple[np.ndarray, float]]:
+    """Place the drafted lesions in ``spec`` so that no two can touch on any grid.
+
+    Args:
+      spec: the case; its ``lesions`` list is extended.
+      rng: the case's generator.
+      drafts: ``(label, pre-RT volume ml)`` from :func:`lesion_drafts`.
+      policy: a profile's hooks: ``plan(rng, spec, label, v_pre) -> (nominal 1 ml BlobShape, extra)``,
+        ``position(rng, spec, label, extra, attempt) -> centre``, ``clear(spec, label, centre, r_bound,
+        attempt) -> bool`` (a profile's own exclusion zones) and ``lesion(rng, label, v_pre, extra) -> dict`` (the
+        remaining :class:`LesionSpec` fields).
+
+    Returns:
+      ``(centre, bounding radius mm)`` of every placed lesion.
+    """
     placed: list[tuple[np.ndarray, float]] = []  # (centre, bounding radius)
-    margin = 1.05 * max(g.voxel_diagonal for g in spec.grids.values()) + 2.5  # + residual registration shift
-    z_lo = max(spec.grids[k].extent(2)[0] - spec.frames[k][2] for k in ("preRT", "midRT")) + 1.5
-    z_hi = min(spec.grids[k].extent(2)[1] - spec.frames[k][2] for k in ("preRT", "midRT")) - 1.5
-    cov = spec.body["coverage"]
+    margin = placement_margin(spec)
+    z_lo, z_hi = shared_slab(spec)
     # Primary tumour first (its site is the most constrained), then nodes, largest first.
     for label, v_pre in sorted(drafts, key=lambda d: (d[0], -d[1])):
         v_mid = _mid_volume(rng, label, v_pre, spec.complete_response)
         v_max = max(v_pre, v_mid or 0.0)
-        shape = _blob_shape(rng, 1.0, elongation=0.3 if label == LABEL_GTVN else 0.35)
+        shape, extra = policy.plan(rng, spec, label, v_pre)
         for attempt in range(300):
             if attempt and attempt % 100 == 0:
                 v_pre, v_mid = v_pre * 0.6, (None if v_mid is None else v_mid * 0.6)
                 v_max = max(v_pre, v_mid or 0.0)
             r_bound = shape.max_radius(_MAX_SCALE * v_max ** (1 / 3))
-            centre = _draw_position(rng, spec, label, cov)
+            centre = policy.position(rng, spec, label, extra, attempt)
             a, b = _body_axes(spec.body, np.array([centre[2]]), thin=spec.body["thin_mid"])
             inside = (centre[0] / max(a[0] - r_bound * 0.5, 5)) ** 2 + (centre[1] / max(b[0] - r_bound * 0.5, 5)) ** 2
             if inside > 1.0 or not (z_lo + r_bound <= centre[2] <= z_hi - r_bound):
+                continue
+            if not policy.clear(spec, label, centre, r_bound, attempt):
                 continue
             if all(np.linalg.norm(centre - c) > r_bound + r + margin for c, r in placed):
                 placed.append((centre, r_bound))
                 spec.lesions.append(LesionSpec(
                     label=label, center=centre, shape=shape, volume_pre_ml=float(v_pre),
-                    volume_mid_ml=None if v_mid is None else float(v_mid),
-                    contrast=float(rng.normal(0.0, 0.06)),
-                    necrotic=bool(label == LABEL_GTVN and v_pre > 3.0 and rng.random() < 0.4),
-                ))
+                    volume_mid_ml=None if v_mid is None else float(v_mid), **policy.lesion(rng, label, v_pre, extra)))
                 break
+    return placed
+
+
+def shared_slab(spec: CaseSpec) -> tuple[float, float]:
+    """Patient-frame z range (mm) seen by both the pre-RT and the mid-RT grid, 1.5 mm inside."""
+    z_lo = max(spec.grids[k].extent(2)[0] - spec.frames[k][2] for k in ("preRT", "midRT")) + 1.5
+    z_hi = min(spec.grids[k].extent(2)[1] - spec.frames[k][2] for k in ("preRT", "midRT")) - 1.5
+    return z_lo, z_hi
 
 
 def _mid_volume(rng: np.random.Generator, label: int, v_pre: float, complete_response: bool) -> float | None:
@@ -378,40 +465,3 @@ def _draw_position(rng: np.random.Generator, spec: CaseSpec, label: int, cov: fl
         return np.array([rng.normal(0, 6), -0.35 * b0 + rng.uniform(-4, 14), rng.uniform(-0.15, 0.38) * cov])
     side = 1 if rng.random() < 0.5 else -1
     return np.array([side * rng.uniform(20, 48), rng.uniform(-0.4, 0.45) * b0, rng.uniform(-0.35, 0.38) * cov])
-
-
-def draw_cohort(n_cases: int, seed: int, size: str = "small") -> list[CaseSpec]:
-    """Draw the description of a cohort (no rendering; cheap).
-
-    Args:
-      n_cases: number of patients (>= 1).
-      seed: any non-negative integer; the same seed always gives the same cohort.
-      size: ``"small"``, ``"neck"`` or ``"full"`` (grids only; lesion volumes are the same).
-
-    Returns:
-      one :class:`CaseSpec` per patient, sorted by case id. Case ids are
-      distinct, non-contiguous integers from 2 upwards, as in HNTS-MRG.
-    """
-    if int(n_cases) < 1:
-        raise ValueError(f"n_cases must be >= 1, got {n_cases}")
-    if int(seed) < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    _check_size(size)
-    root = np.random.SeedSequence(int(seed))
-    id_seq, *case_seqs = root.spawn(n_cases + 1)
-    pool = np.arange(2, 2 + max(200, 2 * n_cases))
-    ids = np.sort(np.random.default_rng(id_seq).choice(pool, n_cases, replace=False))
-    return [_draw_case(int(cid), np.random.default_rng(s), size) for cid, s in zip(ids, case_seqs)]
-
-
-def lesion_table(specs: list[CaseSpec]) -> list[dict]:
-    """Target lesion volumes of drawn cases (``timepoint`` preRT / midRT), without rendering."""
-    rows = []
-    for spec in specs:
-        for lesion in spec.lesions:
-            rows.append({"case": spec.case_id, "timepoint": "preRT", "label": lesion.label,
-                         "volume_ml": lesion.volume_pre_ml})
-            if lesion.volume_mid_ml is not None:
-                rows.append({"case": spec.case_id, "timepoint": "midRT", "label": lesion.label,
-                             "volume_ml": lesion.volume_mid_ml})
-    return rows

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from vadice.data.synth.draw import (_MAX_SCALE, INTENSITY_SCALE, LABEL_GTVP, TIMEPOINTS, TISSUE, BlobShape, CaseSpec,
-                                    Grid, _body_axes)
+                                    Grid, LesionSpec, Look, _body_axes)
 
 
 class _Canvas:
@@ -33,19 +33,23 @@ class _Canvas:
         return sz, sy, sx
 
 
+def _frame_coords(canvas: _Canvas, box, centre: np.ndarray, rotation: np.ndarray, radii) -> list[np.ndarray]:
+    """Voxel positions inside ``box`` along the three axes of an ellipsoid, in units of its radii."""
+    sz, sy, sx = box
+    dx = canvas.axes[0][sx] - centre[0]
+    dy = canvas.axes[1][sy] - centre[1]
+    dz = canvas.axes[2][sz] - centre[2]
+    return [(dz[:, None, None] * rotation[2, i] + dy[None, :, None] * rotation[1, i] + dx[None, None, :] * rotation[0, i])
+            / np.float32(radii[i]) for i in range(3)]
+
+
 def _blob_ratio(canvas: _Canvas, centre: np.ndarray, shape: BlobShape, scale_max: float):
     """Shape function of a blob inside its bounding box: voxel belongs to the blob at scale s iff ratio <= s."""
     reach = shape.max_radius(scale_max) + canvas.grid.voxel_diagonal
     box = canvas.box(centre - reach, centre + reach)
     if box is None:
         return None, None
-    sz, sy, sx = box
-    dx = canvas.axes[0][sx] - centre[0]
-    dy = canvas.axes[1][sy] - centre[1]
-    dz = canvas.axes[2][sz] - centre[2]
-    rot = shape.rotation
-    p = [(dz[:, None, None] * rot[2, i] + dy[None, :, None] * rot[1, i] + dx[None, None, :] * rot[0, i])
-         / np.float32(shape.radii[i]) for i in range(3)]
+    p = _frame_coords(canvas, box, centre, shape.rotation, shape.radii)
     d = np.sqrt(p[0] ** 2 + p[1] ** 2 + p[2] ** 2)
     d_safe = np.maximum(d, 1e-6)
     pert = np.zeros_like(d)
@@ -129,25 +133,13 @@ def render_case(spec: CaseSpec, timepoint: str, images: bool = True) -> tuple[np
     img = _render_anatomy(spec, canvas, rng, mid_anatomy) if images else None
 
     records = []
-    for lesion in spec.lesions:
-        volume = lesion.volume_mid_ml if mid_anatomy else lesion.volume_pre_ml
-        if volume is None:
-            continue
-        scale = volume ** (1 / 3)
-        box, ratio = _blob_ratio(canvas, lesion.center, lesion.shape.scaled(scale), _MAX_SCALE)
-        if box is None:
-            continue
-        blob, level = _select_voxels(ratio, volume * 1000.0 / grid.voxel_mm3, _MAX_SCALE)
+    for lesion, volume, shape, box, ratio, blob, level in _lesion_blobs(spec, canvas, mid_anatomy):
         view = mask[box]
         view[blob] = lesion.label
         if img is not None:
             tissue = "tumour" if lesion.label == LABEL_GTVP else "node"
             value = _tissue(tissue, fs) + lesion.contrast
-            texture = ndimage.gaussian_filter(rng.standard_normal(ratio.shape).astype(np.float32), 1.0) * 0.5
-            radius = float(lesion.shape.radii.min() * scale)
-            _paint(img, box, _soft(ratio, level, radius, canvas.pv), value * (1.0 + texture))
-            if lesion.necrotic:
-                _paint(img, box, _soft(ratio, level * 0.45, radius * 0.45, canvas.pv), _tissue("necrosis", fs))
+            _paint_look(img, canvas, rng, box, ratio, level, lesion.center, shape, value, _lesion_look(lesion, fs))
         idx = np.nonzero(blob)
         offset = np.array([s.start for s in box])
         coords = np.stack(idx, axis=1) + offset
@@ -174,6 +166,48 @@ def render_case(spec: CaseSpec, timepoint: str, images: bool = True) -> tuple[np
     return img, mask, records
 
 
+def _lesion_blobs(spec: CaseSpec, canvas: _Canvas, mid: bool):
+    """Per lesion present at this timepoint: ``(lesion, volume ml, shape at that volume, box, ratio, blob, level)``."""
+    for lesion in spec.lesions:
+        volume = lesion.volume_mid_ml if mid else lesion.volume_pre_ml
+        if volume is None:
+            continue
+        shape = lesion.shape.scaled(volume ** (1 / 3))
+        box, ratio = _blob_ratio(canvas, lesion.center, shape, _MAX_SCALE)
+        if box is None:
+            continue
+        blob, level = _select_voxels(ratio, volume * 1000.0 / canvas.grid.voxel_mm3, _MAX_SCALE)
+        yield lesion, volume, shape, box, ratio, blob, level
+
+
+def _lesion_look(lesion: LesionSpec, fat_suppressed: bool) -> Look:
+    if lesion.look is not None:
+        return lesion.look
+    # v1: texture 0.5, necrosis (large nodes) as a core at 0.45 of the radius.
+    return Look("", texture=0.5, necrosis=0.45 if lesion.necrotic else 0.0,
+                necrosis_signal=_tissue("necrosis", fat_suppressed))
+
+
+def _paint_look(img: np.ndarray, canvas: _Canvas, rng: np.random.Generator, box, ratio: np.ndarray, level: float,
+                centre: np.ndarray, shape: BlobShape, value: float, look: Look) -> None:
+    """Paint a blob (voxels with ``ratio <= level``) as ``look`` says: textured signal, fatty hilum, necrotic core."""
+    radius = float(shape.radii.min())
+    alpha = _soft(ratio, level, radius, canvas.pv)
+    if look.texture:
+        texture = ndimage.gaussian_filter(rng.standard_normal(ratio.shape).astype(np.float32), 1.0) * look.texture
+        value = value * (1.0 + texture)
+    _paint(img, box, alpha, value)
+    if look.hilum:
+        # Eccentric, at the node's surface along its short axis: fat entering the node at the hilum.
+        radii = shape.radii * level
+        centre_h = centre + shape.rotation[:, 1] * (look.hilum_offset * radii[1])
+        p = _frame_coords(canvas, box, centre_h, shape.rotation, radii * look.hilum)
+        r_h = np.sqrt(p[0] ** 2 + p[1] ** 2 + p[2] ** 2)
+        _paint(img, box, _soft(r_h, 1.0, float(radii.min() * look.hilum), canvas.pv) * alpha, look.hilum_signal)
+    if look.necrosis:
+        _paint(img, box, _soft(ratio, level * look.necrosis, radius * look.necrosis, canvas.pv), look.necrosis_signal)
+
+
 def _select_voxels(ratio: np.ndarray, n_target: float, scale_max: float) -> tuple[np.ndarray, float]:
     """The ``n_target`` voxels with the smallest shape function, as one 26-connected component."""
     k = max(1, int(round(n_target)))
@@ -188,6 +222,15 @@ def _select_voxels(ratio: np.ndarray, n_target: float, scale_max: float) -> tupl
     if blob.sum() > 1:
         blob = cc3d.largest_k(blob.view(np.uint8), k=1, connectivity=26).astype(bool)
     return blob, max(level, 1e-3)
+
+
+def _pharynx(body: dict, w: np.ndarray):
+    """``(centre y, a, b)`` per height ``w`` of the mucosa with its tonsillar widening, then of the airway inside."""
+    ra, rb = body["airway"]
+    wobble = 1.0 + 0.25 * np.sin(w / 17.0)
+    tonsil = 2.5 + 6.0 / (1.0 + np.exp(-(w - 0.15 * body["coverage"]) / 8.0))
+    cv = -0.35 * body["b0"]
+    return (cv, ra * wobble + tonsil, rb * wobble + tonsil), (cv, ra * wobble, rb * wobble)
 
 
 def _render_anatomy(spec: CaseSpec, canvas: _Canvas, rng: np.random.Generator, mid: bool) -> np.ndarray:
@@ -212,16 +255,13 @@ def _render_anatomy(spec: CaseSpec, canvas: _Canvas, rng: np.random.Generator, m
         _paint_tube(img, canvas, side * (body["a0"] - 18.0), -0.1 * body["b0"], 9.0, 5.5, _tissue("muscle_t2", fs))
     cov = body["coverage"]
     _paint_tube(img, canvas, 0.0, -0.3 * body["b0"], 22.0, 13.0, _tissue("muscle_t2", fs), z_range=(0.2 * cov, cov))
-    ra, rb = body["airway"]
-    wobble = 1.0 + 0.25 * np.sin(w / 17.0)
-    tonsil = 2.5 + 6.0 / (1.0 + np.exp(-(w - 0.15 * cov) / 8.0))
-    _paint_tube(img, canvas, 0.0, -0.35 * body["b0"], ra * wobble + tonsil, rb * wobble + tonsil,
-                _tissue("mucosa", fs))
-    _paint_tube(img, canvas, 0.0, -0.35 * body["b0"], ra * wobble, rb * wobble, _tissue("air", fs))
+    (cv, outer_a, outer_b), (_, air_a, air_b) = _pharynx(body, w)
+    _paint_tube(img, canvas, 0.0, cv, outer_a, outer_b, _tissue("mucosa", fs))
+    _paint_tube(img, canvas, 0.0, cv, air_a, air_b, _tissue("air", fs))
     for s in spec.structures:
         box, ratio = _blob_ratio(canvas, s.center, s.shape, 1.0)
         if box is not None:
-            _paint(img, box, _soft(ratio, 1.0, float(s.shape.radii.min()), canvas.pv), _tissue(s.tissue, fs))
+            _paint_look(img, canvas, rng, box, ratio, 1.0, s.center, s.shape, _tissue(s.tissue, fs), s.look or Look(""))
     return img
 
 
@@ -242,3 +282,44 @@ def _finish_image(img: np.ndarray, spec: CaseSpec, canvas: _Canvas, rng: np.rand
         # Resampling in deformable registration smooths the image slightly.
         img = ndimage.gaussian_filter(img, 0.6)
     return img
+
+
+def render_audit(spec: CaseSpec) -> tuple[np.ndarray, list[int | None]]:
+    """Structure id per voxel of the pre-RT grid, for measuring cues without the generator.
+
+    Ids: lesions ``1..L`` in ``spec.lesions`` order (their voxels are exactly the mask's), unlabelled
+    structures ``L+1..L+S`` in ``spec.structures`` order (voxels inside their surface), then the pharyngeal
+    mucosa with its tonsils ``L+S+1`` (the rim around the airway). Later ones cover earlier ones where they
+    overlap: mucosa first, lesions last, as the image is painted.
+
+    Args:
+      spec: case description.
+
+    Returns:
+      ``(ids, lesion_numbers)``: uint16 array (z, y, x) and, per lesion of ``spec.lesions``, its number in the
+      pre-RT mask (raster order of first voxel, as in ``cohort.json``) or None when it is not on the grid.
+    """
+    grid = spec.grids["preRT"]
+    canvas = _Canvas(grid, spec.frames["preRT"])
+    n_lesions, n_structures = len(spec.lesions), len(spec.structures)
+    # The mucosa tube minus the airway, drawn as opacity so that its edge is where the image's is.
+    rim = np.zeros(grid.shape_zyx, dtype=np.float32)
+    (cv, outer_a, outer_b), (_, air_a, air_b) = _pharynx(spec.body, canvas.axes[2])
+    _paint_tube(rim, canvas, 0.0, cv, outer_a, outer_b, 1.0)
+    _paint_tube(rim, canvas, 0.0, cv, air_a, air_b, 0.0)
+    ids = np.where(rim >= 0.5, n_lesions + n_structures + 1, 0).astype(np.uint16)
+    for j, s in enumerate(spec.structures):
+        box, ratio = _blob_ratio(canvas, s.center, s.shape, 1.0)
+        if box is not None:
+            ids[box][ratio <= 1.0] = n_lesions + 1 + j
+    first_voxels: dict[int, int] = {}
+    index = {id(lesion): i for i, lesion in enumerate(spec.lesions)}
+    for lesion, _, _, box, _, blob, _ in _lesion_blobs(spec, canvas, mid=False):
+        i = index[id(lesion)]
+        ids[box][blob] = i + 1
+        coords = np.stack(np.nonzero(blob), axis=1) + np.array([b.start for b in box])
+        first_voxels[i] = int(np.ravel_multi_index(coords.T, grid.shape_zyx).min())
+    numbers: list[int | None] = [None] * n_lesions
+    for k, i in enumerate(sorted(first_voxels, key=first_voxels.get), start=1):
+        numbers[i] = k
+    return ids, numbers
