@@ -264,21 +264,22 @@ def _audit_kinds(path: Path) -> dict[tuple[str, int], str]:
 
 def _case_cues(case: str, mask_path: Path, audit_path: Path | None, kinds: dict, connectivity: int) -> list[dict]:
     """Cues of every lesion of a pre-RT mask and of every audited unlabelled node, laterality to the primary."""
-    image_path = mask_path.with_name(mask_path.name.replace("_preRT_mask", "_preRT_T2"))
-    if not image_path.exists():
-        raise InputError(image_path, "image missing: node cues need the T2 image beside the mask")
-    image, geom = read_image(image_path)
     mask, info = read_checked_mask(mask_path)
-    if image.shape != mask.shape:
-        raise InputError(mask_path, f"grid {mask.shape} does not match {image_path.name} {image.shape}")
-    spacing = info.geometry.spacing_zyx
-    midline = body_midline_x(image, geom)
+    geom, spacing = info.geometry, info.geometry.spacing_zyx
+    image_path = mask_path.with_name(mask_path.name.replace("_preRT_mask", "_preRT_T2"))
+    image, midline = None, None  # masks alone (e.g. the shared real case 2): shape cues only
+    if image_path.exists():
+        image, _ = read_image(image_path)
+        if image.shape != mask.shape:
+            raise InputError(mask_path, f"grid {mask.shape} does not match {image_path.name} {image.shape}")
+        midline = body_midline_x(image, geom)
     instances, lesions = label_lesions(mask, spacing, labels=LABELS_FG, connectivity=connectivity)
     found = []  # (kind, source, id, region crop, image crop, centroid zyx)
     for lesion in lesions:
         box = tuple(slice(lesion.bbox[2 * a], lesion.bbox[2 * a + 1]) for a in range(3))
         kind = "primary" if lesion.label == LABELS["GTVp"] else "metastatic_node"
-        found.append((kind, "mask", lesion.lesion_id, instances[box] == lesion.lesion_id, image[box], lesion.centroid))
+        found.append((kind, "mask", lesion.lesion_id, instances[box] == lesion.lesion_id,
+                      None if image is None else image[box], lesion.centroid))
     if audit_path is not None:
         ids, _ = read_image(audit_path)
         if ids.shape != mask.shape:
@@ -290,14 +291,15 @@ def _case_cues(case: str, mask_path: Path, audit_path: Path | None, kinds: dict,
                 continue
             region = ids[box] == k
             centroid = np.argwhere(region).mean(axis=0) + [b.start for b in box]
-            found.append((kind, "audit", k, region, image[box], centroid))
+            found.append((kind, "audit", k, region, None if image is None else image[box], centroid))
     primaries = [(int(f[3].sum()), f[5]) for f in found if f[0] == "primary"]
-    primary_side = side_of(physical_x(geom, max(primaries, key=lambda p: p[0])[1]), midline) if primaries else 0
+    primary_side = side_of(physical_x(geom, max(primaries, key=lambda p: p[0])[1]), midline) \
+        if primaries and midline is not None else 0
     rows = []
     for kind, source, k, region, crop, centroid in found:
         if region.sum() < 2:
             continue
-        side = side_of(physical_x(geom, centroid), midline)
+        side = side_of(physical_x(geom, centroid), midline) if midline is not None else 0
         laterality = None if kind == "primary" else (
             "unknown" if not primary_side else "midline" if not side
             else "ipsilateral" if side == primary_side else "contralateral")
@@ -315,7 +317,7 @@ def _quartiles(values) -> dict:
 
 
 def _share(flags) -> float | None:
-    flags = list(flags)
+    flags = [f for f in flags if f is not None]  # None: not measurable (no image)
     return float(np.mean(flags)) if flags else None
 
 
@@ -360,7 +362,8 @@ def cue_statistics(path: str | os.PathLike, connectivity: int = 26, progress: bo
 
     Lesions come from the masks (GTVn: ``metastatic_node``, GTVp: ``primary``); a synthetic cohort's audit maps
     (``audit/<id>_preRT_structures.nii.gz`` with kinds from ``cohort.json``) add its unlabelled normal and
-    reactive nodes. Real data has no audit: only its lesions are measured. See :mod:`vadice.data.node_cues`.
+    reactive nodes. Real data has no audit: only its lesions are measured; a case without its T2 image gets the
+    shape cues alone (signal cues and laterality None / unknown). See :mod:`vadice.data.node_cues`.
 
     Args:
       path: HNTS-MRG training folder or one ``<id>/`` case folder.
@@ -380,7 +383,8 @@ def cue_statistics(path: str | os.PathLike, connectivity: int = 26, progress: bo
     path = Path(path)
     layout, groups = find_masks(path)
     if layout == "nnunet":
-        raise InputError(path, "node cues need an HNTS-MRG folder (T2 images beside the masks), not an nnU-Net dataset")
+        raise InputError(path, "node cues need an HNTS-MRG folder (<id>/preRT/ with T2 and mask), not an nnU-Net "
+                               "dataset")
     if "preRT" not in groups:
         raise InputError(path, "no pre-RT masks: node cues are measured on <id>_preRT_mask with <id>_preRT_T2")
     kinds = _audit_kinds(path)

@@ -29,7 +29,7 @@ from vadice.io import Geometry
 
 BRIGHT_FACTOR = 1.3
 MIN_BRIGHT_VOXELS = 3
-MIN_BRIGHT_SHARE = 0.05
+MIN_BRIGHT_SHARE = 0.06
 HILUM_OFFSET = 0.4
 MIDLINE_MM = 2.0  # a primary whose centroid lies closer than this to the body midline has no side
 
@@ -54,11 +54,11 @@ def axes_mm(coords_zyx: np.ndarray, spacing_zyx) -> np.ndarray:
     return 2.0 * np.sqrt(5.0 * np.clip(eig[::-1], 0.0, None))
 
 
-def measure_node(image: np.ndarray, region: np.ndarray, spacing_zyx) -> dict:
+def measure_node(image: np.ndarray | None, region: np.ndarray, spacing_zyx) -> dict:
     """Cues of one node from its voxels.
 
     Args:
-      image: T2 image (z, y, x), or a crop of it.
+      image: T2 image (z, y, x), or a crop of it; None: shape cues only (signal cues None).
       region: boolean array of the node's voxels, same shape.
       spacing_zyx: voxel spacing in mm.
 
@@ -71,12 +71,18 @@ def measure_node(image: np.ndarray, region: np.ndarray, spacing_zyx) -> dict:
     Raises:
       ValueError: shapes differ or fewer than 2 voxels.
     """
-    if image.shape != region.shape:
+    if image is not None and image.shape != region.shape:
         raise ValueError(f"image {image.shape} and region {region.shape} differ in shape")
     region = region.astype(bool)
     coords = np.argwhere(region)
     spacing = np.asarray(spacing_zyx, dtype=float)
     diam = axes_mm(coords, spacing)
+    shape_cues = {"voxels": int(len(coords)), "volume_ml": len(coords) * float(np.prod(spacing)) / 1000.0,
+                  "long_axis_mm": float(diam[0]), "short_axis_mm": float(diam[2]),
+                  "axis_ratio": float(diam[0] / diam[2]) if diam[2] > 0 else math.inf}
+    if image is None:
+        return {**shape_cues, "bright_voxels": None, "bright_offset": None, "hilum": None, "necrosis": None,
+                "heterogeneity": None}
     values = image[region].astype(float)
     median = float(np.median(values))
     bright = region & (image > BRIGHT_FACTOR * median)
@@ -97,11 +103,7 @@ def measure_node(image: np.ndarray, region: np.ndarray, spacing_zyx) -> dict:
     if rest.size == 0:
         rest = values
     q25, q50, q75 = np.percentile(rest, [25, 50, 75])
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    return {"voxels": int(len(coords)), "volume_ml": len(coords) * voxel_ml,
-            "long_axis_mm": float(diam[0]), "short_axis_mm": float(diam[2]),
-            "axis_ratio": float(diam[0] / diam[2]) if diam[2] > 0 else math.inf,
-            "bright_voxels": n_bright, "bright_offset": offset,
+    return {**shape_cues, "bright_voxels": n_bright, "bright_offset": offset,
             "hilum": offset is not None and offset >= HILUM_OFFSET,
             "necrosis": offset is not None and offset < HILUM_OFFSET,
             "heterogeneity": float((q75 - q25) / q50) if q50 > 0 else None}

@@ -46,7 +46,7 @@ class ClinicalCues:
     fat_suppressed_share: float = 0.0  # the hilum test needs fat bright: non-fat-suppressed T2 throughout
     # Normal (unlabelled) nodes: oval, short axis mostly < 10 mm, fatty hilum, homogeneous, bilateral I-V.
     normal_nodes_per_case: tuple[int, int] = (6, 12)  # inclusive range
-    normal_short_axis_mm: tuple[float, float] = (5.0, 0.25)  # clipped to 3-9.5 mm
+    normal_short_axis_mm: tuple[float, float] = (6.0, 0.25)  # clipped to 3-9.5 mm
     normal_ratio: tuple[float, float] = (2.6, 0.2)  # clipped to 1.7-4.5
     normal_level_weights: tuple[float, ...] = (0.2, 0.3, 0.2, 0.1, 0.2)  # I..V
     hilum_absent_share: float = 0.2  # normal nodes whose hilum is not seen
@@ -54,7 +54,7 @@ class ClinicalCues:
     reactive_short_axis_mm: tuple[float, float] = (8.0, 12.0)  # uniform
     reactive_ratio: tuple[float, float] = (2.3, 0.12)  # clipped to 1.7-3.0
     normal_texture: float = 0.1  # homogeneous (v1 lesions: 0.5)
-    hilum_size: float = 0.5  # hilum radii as a fraction of the node's
+    hilum_size: float = 0.6  # hilum radii as a fraction of the node's
     hilum_offset: float = 0.7  # hilum centre along the short axis, fraction of the short semi-axis
     hilum_signal: float = TISSUE["fat"][0]
     # Metastatic nodes: round, no hilum, heterogeneous, necrosis growing with size, some irregular margins.
@@ -66,7 +66,7 @@ class ClinicalCues:
     necrosis_by_volume: tuple[tuple[float, float], ...] = ((1.0, 0.2), (5.0, 0.4), (math.inf, 0.65))
     necrosis_core: float = 0.5  # core radii as a fraction of the node's
     necrosis_signal: float = TISSUE["necrosis"][0]
-    metastatic_texture: float = 1.0
+    metastatic_texture: float = 0.8  # heterogeneous (v1 lesions: 0.5)
     irregular_share: float = 0.25  # extracapsular spread: irregular margin
     irregular_roughness: float = 0.22
     regular_roughness: float = 0.04
@@ -137,6 +137,7 @@ class _ClinicalLesions:
         self.cues = cues
         self.primary_side = primary_side
         self.nodes: list[tuple[str, int]] = []  # (level, side) of the nodes planned so far
+        self.level: str | None = None  # level of the last position drawn
 
     def plan(self, rng: np.random.Generator, spec: CaseSpec, label: int, v_pre: float):
         c = self.cues
@@ -166,18 +167,28 @@ class _ClinicalLesions:
             b0, cov = spec.body["b0"], spec.body["coverage"]
             return np.array([look.side * rng.uniform(3.0, 12.0), -0.35 * b0 + rng.uniform(-4, 14),
                              rng.uniform(-0.15, 0.38) * cov])
-        # A crowded level gives way after 150 tries: the node goes to a neighbouring level on its side.
+        # A level too crowded or too small for a large node gives way before place_lesions starts shrinking
+        # nodes (every 100 tries), so that the published volumes stay: a neighbouring level on the same side,
+        # then anywhere on that side (the v1 box), recorded as level None.
         level = look.level
-        if attempt >= 150:
+        if attempt % 100 >= 70:
+            b0, cov = spec.body["b0"], spec.body["coverage"]
+            self.level = None
+            return np.array([look.side * rng.uniform(20, 48), rng.uniform(-0.4, 0.45) * b0,
+                             rng.uniform(-0.35, 0.38) * cov])
+        if attempt % 100 >= 40:
             i = LEVELS.index(level) + int(rng.choice((-1, 1)))
             level = LEVELS[min(max(i, 0), len(LEVELS) - 1)]
+        self.level = level  # the audit records where the node went
         return _in_box(rng, spec, level, look.side)
 
     def clear(self, spec: CaseSpec, label: int, centre: np.ndarray, r_bound: float, attempt: int) -> bool:
         # Nodes keep off bright fat and vessels while they can; the largest ones may have to lean on them.
-        return label == LABEL_GTVP or attempt >= 200 or _clear_of_bright(spec, centre, r_bound)
+        return label == LABEL_GTVP or attempt % 100 >= 40 or _clear_of_bright(spec, centre, r_bound)
 
     def lesion(self, rng: np.random.Generator, label: int, v_pre: float, look: Look) -> dict:
+        if label != LABEL_GTVP:
+            look = dataclasses.replace(look, level=self.level)
         return {"contrast": float(rng.normal(0.0, 0.06)), "necrotic": look.necrosis > 0, "look": look}
 
 
