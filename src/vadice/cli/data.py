@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                    help="small: grid <= 48x128x128 (z,y,x), coarser voxels, same volumes in ml (default); "
                         "neck: 160 mm crop around the neck at ~1.5x1.5x2 mm, the CPU demo's cohort; "
                         "full: realistic grids, e.g. 512x512x75 at 0.5x0.5x2 mm")
-    p.add_argument("--profile", choices=synth.PROFILES, default="v1",
+    p.add_argument("--profile", default="v1", metavar="{" + ",".join(synth.PROFILES) + "}",
                    help="v1: look-alike normal nodes with the metastatic nodes' signal, size and place (default; the "
                         "demo weights' cohort); clinical: nodes after the imaging criteria of nodal metastasis "
                         "(round, no fatty hilum, necrosis, ipsilateral levels II-III; docs/data.md)")
@@ -125,6 +125,8 @@ def _synth(args) -> int:
         raise _usage(ValueError(f"--cases must be >= 1, got {args.cases}"))
     if args.seed < 0:
         raise _usage(ValueError(f"--seed must be >= 0, got {args.seed}"))
+    if args.profile not in synth.PROFILES:  # checked here, not by argparse, for a one-line error
+        raise _usage(ValueError(f"--profile must be one of {', '.join(synth.PROFILES)}, got {args.profile!r}"))
     out = synth.generate_cohort(args.out_dir, args.cases, args.seed, size=args.size, progress=not args.quiet,
                                 workers=args.workers, profile=args.profile)
     if not args.quiet:
