@@ -6,6 +6,11 @@ then rendered onto each grid with vectorised numpy work confined to bounding
 boxes. Drawing is cheap, so the volume distributions can be checked on hundreds
 of cases without rendering a voxel (:func:`draw_cohort`, :func:`lesion_table`).
 
+Modules: :mod:`.draw` (the case description and the ``v1`` profile), :mod:`.clinical`
+(the ``clinical`` profile, nodes after the imaging criteria of nodal metastasis),
+:mod:`.cohort` (ids, per-case random streams, profile choice), :mod:`.render`
+(images, masks, audit map), :mod:`.write` (files, ``cohort.json``, resume).
+
 Distributions follow the published HNTS-MRG 2024 training statistics
 (../shared/reference/hntsmrg.md, 26-connectivity):
 

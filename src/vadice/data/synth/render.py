@@ -139,7 +139,7 @@ def render_case(spec: CaseSpec, timepoint: str, images: bool = True) -> tuple[np
         if img is not None:
             tissue = "tumour" if lesion.label == LABEL_GTVP else "node"
             value = _tissue(tissue, fs) + lesion.contrast
-            _paint_look(img, canvas, rng, box, ratio, level, lesion.center, shape, value, _lesion_look(lesion, fs))
+            _paint_look(img, canvas, rng, box, ratio, level, lesion.center, shape, value, lesion_look(lesion, fs))
         idx = np.nonzero(blob)
         offset = np.array([s.start for s in box])
         coords = np.stack(idx, axis=1) + offset
@@ -180,11 +180,13 @@ def _lesion_blobs(spec: CaseSpec, canvas: _Canvas, mid: bool):
         yield lesion, volume, shape, box, ratio, blob, level
 
 
-def _lesion_look(lesion: LesionSpec, fat_suppressed: bool) -> Look:
+def lesion_look(lesion: LesionSpec, fat_suppressed: bool) -> Look:
+    """The look a lesion is painted with: its own (clinical profile) or v1's (texture 0.5; necrosis of large
+    nodes as a core at 0.45 of the radius), with the side of the midline its centre lies on."""
     if lesion.look is not None:
         return lesion.look
-    # v1: texture 0.5, necrosis (large nodes) as a core at 0.45 of the radius.
-    return Look("", texture=0.5, necrosis=0.45 if lesion.necrotic else 0.0,
+    return Look("primary" if lesion.label == LABEL_GTVP else "metastatic_node", int(np.sign(lesion.center[0])),
+                texture=0.5, necrosis=0.45 if lesion.necrotic else 0.0,
                 necrosis_signal=_tissue("necrosis", fat_suppressed))
 
 

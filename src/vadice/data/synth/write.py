@@ -14,7 +14,7 @@ from tqdm import tqdm
 from vadice.data.hntsmrg import AUDIT_DIR, source_files
 from vadice.data.synth.cohort import draw_cohort
 from vadice.data.synth.draw import LABEL_GTVP, TIMEPOINTS, CaseSpec, Look
-from vadice.data.synth.render import render_audit, render_case
+from vadice.data.synth.render import lesion_look, render_audit, render_case
 from vadice.io import write_nifti, write_text
 
 
@@ -75,13 +75,11 @@ def _write_audit(spec: CaseSpec, out_dir: Path) -> list[dict]:
     # v1 draws no side for the primary: it is the side of the midline its centre lies on.
     primary_side = spec.primary_side or (int(np.sign(primary.center[0])) if primary is not None else 0)
     rows = []
-    items = [(lesion, lesion.shape.scaled(lesion.volume_pre_ml ** (1 / 3)), lesion.look) for lesion in spec.lesions]
-    items += [(s, s.shape, s.look) for s in spec.structures]
+    items = [(lesion, lesion.shape.scaled(lesion.volume_pre_ml ** (1 / 3)), lesion_look(lesion, spec.fat_suppressed))
+             for lesion in spec.lesions]
+    items += [(s, s.shape, s.look or Look(s.tissue, int(np.sign(s.center[0])))) for s in spec.structures]
     for i, (item, shape, look) in enumerate(items, start=1):
         is_lesion = i <= len(spec.lesions)
-        look = look or Look(("primary" if item.label == LABEL_GTVP else "metastatic_node") if is_lesion
-                            else item.tissue, int(np.sign(item.center[0])), texture=0.5 if is_lesion else 0.0,
-                            necrosis=0.45 if is_lesion and item.necrotic else 0.0)
         diameters = np.sort(2.0 * shape.radii)
         row = {"case": spec.case_id, "id": i, "kind": look.kind,
                "label": item.label if is_lesion else 0, "lesion": numbers[i - 1] if is_lesion else None,
@@ -97,8 +95,9 @@ def _write_audit(spec: CaseSpec, out_dir: Path) -> list[dict]:
         rows.append(row)
     mucosa = len(items) + 1
     rows.append({"case": spec.case_id, "id": mucosa, "kind": "mucosa", "label": 0, "lesion": None,
-                 "side": "midline", "level": None, "laterality": None,
-                 "voxels": int(voxels[mucosa]) if mucosa < voxels.size else 0})
+                 "side": "midline", "level": None, "laterality": None, "centre_mm": None, "long_axis_mm": None,
+                 "short_axis_mm": None, "volume_ml": None,
+                 "voxels": int(voxels[mucosa]) if mucosa < voxels.size else 0, "cues": None})
     return rows
 
 
