@@ -1,7 +1,7 @@
 """The ``clinical`` profile: lymph nodes drawn after the imaging criteria of cervical nodal metastasis.
 
 Sources (docs/data.md gives the full references): short-axis size (van den Brekel et al. 1990), long/short
-axis ratio (Steinkamp et al. 1994, "Solbiati index": metastatic nodes round, ratio < 2; normal nodes oval,
+axis ratio (Steinkamp et al. 1995, "Solbiati index": metastatic nodes round, ratio < 2; normal nodes oval,
 ratio > 2), the fatty hilum of normal nodes, central necrosis (King et al. 2004: seen on MRI even in small
 nodes), irregular margins of extracapsular spread, nodal levels I-V (Som et al. 1999; Grégoire et al. 2014)
 and drainage mostly to ipsilateral levels II-III. Lesion volumes and counts are the published HNTS-MRG ones
@@ -158,7 +158,7 @@ class _ClinicalLesions:
         necrosis = c.necrosis_core if rng.random() < p_necrosis else 0.0
         irregular = bool(rng.random() < c.irregular_share)
         look = Look("metastatic_node", side, level, texture=c.metastatic_texture, necrosis=necrosis,
-                    necrosis_signal=c.necrosis_signal, irregular=irregular, round=ratio < 2.0)
+                    necrosis_signal=c.necrosis_signal, irregular=irregular)
         return _node_shape(rng, ratio, 1.0, c.irregular_roughness if irregular else c.regular_roughness), look
 
     def position(self, rng: np.random.Generator, spec: CaseSpec, label: int, look: Look, attempt: int) -> np.ndarray:

@@ -139,7 +139,6 @@ class Look:
     hilum_offset: float = 0.0  # hilum centre along the short axis, fraction of the short semi-axis
     hilum_signal: float = 0.0
     irregular: bool = False
-    round: bool = False
 
 
 @dataclass
