@@ -129,3 +129,99 @@ def test_write_statistics_refuses_a_file_as_folder(tmp_path):
 
     with pytest.raises(InputError):
         write_statistics({"groups": {}}, tmp_path / "f")
+
+
+# --------------------------------------------------------------------------- node cues
+
+
+def _ellipsoid(shape, spacing, centre_mm, semi_axes_mm, rotation=np.eye(3)):
+    zz, yy, xx = np.indices(shape).astype(float)
+    pts = np.stack([zz, yy, xx], axis=-1) * np.asarray(spacing) - np.asarray(centre_mm)
+    local = pts @ rotation  # columns of rotation: the ellipsoid's axes in (z, y, x)
+    return np.sum((local / np.asarray(semi_axes_mm)) ** 2, axis=-1) <= 1.0
+
+
+def test_axes_of_a_voxelised_ellipsoid_are_its_diameters():
+    from vadice.data.node_cues import axes_mm
+
+    spacing = (0.5, 0.4, 0.4)
+    c, s = np.cos(0.6), np.sin(0.6)
+    rotation = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])  # tilted in the (y, x) plane
+    region = _ellipsoid((40, 80, 80), spacing, (10.0, 16.0, 16.0), (4.0, 12.0, 6.0), rotation)
+    # Hand-worked: a solid ellipsoid's variance along a semi-axis a is a^2 / 5, so the diameters come back.
+    np.testing.assert_allclose(axes_mm(np.argwhere(region), spacing), [24.0, 12.0, 8.0], rtol=0.03)
+    with pytest.raises(ValueError, match="at least 2 voxels"):
+        axes_mm(np.zeros((1, 3)), spacing)
+
+
+def test_measure_node_tells_a_hilum_from_necrosis():
+    from vadice.data.node_cues import measure_node
+
+    spacing = (0.5, 0.5, 0.5)
+    shape, centre = (30, 30, 40), (7.5, 7.5, 10.0)
+    node = _ellipsoid(shape, spacing, centre, (4.0, 4.0, 8.0))
+    plain = np.where(node, 500.0, 300.0)
+    hilum = plain.copy()
+    # Fat entering from the surface on one side: the node's voxels more than 2 mm off its axis in y.
+    zz, yy, xx = np.indices(shape) * 0.5
+    hilum[node & (yy - centre[1] > 2.0)] = 900.0
+    necrotic = plain.copy()
+    necrotic[_ellipsoid(shape, spacing, centre, (2.0, 2.0, 3.0))] = 900.0
+    got = {name: measure_node(img, node, spacing) for name, img in
+           (("plain", plain), ("hilum", hilum), ("necrotic", necrotic))}
+    assert (got["plain"]["hilum"], got["plain"]["necrosis"], got["plain"]["bright_voxels"]) == (False, False, 0)
+    assert got["plain"]["heterogeneity"] == 0.0
+    assert got["hilum"]["hilum"] and not got["hilum"]["necrosis"]
+    assert got["necrotic"]["necrosis"] and not got["necrotic"]["hilum"]
+    assert got["hilum"]["bright_voxels"] == int(np.sum(node & (yy - centre[1] > 2.0)))
+    assert got["necrotic"]["axis_ratio"] == pytest.approx(2.0, rel=0.05)
+    shape_only = measure_node(None, node, spacing)
+    assert shape_only["hilum"] is None and shape_only["long_axis_mm"] == got["plain"]["long_axis_mm"]
+
+
+def test_summarise_cues_counts_by_hand():
+    from vadice.data.dataset_stats import summarise_cues
+
+    def row(ratio, short, vol, hilum, necrosis, lat):
+        return {"kind": "metastatic_node", "axis_ratio": ratio, "short_axis_mm": short, "volume_ml": vol,
+                "hilum": hilum, "necrosis": necrosis, "heterogeneity": 0.2, "laterality": lat}
+
+    rows = [row(1.2, 12.0, 0.5, False, True, "ipsilateral"), row(1.5, 8.0, 0.7, False, False, "ipsilateral"),
+            row(2.5, 6.0, 2.0, True, False, "contralateral"), row(1.1, 20.0, 9.0, False, True, "midline")]
+    k = summarise_cues(rows)["metastatic_node"]
+    assert k["n"] == 4 and k["share_ratio_lt_2"] == 0.75 and k["share_short_axis_lt_10mm"] == 0.5
+    assert k["axis_ratio"]["median"] == pytest.approx(1.35)
+    assert k["necrosis_by_volume"] == {"<1 ml": {"n": 2, "share": 0.5}, "1-5 ml": {"n": 1, "share": 0.0},
+                                       ">=5 ml": {"n": 1, "share": 1.0}}
+    assert k["laterality"] == {"contralateral": 1, "ipsilateral": 2, "midline": 1}
+    assert k["ipsilateral_share"] == pytest.approx(2 / 3)  # the midline node counts neither way
+
+
+def test_cues_of_real_masks_without_images_are_shape_only(hntsmrg_case2):
+    from vadice.data.dataset_stats import cue_statistics
+
+    cues = cue_statistics(hntsmrg_case2, progress=False)
+    assert not cues["audit"]
+    assert {k: v["n"] for k, v in cues["kinds"].items()} == {"metastatic_node": 2, "primary": 1}
+    assert all(r["hilum"] is None and r["laterality"] in (None, "unknown") for r in cues["nodes"])
+    assert cues["kinds"]["metastatic_node"]["hilum_share"] is None
+
+
+def test_cli_stats_cues_on_a_synthetic_cohort(small_cohort, tmp_path, capsys):
+    out = tmp_path / "st"
+    assert main(["-q", "stats", str(small_cohort), "--cues", "--out", str(out), "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "pre-RT node cues (masks + audit maps" in text and "normal_node" in text and "metastatic_node" in text
+    stats = json.loads((out / "lesion_stats.json").read_text())
+    table = _table(small_cohort)
+    n_gtvn = sum(1 for l in table["lesions"] if l["timepoint"] == "preRT" and l["label"] == 2)
+    n_normal = sum(1 for s in table["structures"] if s["kind"] == "normal_node" and s["voxels"] >= 2)
+    assert stats["cues"]["kinds"]["metastatic_node"]["n"] == n_gtvn
+    assert stats["cues"]["kinds"]["normal_node"]["n"] == n_normal
+
+
+def test_cli_stats_cues_refuses_an_nnunet_dataset(small_cohort, tmp_path, capsys):
+    dataset = convert(small_cohort, 1, 63, out=tmp_path, progress=False)
+    assert main(["-q", "stats", str(dataset), "--cues", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nnU-Net dataset" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -10,6 +11,7 @@ import pytest
 
 from vadice.cli import main
 from vadice.data import synth
+from vadice.data.synth import write as synth_write
 from vadice.data.hntsmrg import SOURCE_FILES, source_files
 from vadice.io import read_nifti
 
@@ -27,7 +29,9 @@ def test_layout_names_ids_and_grids(small_cohort):
     assert ids == sorted(ids) and min(ids) >= 2
     assert any(b - a > 1 for a, b in zip(ids, ids[1:])), "ids should not be contiguous"
     case_dirs = sorted(p.name for p in small_cohort.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert sorted(case_dirs) == sorted(str(i) for i in ids)
+    assert sorted(case_dirs) == sorted([str(i) for i in ids] + ["audit"])
+    assert sorted(p.name for p in (small_cohort / "audit").iterdir()) == sorted(
+        f"{i}_preRT_structures.nii.gz" for i in ids)
     assert not list(small_cohort.glob(".*")), "no hidden leftovers after a finished run"
     for cid in ids:
         files = source_files(small_cohort / str(cid), cid)
@@ -172,7 +176,7 @@ def test_unlabelled_lookalikes_exist():
 
 def test_interrupted_run_resumes_to_identical_output(tmp_path, monkeypatch):
     ref, ref_arrays = _generate_arrays(tmp_path, "ref", seed=21, n=2)
-    real = synth._write_case
+    real = synth_write._write_case
     calls = []
 
     def dying(spec, out_dir):
@@ -184,11 +188,11 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(spec, out_dir)
 
-    monkeypatch.setattr(synth, "_write_case", dying)
+    monkeypatch.setattr(synth_write, "_write_case", dying)
     with pytest.raises(KeyboardInterrupt):
         synth.generate_cohort(tmp_path / "run", 2, 21, progress=False)
     assert not (tmp_path / "run" / "cohort.json").exists()
-    monkeypatch.setattr(synth, "_write_case", real)
+    monkeypatch.setattr(synth_write, "_write_case", real)
     synth.generate_cohort(tmp_path / "run", 2, 21, progress=False)
     table = _cases(tmp_path / "run")
     assert table == ref
@@ -249,3 +253,144 @@ def test_neck_grid_is_a_finer_crop_of_the_same_scene(tmp_path):
         # Every lesion is whole inside the crop: its rendered volume is its drawn volume.
         for l in rows:
             assert abs(l["volume_ml"] - l["target_volume_ml"]) <= max(0.6 * sx * sy * sz / 1000, 0.25 * l["target_volume_ml"])
+
+
+# --------------------------------------------------------------------------- profiles, audit, clinical cues
+
+# Digests of a 2-case small v1 cohort (seed 7) and of 40 drawn neck cases (seed 3), computed on commit be21966
+# before the generator was split into a package: v1 must stay bit-identical (the demo weights and
+# docs/evidence.md were made on it). The case records hashed are the keys be21966 wrote.
+V1_FILES_SHA256 = "d7c1bd9b110e023f5caa51141ead4f9b0e654608de6b444673d07af4a999ba08"
+V1_DRAW_SHA256 = "334b842862b674085af0cdcebe9553f78755f6d1fea95eab28ac56c6920ea696"
+
+
+def _v1_digest(out):
+    table = _cases(out)
+    h = hashlib.sha256()
+    cases = [{k: c[k] for k in ("id", "fat_suppressed", "complete_response", "grids")} for c in table["cases"]]
+    h.update(json.dumps({"cases": cases, "lesions": table["lesions"]}, sort_keys=True).encode())
+    for c in table["cases"]:
+        for key, path in sorted(source_files(out / str(c["id"]), c["id"]).items()):
+            arr, geom = read_nifti(path)
+            h.update(f"{key} {arr.dtype.str} {arr.shape} {geom.spacing} {geom.origin}".encode())
+            h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def test_v1_profile_is_bit_identical_to_be21966(tmp_path):
+    out = synth.generate_cohort(tmp_path / "v1", 2, 7, size="small", progress=False)
+    assert _cases(out)["profile"] == "v1"
+    assert _v1_digest(out) == V1_FILES_SHA256
+    rows = synth.lesion_table(synth.draw_cohort(40, 3, size="neck"))
+    assert hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest() == V1_DRAW_SHA256
+
+
+def test_unknown_profile_is_one_line_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="profile must be one of"):
+        synth.draw_cohort(1, 0, profile="v2")
+    assert main(["-q", "synth", str(tmp_path / "x"), "--cases", "1", "--seed", "0", "--profile", "v2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--profile" in err and "v2" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_clinical_cases_are_seeded_per_case():
+    """A case's description depends on its own stream only: the same stream in a smaller cohort draws it alike."""
+    big = synth.draw_cohort(6, 41, size="neck", profile="clinical")
+    small = synth.draw_cohort(3, 41, size="neck", profile="clinical")
+    for a, b in zip(big[:3], small):
+        rows_a = [{k: v for k, v in r.items() if k != "case"} for r in synth.lesion_table([a])]
+        rows_b = [{k: v for k, v in r.items() if k != "case"} for r in synth.lesion_table([b])]
+        assert rows_a == rows_b
+        assert [s.look for s in a.structures] == [s.look for s in b.structures]
+
+
+def test_clinical_keeps_published_lesion_statistics():
+    specs = synth.draw_cohort(300, 0, size="neck", profile="clinical")
+    rows = synth.lesion_table(specs)
+    nodes = np.array([r["volume_ml"] for r in rows if r["timepoint"] == "preRT" and r["label"] == 2])
+    primaries = np.array([r["volume_ml"] for r in rows if r["timepoint"] == "preRT" and r["label"] == 1])
+    # The v1 bands of test_volume_distributions_follow_hntsmrg: published median 2.65 ml, 31 % < 1 ml, 8.4 ml.
+    assert 1.9 <= np.median(nodes) <= 3.4
+    assert 0.24 <= np.mean(nodes < 1.0) <= 0.38
+    assert 6.5 <= np.median(primaries) <= 10.5
+    positive = [c for c in (sum(1 for l in s.lesions if l.label == 2) for s in specs) if c]
+    assert 1.5 <= np.mean(positive) <= 2.3
+
+
+@pytest.fixture(scope="module")
+def clinical_cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clinical") / "cohort"
+    return synth.generate_cohort(out, 10, 123, size="neck", progress=False, profile="clinical", workers=2)
+
+
+def test_clinical_same_seed_same_bytes(tmp_path):
+    first = synth.generate_cohort(tmp_path / "a", 2, 123, size="neck", progress=False, profile="clinical")
+    files = sorted(p.relative_to(first) for p in first.rglob("*.nii.gz"))
+    assert len(files) == 2 * 7  # six HNTS-MRG files and one audit map per case
+    again = synth.generate_cohort(tmp_path / "b", 2, 123, size="neck", progress=False, profile="clinical", workers=2)
+    for rel in files:
+        assert (first / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert (first / "cohort.json").read_bytes() == (again / "cohort.json").read_bytes()
+    other = synth.generate_cohort(tmp_path / "c", 2, 124, size="neck", progress=False, profile="clinical")
+    assert _cases(other)["structures"] != _cases(first)["structures"]
+
+
+def test_audit_map_lesions_are_the_mask_components(clinical_cohort):
+    """Audit ids of lesions cover exactly the voxels of the mask component cohort.json links them to."""
+    import cc3d
+
+    table = _cases(clinical_cohort)
+    kinds = set()
+    for c in table["cases"]:
+        cid = c["id"]
+        audit, geom = read_nifti(clinical_cohort / "audit" / f"{cid}_preRT_structures.nii.gz")
+        mask, mgeom = read_nifti(source_files(clinical_cohort / str(cid), cid)["preRT_mask"])
+        assert geom == mgeom
+        components = cc3d.connected_components(mask > 0, connectivity=26)
+        rows = [s for s in table["structures"] if s["case"] == cid]
+        assert [s["id"] for s in rows] == list(range(1, len(rows) + 1))
+        for s in rows:
+            kinds.add(s["kind"])
+            region = audit == s["id"]
+            assert int(region.sum()) == s["voxels"]
+            if s["label"]:
+                # Lesion n in cohort.json is the n-th component in raster order, as cc3d numbers them.
+                assert np.array_equal(region, components == s["lesion"]), (cid, s["id"])
+                assert set(np.unique(mask[region])) == {s["label"]}
+            else:
+                assert not mask[region].any()
+    assert {"primary", "metastatic_node", "normal_node", "parotid_gland", "submandibular_gland", "thyroid",
+            "mucosa"} <= kinds
+
+
+def test_clinical_cues_measured_from_images(clinical_cohort):
+    """docs/data.md's cue table, re-measured from the written T2 images, masks and audit maps."""
+    from vadice.data.dataset_stats import cue_statistics
+
+    cues = cue_statistics(clinical_cohort, progress=False)
+    assert cues["audit"]
+    normal, meta = cues["kinds"]["normal_node"], cues["kinds"]["metastatic_node"]
+    assert normal["n"] >= 40 and meta["n"] >= 12
+    # Oval vs round: normal nodes long/short > 2 (median), metastatic < 2.
+    assert normal["axis_ratio"]["median"] > 2.2 and normal["share_ratio_lt_2"] < 0.35
+    assert meta["axis_ratio"]["median"] < 1.8 and meta["share_ratio_lt_2"] > 0.6
+    assert normal["share_short_axis_lt_10mm"] > 0.9
+    # Fatty hilum in normal nodes (not all visible: the smallest are a few voxels across), none in metastases.
+    assert normal["hilum_share"] > 0.45 and meta["hilum_share"] < 0.15
+    # Central necrosis: metastases only, and not only in large ones.
+    assert normal["necrosis_share"] < 0.1 and 0.1 < meta["necrosis_share"] < 0.6
+    # Drainage to the primary's side; normal nodes on both sides.
+    assert meta["ipsilateral_share"] > 0.7
+    assert 0.25 < normal["ipsilateral_share"] < 0.75
+    assert meta["heterogeneity"]["median"] > normal["heterogeneity"]["median"]
+
+
+def test_convert_and_stats_read_a_cohort_with_its_audit_folder(clinical_cohort, tmp_path):
+    from vadice.data.dataset_stats import dataset_statistics
+    from vadice.data.hntsmrg import convert
+
+    dataset = convert(clinical_cohort, 1, 62, out=tmp_path, progress=False)
+    assert len(list((dataset / "labelsTr").iterdir())) == 10
+    stats = dataset_statistics(clinical_cohort, progress=False)
+    assert stats["groups"]["preRT"]["n_cases"] == 10

@@ -30,10 +30,13 @@ def register(subparsers) -> None:
             "plus OUT_DIR/cohort.json, the ground-truth lesion table (case, timepoint, label,\n"
             "lesion id, voxels, volume in ml, centroid). Labels: 1 GTVp, 2 GTVn. Lesion volumes\n"
             "follow the published HNTS-MRG statistics (see docs/data.md). Same seed, same voxels.\n"
+            "OUT_DIR/audit/<id>_preRT_structures.nii.gz maps every structure (lesions, normal nodes,\n"
+            "glands, mucosa) by its id in cohort.json, where each is described (kind, level, side, size, cues).\n"
             "An interrupted run resumes when started again with the same arguments."),
         epilog=("examples:\n"
                 "  vadice synth cohort --cases 6 --seed 0                # 6 small cases, a few seconds\n"
-                "  vadice synth cohort_full --cases 20 --seed 1 --size full --workers 4"),
+                "  vadice synth cohort_full --cases 20 --seed 1 --size full --workers 4\n"
+                "  vadice synth cohort_c --cases 50 --seed 3 --size neck --profile clinical"),
     )
     p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="output folder (absent or empty)")
     p.add_argument("--cases", type=int, required=True, help="number of patients")
@@ -42,6 +45,10 @@ def register(subparsers) -> None:
                    help="small: grid <= 48x128x128 (z,y,x), coarser voxels, same volumes in ml (default); "
                         "neck: 160 mm crop around the neck at ~1.5x1.5x2 mm, the CPU demo's cohort; "
                         "full: realistic grids, e.g. 512x512x75 at 0.5x0.5x2 mm")
+    p.add_argument("--profile", default="v1", metavar="{" + ",".join(synth.PROFILES) + "}",
+                   help="v1: look-alike normal nodes with the metastatic nodes' signal, size and place (default; the "
+                        "demo weights' cohort); clinical: nodes after the imaging criteria of nodal metastasis "
+                        "(round, no fatty hilum, necrosis, ipsilateral levels II-III; docs/data.md)")
     p.add_argument("--workers", type=int, default=_workers_default(),
                    help="cases rendered in parallel (default: %(default)s)")
     p.set_defaults(func=_synth)
@@ -89,7 +96,9 @@ def register(subparsers) -> None:
             "Input: an HNTS-MRG folder (statistics per timepoint preRT/midRT), one <id>/ case\n"
             "folder, or an nnU-Net raw dataset (its labelsTr; also by id or name, as for `plan`).\n"
             "Prints a table and writes lesion_stats.json (including every lesion) and\n"
-            "lesion_volumes.png."),
+            "lesion_volumes.png. --cues adds the pre-RT node cues measured from the T2 images\n"
+            "(axis ratio, short axis, fatty hilum, necrosis by size, laterality to the primary),\n"
+            "for normal nodes too when a synthetic cohort's audit maps are there."),
         epilog=("examples:\n"
                 "  vadice stats cohort                      # writes ./vadice_stats/cohort/\n"
                 "  vadice stats 501                         # $nnUNet_raw/Dataset501_*, like vadice plan 501\n"
@@ -100,6 +109,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./vadice_stats/<name of SRC_OR_DATASET>)")
     p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="default: 26")
+    p.add_argument("--cues", action="store_true",
+                   help="also measure node cues from the pre-RT T2 images (HNTS-MRG folders only)")
     p.add_argument("--workers", type=int, default=_workers_default(),
                    help="masks read in parallel (default: %(default)s)")
     p.set_defaults(func=_stats)
@@ -114,10 +125,12 @@ def _synth(args) -> int:
         raise _usage(ValueError(f"--cases must be >= 1, got {args.cases}"))
     if args.seed < 0:
         raise _usage(ValueError(f"--seed must be >= 0, got {args.seed}"))
+    if args.profile not in synth.PROFILES:  # checked here, not by argparse, for a one-line error
+        raise _usage(ValueError(f"--profile must be one of {', '.join(synth.PROFILES)}, got {args.profile!r}"))
     out = synth.generate_cohort(args.out_dir, args.cases, args.seed, size=args.size, progress=not args.quiet,
-                                workers=args.workers)
+                                workers=args.workers, profile=args.profile)
     if not args.quiet:
-        print(f"wrote {args.cases} {args.size} cases and {out / synth.COHORT_FILE}")
+        print(f"wrote {args.cases} {args.size} {args.profile} cases and {out / synth.COHORT_FILE}")
     return 0
 
 
@@ -155,9 +168,14 @@ def _stats(args) -> int:
     source = _stats_source(args.path)
     stats = dataset_stats.dataset_statistics(source, connectivity=args.connectivity, progress=not args.quiet,
                                              workers=args.workers)
+    if args.cues:
+        stats["cues"] = dataset_stats.cue_statistics(source, connectivity=args.connectivity, progress=not args.quiet,
+                                                     workers=args.workers)
     out = args.out if args.out is not None else Path("vadice_stats") / source.resolve().name
     json_path, png_path = dataset_stats.write_statistics(stats, out)
     print(dataset_stats.format_statistics(stats))
+    if args.cues:
+        print(dataset_stats.format_cues(stats["cues"]))
     if not args.quiet:
         print(f"wrote {json_path} and {png_path}")
     return 0

@@ -55,6 +55,7 @@ MANIFEST = "vadice_convert.json"
 SKIPPED = "skipped_cases.json"
 # Top-level files that may sit beside the case folders (our cohort table, archive notes).
 METADATA_SUFFIXES = (".json", ".md", ".txt", ".csv", ".pdf")
+AUDIT_DIR = "audit"  # vadice synth's structure maps beside the case folders: not a case, skipped
 
 TASKS = {
     # task: (channel names, [(timepoint, channel keys, label key)] without / with extra mid-RT cases)
@@ -165,7 +166,7 @@ def discover(src_dir: str | os.PathLike) -> tuple[dict[int, Path], list[tuple[Pa
     for p in entries:
         if p.is_dir() and p.name.isdigit():
             cases[int(p.name)] = p
-        elif p.is_file() and p.name.lower().endswith(METADATA_SUFFIXES):
+        elif (p.is_file() and p.name.lower().endswith(METADATA_SUFFIXES)) or (p.is_dir() and p.name == AUDIT_DIR):
             continue
         else:
             unexpected.append((p, "unexpected entry in the source folder (case folders are named by their "
