@@ -302,6 +302,14 @@ def test_cli_refuses_bad_inputs_without_output(folders, capsys):
     assert main(argv) == 2
     assert "p2_pre.npz" in (e := _error(capsys)) and "no 'probabilities'" in e
 
+    (prob_dir / "p2_pre.npz").write_bytes(b"not a zip file")
+    assert main(argv) == 2
+    assert "p2_pre.npz" in (e := _error(capsys)) and "unreadable .npz" in e
+
+    (tmp / "patients.csv").write_text("case,patient\np1_pre,P1\np1_mid,P1\n")
+    assert main(argv + ["--patients", str(tmp / "patients.csv")]) == 2
+    assert "no patient given for case(s) p2_pre" in _error(capsys)
+
     (prob_dir / "p2_pre.npz").unlink()
     assert main(argv) == 2
     assert "p2_pre.npz" in (e := _error(capsys)) and "missing probability file" in e

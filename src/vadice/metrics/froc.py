@@ -32,6 +32,11 @@ themselves differs from that by at most one grid step (0.0008 FP). Since a
 threshold grid's points need not be monotone, the curve is the monotone upper
 envelope: at each FP rate the best sensitivity of any point with no more FP
 (equal to the points themselves on a monotone curve, as LUNA16's always is).
+
+Length: the pure functions above come with the folder reading of ``vadice froc``
+(the last section, ~150 lines), kept here so that one module holds the whole
+operating-point analysis; that section moves out (as ``evaluate`` sits beside
+``lesionwise``) once it grows.
 """
 
 from __future__ import annotations
@@ -213,19 +218,15 @@ def pool_cases(
     for name in names:
         if not np.array_equal(cases[name].thresholds, t):
             raise ValueError(f"case {name!r} was counted on another threshold grid")
-    if patient_of is None:
-        patient_of = {name: name for name in names}
-    missing = [name for name in names if name not in patient_of]
-    if missing:
-        raise ValueError(f"no patient given for case(s) {', '.join(missing[:5])}")
-    patients = tuple(sorted({str(patient_of[name]) for name in names}))
+    patient_of = resolve_patients(names, patient_of)
+    patients = tuple(sorted(set(patient_of.values())))
     col = {p: i for i, p in enumerate(patients)}
     n_bins, n = len(edges) + 1, len(patients)
     n_gt, n_gt_bin = np.zeros(n, np.int64), np.zeros((n_bins, n), np.int64)
     tp, fp, n_pred = (np.zeros((t.size, n), np.int64) for _ in range(3))
     tp_bin = np.zeros((n_bins, t.size, n), np.int64)
     for name in names:
-        c, i = cases[name], col[str(patient_of[name])]
+        c, i = cases[name], col[patient_of[name]]
         which = size_bin_index(c.gt_volume_ml, edges)
         n_gt[i] += c.gt_volume_ml.size
         n_gt_bin[:, i] += np.bincount(which, minlength=n_bins)
@@ -235,6 +236,20 @@ def pool_cases(
         for k in range(n_bins):
             tp_bin[k, :, i] += c.detected[:, which == k].sum(axis=1)
     return FrocCounts(t, patients, len(names), n_gt, tp, fp, n_pred, edges, n_gt_bin, tp_bin)
+
+
+def resolve_patients(cases: Sequence[str], patient_of: Mapping[str, str] | None) -> dict[str, str]:
+    """``{case: patient id}`` for every case; None maps each case to itself.
+
+    Raises:
+      ValueError: a case without a patient.
+    """
+    if patient_of is None:
+        return {c: c for c in cases}
+    missing = [c for c in cases if c not in patient_of]
+    if missing:
+        raise ValueError(f"no patient given for case(s) {', '.join(missing[:5])}")
+    return {c: str(patient_of[c]) for c in cases}
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -556,10 +571,10 @@ def froc_folders(
     extra = sorted(probs - set(cases))
     if extra:
         raise InputError(prob_dir / f"{extra[0]}{PROB_SUFFIX}", f"no truth file for this case in {gt_dir}")
-    if patient_of is not None:
-        lacking = [c for c in cases if c not in patient_of]
-        if lacking:
-            raise InputError(gt_dir, f"no patient given for case(s) {', '.join(lacking[:5])}")
+    try:
+        patient_of = resolve_patients(cases, patient_of)  # before the work, not after it
+    except ValueError as exc:
+        raise InputError(gt_dir, str(exc)) from None
 
     per_label = {v: {} for v in labels.values()}
     for case in tqdm(cases, desc="froc", unit="case", disable=not progress):
@@ -586,8 +601,7 @@ def froc_folders(
             "sensitivity_at_fp_rate": float(sensitivity_at(table["fp_per_patient"], table["sensitivity"],
                                                            fp_rate)[0]),
         }
-    summary = {"tool": TOOL_TAG, "version": __version__, "n_cases": len(cases),
-               "n_patients": len(set(patient_of[c] for c in cases)) if patient_of else len(cases),
+    summary = {"tool": TOOL_TAG, "version": __version__, "n_cases": len(cases), "n_patients": len(counts.patients),
                "thresholds": [float(x) for x in t], "cpm_rates": [float(r) for r in rates], "fp_rate": float(fp_rate),
                "match": match, "connectivity": connectivity, "size_bins_ml": edges, "labels": summary_labels}
     columns = list(rows[0])
