@@ -148,11 +148,18 @@ def case_counts(
     spacing = check_spacing(spacing, 3)
     parse_match(match)
     label = int(label)
+    # t in the map's own precision: a float32 map's 0.9 is 0.89999998, and a plateau of "0.9" must pass 0.9.
+    # (Rounded so, the comparison can then run in float32: NumPy compares float16 arrays slowly.)
+    t_map = np.asarray([prob.dtype.type(x) for x in t], np.float32)
+    # Every candidate lies in p >= t_min and every lesion of the label in gt == label: their bounding box holds
+    # all components whole. Box and float32 together: 5.4 -> 2.3-3.0 s for 19 thresholds on a 75x512x512 case
+    # whose candidates spread over the whole volume (more where they keep to the neck).
+    box = _bounding_box((prob >= prob.dtype.type(t[0])) | (gt == label))
+    prob, gt = prob[box].astype(np.float32), gt[box]
     pred = np.empty(prob.shape, np.uint8)
     detected, n_pred, n_fp, volumes = [], [], [], None
-    for thr in t:
-        # t in the map's own precision: a float32 map's 0.9 is 0.89999998, and a plateau of "0.9" must pass 0.9.
-        np.multiply(prob >= prob.dtype.type(thr), label, out=pred, casting="unsafe")
+    for thr in t_map:
+        np.multiply(prob >= thr, label, out=pred, casting="unsafe")
         m = match_lesions(gt, pred, spacing, labels=(label,), connectivity=connectivity, match=match)[label]
         volumes = m.gt_volume_ml  # truth lesions are the same at every threshold, in the same order
         detected.append(m.gt_detected)
@@ -160,6 +167,15 @@ def case_counts(
         n_fp.append(m.n_pred - m.n_pred_matched)
     return CaseCounts(t, volumes, np.stack(detected).astype(bool), np.asarray(n_pred, np.int64),
                       np.asarray(n_fp, np.int64))
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Smallest box holding every True voxel of a 3-D mask (an empty box when there is none)."""
+    out = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, 0))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
