@@ -212,6 +212,23 @@ def test_cpm_statistic_pools_seeds_and_patients():
     assert float(cpm_statistic()(cols)) == pytest.approx(expected)
 
 
+def test_cpm_statistic_on_a_batch_of_resamples_equals_each_resample_alone():
+    rng = np.random.default_rng(5)
+    cols = {"n_gt": rng.integers(0, 3, (4, 2, 6))}
+    for k in range(3):
+        cols[f"tp_{k}"] = np.minimum(cols["n_gt"], rng.integers(0, 3, (4, 2, 6)))
+        cols[f"fp_{k}"] = rng.integers(0, 4, (4, 2, 6))
+    cols["n_gt"][2] = 0  # a resample without truth lesions: undefined
+    stat = cpm_statistic()
+    batch = stat(cols)
+    assert batch.shape == (4,) and np.isnan(batch[2])
+    for i in (0, 1, 3):
+        one = {k: v[i] for k, v in cols.items()}
+        sens = [one[f"tp_{k}"].sum() / one["n_gt"].sum() for k in range(3)]
+        fp = [one[f"fp_{k}"].sum() / 12 for k in range(3)]
+        assert batch[i] == pytest.approx(cpm(fp, sens))
+
+
 def test_delta_cpm_verdicts():
     rng = np.random.default_rng(0)
     n = 30

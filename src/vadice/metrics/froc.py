@@ -292,6 +292,39 @@ def froc_table(counts: FrocCounts) -> dict[str, np.ndarray]:
     }
 
 
+def _check_points(fp_per_patient, sensitivity) -> tuple[np.ndarray, np.ndarray]:
+    fp = np.asarray(fp_per_patient, np.float64).reshape(-1)
+    sens = np.asarray(sensitivity, np.float64).reshape(-1)
+    if fp.size != sens.size:
+        raise ValueError(f"FP rates and sensitivities differ in length: {fp.size} vs {sens.size}")
+    if not np.all(np.isfinite(fp)) or (fp.size and fp.min() < 0) or np.any(np.isinf(sens)):
+        raise ValueError("FP rates must be finite and >= 0, sensitivities finite or NaN (no truth lesions)")
+    return fp, sens
+
+
+def _envelope(fp: np.ndarray, sens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., T) points -> (..., T + 1) vertices: the origin, then the points by FP (ties: by sensitivity), with
+    the running maximum of the sensitivity. Within a run of equal FP the first vertex holds the sensitivity on
+    arrival and the last the top."""
+    order = np.lexsort((sens, fp), axis=-1)
+    origin = np.zeros(fp.shape[:-1] + (1,))
+    x = np.concatenate([origin, np.take_along_axis(fp, order, -1)], axis=-1)
+    y = np.maximum.accumulate(np.concatenate([origin, np.take_along_axis(sens, order, -1)], axis=-1), axis=-1)
+    return x, y
+
+
+def _read(x: np.ndarray, y: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """Envelope (..., V) read at each rate -> (..., R): linear between the last vertex at or below the rate (the
+    top of a vertical rise there) and the next one (the arrival of the next run); past the end, the last value."""
+    j = np.sum(x[..., None, :] <= rates[:, None], axis=-1) - 1
+    nxt = np.minimum(j + 1, x.shape[-1] - 1)
+    x0, x1 = np.take_along_axis(x, j, -1), np.take_along_axis(x, nxt, -1)
+    y0, y1 = np.take_along_axis(y, j, -1), np.take_along_axis(y, nxt, -1)
+    span = x1 - x0
+    frac = np.divide(rates - x0, span, out=np.zeros(span.shape), where=span > 0)
+    return y0 + frac * (y1 - y0)
+
+
 def froc_curve(fp_per_patient: Sequence[float], sensitivity: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """The FROC curve's vertices: the origin and the points sorted by FP, as their monotone upper envelope.
 
@@ -307,45 +340,35 @@ def froc_curve(fp_per_patient: Sequence[float], sensitivity: Sequence[float]) ->
       ``(fp, sens)``: fp non-decreasing from 0 (each value at most twice), sens non-decreasing.
 
     Raises:
-      ValueError: lengths differ, or a value is not finite (or FP < 0).
+      ValueError: lengths differ, a value is not finite (or FP < 0).
     """
-    fp = np.asarray(fp_per_patient, np.float64).reshape(-1)
-    sens = np.asarray(sensitivity, np.float64).reshape(-1)
-    if fp.size != sens.size:
-        raise ValueError(f"FP rates and sensitivities differ in length: {fp.size} vs {sens.size}")
-    if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(sens))) or (fp.size and fp.min() < 0):
-        raise ValueError("FP rates must be finite and >= 0 and sensitivities finite")
-    order = np.lexsort((sens, fp))
-    x = np.concatenate([[0.0], fp[order]])
-    y = np.maximum.accumulate(np.concatenate([[0.0], sens[order]]))
+    fp, sens = _check_points(fp_per_patient, sensitivity)
+    if np.any(np.isnan(sens)):
+        raise ValueError("sensitivities must be finite")
+    x, y = _envelope(fp, sens)
     first = np.insert(x[1:] != x[:-1], 0, True)
     last = np.append(x[1:] != x[:-1], True)
-    keep = first | last
-    return x[keep], y[keep]
+    return x[first | last], y[first | last]
 
 
 def sensitivity_at(fp_per_patient: Sequence[float], sensitivity: Sequence[float],
                    rates: Sequence[float] | float) -> np.ndarray:
-    """Sensitivity of the FROC curve at each FP-per-patient rate (linear interpolation, LUNA16's reading).
+    """Sensitivity of the FROC curve (:func:`froc_curve`) at each FP-per-patient rate, LUNA16's reading.
 
-    At a rate where the curve rises vertically the top is taken (as ``np.interp``
-    does on such a curve); beyond the last vertex, the last sensitivity.
+    Linear interpolation; at a rate where the curve rises vertically the top is
+    taken (as ``np.interp`` does on such a curve); beyond the last vertex, the last sensitivity.
 
     Returns:
       array of the rates' shape; NaN everywhere when any sensitivity is NaN (no truth lesions).
 
     Raises:
-      ValueError: bad rates or points (see :func:`froc_curve`, :func:`check_rates`).
+      ValueError: bad rates or points (lengths differ, FP not finite or < 0).
     """
     r = check_rates(np.atleast_1d(rates))
-    if np.any(np.isnan(np.asarray(sensitivity, np.float64))):
+    fp, sens = _check_points(fp_per_patient, sensitivity)
+    if np.any(np.isnan(sens)):
         return np.full(r.shape, np.nan)
-    x, y = froc_curve(fp_per_patient, sensitivity)
-    j = np.searchsorted(x, r, side="right") - 1  # last vertex at or below the rate: the top of a vertical rise
-    nxt = np.minimum(j + 1, x.size - 1)
-    span = x[nxt] - x[j]
-    frac = np.divide(r - x[j], span, out=np.zeros_like(r), where=span > 0)
-    return y[j] + frac * (y[nxt] - y[j])
+    return _read(*_envelope(fp, sens), r)
 
 
 def cpm(fp_per_patient: Sequence[float], sensitivity: Sequence[float],
@@ -412,9 +435,8 @@ def cpm_statistic(rates: Sequence[float] = CPM_RATES) -> Callable[[Mapping[str, 
         sens = np.stack([_ratio(np.sum(cols[f"tp_{k}"], axis=(-2, -1)), np.sum(n_gt, axis=(-2, -1)))
                          for k in range(n_t)], axis=-1)
         fp = np.stack([np.sum(cols[f"fp_{k}"], axis=(-2, -1)) / units for k in range(n_t)], axis=-1)
-        flat_s, flat_f = sens.reshape(-1, n_t), fp.reshape(-1, n_t)
-        out = np.array([cpm(f, s, r) for f, s in zip(flat_f, flat_s)])
-        return out.reshape(sens.shape[:-1])
+        out = _read(*_envelope(fp, np.nan_to_num(sens)), r).mean(axis=-1)
+        return np.where(np.isnan(sens).any(axis=-1), np.nan, out)  # no truth lesions in a resample: undefined
 
     return stat
 
