@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "vadice.cli.predict",     # predict
     "vadice.cli.postprocess",  # postprocess fit, postprocess apply
     "vadice.cli.evaluate",    # evaluate, compare
+    "vadice.cli.froc",        # froc
     "vadice.cli.experiment",  # experiment, report, demo
     "vadice.cli.dicom",       # import-rtstruct, export-rtstruct, gc-predict, export-model
 )
