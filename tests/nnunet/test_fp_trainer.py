@@ -20,13 +20,14 @@ TRAINER = "nnUNetTrainerVADualFP"
 def test_registered_and_found_by_nnunet(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from vadice.nnunet import TRAINER_FOR_LOSS, trainer_dir, trainers
+    from vadice.nnunet import trainer_dir, trainers
+    from vadice.registry import SETUPS as REGISTERED
 
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
     from vadice.experiment import KNOWN_SETUPS, SETUPS
     from vadice.report.html import TRAINING_LOSS
 
-    assert TRAINER_FOR_LOSS["dual-fp"] == TRAINER
+    assert REGISTERED["dual-fp"].trainer == TRAINER
     assert recursive_find_trainer_class_by_name(TRAINER) is trainers.nnUNetTrainerVADualFP
     assert "dual-fp" in KNOWN_SETUPS and "dual-fp" not in SETUPS and "false-positive" in TRAINING_LOSS["dual-fp"]
 

@@ -382,13 +382,14 @@ def test_nnunet_finds_vadice_classes_themselves_in_the_trainer_dir(monkeypatch):
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from vadice.nnunet import BUDGET_TRAINER, TRAINER_FOR_LOSS, VA_TRAINERS, trainer_dir
+    from vadice.nnunet import VA_TRAINERS, trainer_dir
+    from vadice.registry import BUDGET_TRAINER, SETUPS
     from vadice.nnunet import trainers
 
     # the folder holds the trainer module only: nnU-Net imports every module there as a top-level module
     assert [m.name for m in pkgutil.iter_modules([str(trainer_dir())])] == ["vadice_trainers"]
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
-    for name in (*VA_TRAINERS, BUDGET_TRAINER, TRAINER_FOR_LOSS["selective-ln"]):
+    for name in (*VA_TRAINERS, BUDGET_TRAINER, *(s.trainer for s in SETUPS.values())):
         assert recursive_find_trainer_class_by_name(name) is getattr(trainers, name)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vadice.cli import UsageError
 from vadice.cli.options import add_postprocessing, parse_folds
-from vadice.nnunet import TRAINER_FOR_LOSS
+from vadice.registry import SETUPS
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="RUN_OR_MODEL_DIR", help="Trainer__Plans__configuration folder or a run folder")
     p.add_argument("--out", required=True, help="zip file to write")
-    p.add_argument("--setup", choices=tuple(TRAINER_FOR_LOSS), help="with a run folder: which set-up")
+    p.add_argument("--setup", choices=tuple(SETUPS), help="with a run folder: which set-up")
     p.add_argument("--seed", type=int, default=0, help="with a run folder: which seed (default 0)")
     p.add_argument("--folds", default="available",
                    help="comma-separated folds, 'all', or 'available' = every fold with a checkpoint (default)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vadice.cli.options import add_device, add_postprocessing, parse_folds
-from vadice.nnunet import TRAINER_FOR_LOSS
+from vadice.registry import SETUPS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for label maps and overlays")
     p.add_argument("-m", "--model", required=True, metavar="MODEL_DIR",
                    help="trained model folder (Trainer__Plans__configuration) or an experiment run folder with --setup")
-    p.add_argument("--setup", choices=tuple(TRAINER_FOR_LOSS),
+    p.add_argument("--setup", choices=tuple(SETUPS),
                    help="with an experiment run folder: which set-up's model (seed from --seed)")
     p.add_argument("--seed", type=int, default=0, help="with an experiment run folder: which seed (default 0)")
     p.add_argument("--folds", default="0", help="comma-separated folds to ensemble, or 'all' (default 0)")
@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in OUT_DIR that vadice predict did not write with these settings")
     add_postprocessing(p)
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <case>.npz: the class probabilities (key 'probabilities', C x Z x Y x X float16, "
+                        "as nnUNetv2_predict --save_probabilities lays them out; docs/nnunet.md)")
     # DICOM / .mha input and DICOM outputs (vadice.cli.dicom, docs/clinic.md); -m also takes a model zip.
     p.add_argument("--output-type", default="nifti",
                    help="comma-separated nifti,rtstruct,seg (default nifti; rtstruct/seg need a DICOM series "
@@ -74,7 +77,8 @@ def run(args) -> int:
             refuse_existing_dicom(args.output, staged.case, types, args.overwrite)
         result = predict(staged.folder, args.output, model, folds=parse_folds(args.folds), device=args.device,
                          overlays=not args.no_overlays, checkpoint=args.checkpoint, progress=not args.quiet,
-                         tta=not args.disable_tta, overwrite=args.overwrite, postprocessing=args.postprocessing)
+                         tta=not args.disable_tta, overwrite=args.overwrite, postprocessing=args.postprocessing,
+                         save_probabilities=args.save_probabilities)
     skipped = f" ({len(result.skipped)} already there from an earlier run)" if result.skipped else ""
     print(f"wrote {len(result.written)} label map(s) to {args.output}{skipped}")
     if staged.series is not None and set(types) - {"nifti"}:
