@@ -227,3 +227,38 @@ def test_disable_tta_reaches_nnunet(monkeypatch, inputs, model, tmp_path):
     assert _predict(inputs, tmp_path / "a", model) == 0
     assert _predict(inputs, tmp_path / "b", model, "--disable-tta") == 0
     assert [c["use_mirroring"] for c in fake.calls] == [True] * 3 + [False] * 3
+
+
+def test_save_probabilities_after_a_run_without_them_adds_the_missing_files(monkeypatch, inputs, model, tmp_path):
+    monkeypatch.setattr(inference, "Predictor", FakeInference())
+    out = tmp_path / "out"
+    assert _predict(inputs, out, model, "--no-overlays") == 0
+    labels_before = {c: (out / f"{c}.nii.gz").read_bytes() for c in CASES}
+    assert not list(out.glob("*.npz"))
+    fake = FakeInference()
+    monkeypatch.setattr(inference, "Predictor", fake)
+    assert _predict(inputs, out, model, "--no-overlays", "--save-probabilities") == 0
+    assert fake.cases == list(CASES)  # each case lacked its .npz: predicted again, label map rewritten alike
+    for case in CASES:
+        assert (out / f"{case}.nii.gz").read_bytes() == labels_before[case]
+        with np.load(out / f"{case}.npz") as npz:
+            probabilities = npz["probabilities"]
+        labels, _ = read_mask(out / f"{case}.nii.gz")
+        assert probabilities.dtype == np.float16 and probabilities.shape == (3, *labels.shape)
+        assert np.array_equal(probabilities.argmax(axis=0), labels)
+    # the other way round: a run without them finds every case done and leaves the .npz files alone
+    fake = FakeInference()
+    monkeypatch.setattr(inference, "Predictor", fake)
+    before = _snapshot(out)
+    assert _predict(inputs, out, model, "--no-overlays") == 0
+    assert fake.calls == [] and _snapshot(out) == before
+
+
+def test_a_foreign_probabilities_file_is_refused(monkeypatch, inputs, model, tmp_path, capsys):
+    monkeypatch.setattr(inference, "Predictor", FakeInference())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "caseA.npz").write_bytes(b"someone else's")
+    assert _predict(inputs, out, model, "--save-probabilities") == 2
+    assert "caseA.npz: exists" in _one_error_line(capsys)
+    assert (out / "caseA.npz").read_bytes() == b"someone else's"
