@@ -35,12 +35,12 @@ def test_registered_and_found_by_nnunet(monkeypatch):
 def test_loss_is_va_dual_plus_the_term_at_every_scale(nnunet_env, lesions, monkeypatch):
     from vadice.losses import VolumeAwareDiceCELoss
     from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
-    from vadice.nnunet.trainers import DeepSupervisionVALoss
+    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
 
     monkeypatch.setenv("VADICE_SEED", "3")
     tr = _trainer(nnunet_env, TRAINER, patch=(12, 24, 24))
     tr.initialize()
-    assert isinstance(tr.loss, DeepSupervisionVALoss)
+    assert isinstance(tr.loss, DeepSupervisionLesionLoss)
     inner = tr.loss.loss
     assert isinstance(inner, WithFalsePositiveTerm) and isinstance(inner.main, VolumeAwareDiceCELoss)
     assert inner.fp.labels == (1, 2) and inner.weight == 1.0
