@@ -101,6 +101,8 @@ def register(subparsers) -> None:
                "  vadice train 101 --loss dual --fold 0                       # GPU, nnU-Net's full schedule\n"
                "  vadice train 501 --loss dual --fold 0 --preset cpu-small --device cpu --iterations 20 \\\n"
                "      --no-val-mirroring --threads 1                          # a CPU smoke run\n"
+               "  vadice train 501 --loss dual --fold 0 --preset cpu-small --device cpu --iterations 90 \\\n"
+               "      --warm-start demo                                       # from the shipped demo baseline\n"
                "  vadice train 101 --loss baseline --fold 3 --resume          # continue an interrupted run",
         formatter_class=ExamplesFormatter)
     p.add_argument("dataset", metavar="DATASET")
