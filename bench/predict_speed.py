@@ -15,7 +15,8 @@ seconds per case of each arm and their ratio, then the size of the ``--save-prob
 few cases (``vadice predict`` itself, float16 ``np.savez_compressed``).
 
 Usage:
-    nice -n 10 .venv/bin/python bench/predict_speed.py --work /tmp/predict_speed [--cases 20] [--tta]
+    nice -n 10 .venv/bin/python bench/predict_speed.py --work /tmp/predict_speed [--cases 20] [--tta] \
+        [--tile-step-size 0.5]
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, required=True, help="work folder (reused by a rerun)")
     p.add_argument("--cases", type=int, default=20)
     p.add_argument("--tta", action="store_true", help="test-time mirroring (8x the network passes)")
+    p.add_argument("--tile-step-size", type=float, default=0.5,
+                   help="sliding-window step as a fraction of the patch (nnU-Net's 0.5; 1.0: about 1/8 the tiles)")
     p.add_argument("--probability-cases", type=int, default=3, help="cases predicted with --save-probabilities")
     args = p.parse_args(argv)
 
@@ -85,16 +88,20 @@ def main(argv=None) -> int:
     per_case = []
     for f in files:  # the old way: a predictor (and every checkpoint) per case
         t = time.perf_counter()
-        Predictor(model, (0,), "cpu", args.tta).predict_case([f], out["per_case"] / name(f))
+        Predictor(model, (0,), "cpu", args.tta, tile_step_size=args.tile_step_size).predict_case(
+            [f], out["per_case"] / name(f))
         per_case.append(time.perf_counter() - t)
+        print(f"per case {name(f)}: {per_case[-1]:.2f} s", flush=True)  # partial results survive a timeout
     t = time.perf_counter()
-    predictor = Predictor(model, (0,), "cpu", args.tta)
+    predictor = Predictor(model, (0,), "cpu", args.tta, tile_step_size=args.tile_step_size)
     load = time.perf_counter() - t
+    print(f"one predictor: load {load:.2f} s", flush=True)
     per_set = []
     for f in files:
         t = time.perf_counter()
         predictor.predict_case([f], out["per_set"] / name(f))
         per_set.append(time.perf_counter() - t)
+        print(f"one predictor {name(f)}: {per_set[-1]:.2f} s", flush=True)
     for f in files:
         a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(out[arm] / name(f)))) for arm in ("per_case", "per_set"))
         assert np.array_equal(a, b), f"{name(f)}: the two arms disagree"
@@ -102,7 +109,7 @@ def main(argv=None) -> int:
     n = len(files)
     shape = sitk.ReadImage(str(files[0])).GetSize()
     print(f"{n} cases of the neck cohort (first case {shape[0]}x{shape[1]}x{shape[2]} voxels), cpu-small, "
-          f"1 fold, tta {'on' if args.tta else 'off'}, torch threads {__import__('torch').get_num_threads()}")
+          f"1 fold, tta {'on' if args.tta else 'off'}, tile step {args.tile_step_size}, torch threads {__import__('torch').get_num_threads()}")
     print(f"predictor per case: {old / n:.2f} s/case (median {statistics.median(per_case):.2f} s)")
     print(f"one predictor:      {new / n:.2f} s/case (load {load:.2f} s once, then median "
           f"{statistics.median(per_set):.2f} s/case)")
@@ -116,6 +123,7 @@ def main(argv=None) -> int:
     for f in files[: args.probability_cases]:
         os.symlink(f, sub / f.name)
     predict(sub, pdir, model, folds=(0,), overlays=False, tta=args.tta, progress=False, save_probabilities=True)
+    # (vadice predict runs nnU-Net's default tile step, 0.5; the probabilities' size does not depend on it)
     npz = sorted(pdir.glob("*.npz"))
     sizes = [p.stat().st_size / 2**20 for p in npz]
     with np.load(npz[0]) as z:

@@ -33,12 +33,10 @@ from vadice.io import (
     write_text,
 )
 
-# model_channels: re-exported for the DICOM command line
 from vadice.nnunet import inference  # import-light: torch and nnunetv2 load when a Predictor is built
-from vadice.nnunet.inference import check_model, group_channels, model_channels  # noqa: F401
+from vadice.nnunet.inference import model_channels  # noqa: F401  (re-exported for vadice.cli.dicom)
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ def collect_inputs(input_dir: str | os.PathLike, n_channels: int) -> list[CaseIn
     for path in files:
         if path.is_dir():
             raise InputError(path, "unexpected sub-folder in the input folder")
-    cases = [CaseInput(case, channels) for case, channels in group_channels(files, n_channels).items()]
+    cases = [CaseInput(case, channels) for case, channels in inference.group_channels(files, n_channels).items()]
     for item in cases:
         reference = None
         for path in item.channels:
@@ -234,7 +232,7 @@ def predict(
         model without one.
     """
     output_dir = check_output_dir(output_dir)
-    model = check_model(model_dir, folds, checkpoint)  # before minutes of inference, like the inputs
+    model = inference.check_model(model_dir, folds, checkpoint)  # every model check, before any inference
     cases = collect_inputs(input_dir, model.n_channels)
     pp = None
     if postprocessing is not None:  # checked before minutes of inference, like the inputs
