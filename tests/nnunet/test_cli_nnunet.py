@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from vadice.cli import main
-from vadice.cli import nnunet as cli_nnunet
 from vadice import registry
 from vadice.nnunet import plan as nnplan
 from vadice.nnunet import train as nntrain
