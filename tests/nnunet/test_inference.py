@@ -179,6 +179,7 @@ def test_saved_probabilities_have_nnunets_layout_and_reproduce_the_label_map(mod
         assert ours.dtype == np.float16 and ours.shape == reference.shape == (3, *labels.shape)
         np.testing.assert_allclose(ours.astype(np.float32), reference, atol=1e-3)  # float16: 2^-11 relative
         assert np.array_equal(labels, sitk.GetArrayFromImage(sitk.ReadImage(str(theirs / f"c{k}.nii.gz"))))
+        assert len(np.unique(labels)) > 1  # random weights: a mixed map, so the argmax check has teeth
         # argmax over C is the label map; float16 rounding is monotonic, so only ties can differ
         top = ours.max(axis=0)
         unique = (ours == top).sum(axis=0) == 1
