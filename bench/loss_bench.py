@@ -105,9 +105,9 @@ def adopt_study_units(study_exp, bench_exp) -> list:
 
 def training_cases(exp) -> list[str]:
     """Fold 0's training cases (nnU-Net's splits_final.json): what the post-processing may be fitted on."""
-    from vadice.nnunet import runner
+    from vadice.nnunet.paths import resolve_dataset
 
-    ref = runner.resolve_dataset(exp.settings.dataset)
+    ref = resolve_dataset(exp.settings.dataset)
     splits = json.loads((ref.preprocessed_dir / "splits_final.json").read_text())
     return sorted(splits[0]["train"])
 
@@ -118,7 +118,8 @@ def post_processed(exp, setup: str, seed: int, progress: bool) -> Path:
     Returns the folder of post-processed held-out predictions (``predictions/<setup>+pp/seed_<S>``).
     """
     from vadice.postprocess.fit import fit_postprocessing
-    from vadice.nnunet import runner
+    from vadice.nnunet.inference import predict
+    from vadice.nnunet.paths import resolve_dataset
     from vadice.postprocess import apply_to_folder, load_postprocessing, save_postprocessing
 
     out = exp.prediction_dir(f"{setup}+pp", seed)
@@ -129,15 +130,15 @@ def post_processed(exp, setup: str, seed: int, progress: bool) -> Path:
     info = json.loads(exp.marker(Unit(setup, 0, seed)).read_text())
     work = exp.run_dir / "postprocessing" / setup / f"seed_{seed}"
     train_pred = work / "training_predictions"
-    images = runner.resolve_dataset(exp.settings.dataset).raw_dir / "imagesTr"
+    images = resolve_dataset(exp.settings.dataset).raw_dir / "imagesTr"
     cases = training_cases(exp)
     todo = [c for c in cases if not (train_pred / f"{c}.nii.gz").is_file()]
     if todo:
-        runner.predict(info["model_dir"], [str(images / f"{c}_0000.nii.gz") for c in todo], train_pred,
-                       folds=(0,), device="cpu", use_mirroring=False, progress=progress)
+        predict(info["model_dir"], [str(images / f"{c}_0000.nii.gz") for c in todo], train_pred,
+                folds=(0,), device="cpu", use_mirroring=False, progress=progress)
     pp_file = work / "postprocessing.json"
     if not pp_file.is_file():
-        gt = runner.resolve_dataset(exp.settings.dataset).raw_dir / "labelsTr"
+        gt = resolve_dataset(exp.settings.dataset).raw_dir / "labelsTr"
         pp = fit_postprocessing({"train": {c: train_pred / f"{c}.nii.gz" for c in cases}}, gt,
                                 objective=PP_OBJECTIVE, source={"setup": setup, "seed": seed,
                                                                 "model_dir": info["model_dir"]})

@@ -110,7 +110,7 @@ def bench_step(args):
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     from vadice.losses import loss_from_preset
-    from vadice.nnunet.trainers import DeepSupervisionVALoss
+    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def bench_step(args):
     if args.compile:
         dc_ce.loss.dc = torch.compile(dc_ce.loss.dc)
         va.dc = torch.compile(va.dc)
-    va_ce = DeepSupervisionVALoss(va, weights)
+    va_ce = DeepSupervisionLesionLoss(va, weights)
     labels, inst, volumes = synthetic_batch(args, scales, device)
     x = torch.randn(args.batch, 1, *args.patch, device=device)
     opt = torch.optim.SGD(net.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
@@ -138,7 +138,7 @@ def bench_step(args):
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=amp):
             out = net(x)
-            loss = va_ce(out, labels, inst, volumes) if use_va else dc_ce(out, labels)
+            loss = va_ce(out, labels, instances=inst, volumes=volumes) if use_va else dc_ce(out, labels)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)

@@ -47,18 +47,20 @@ def train(work: Path) -> None:
     from vadice.data.hntsmrg import convert
     from vadice.data.synth import generate_cohort
     from vadice.demo import DEMO_CASES, DEMO_DATASET_ID, DEMO_NAME, DEMO_SEED, DEMO_SIZE, set_nnunet_roots
-    from vadice.nnunet import runner
+    from vadice.nnunet import trainer_dir
+    from vadice.nnunet.plan import plan
+    from vadice.nnunet.train import train as train_fold
 
     roots = set_nnunet_roots(work)
     generate_cohort(work / "cohort", DEMO_CASES, DEMO_SEED, size=DEMO_SIZE)
     convert(work / "cohort", task=1, dataset_id=DEMO_DATASET_ID, out=roots["nnUNet_raw"], name=DEMO_NAME)
-    runner.plan(DEMO_DATASET_ID, preset="cpu-small", fingerprint_samples=1_000_000)
-    runner.train(DEMO_DATASET_ID, loss="baseline", fold=0, preset="cpu-small", device="cpu",
-                 iterations=RECIPE["iterations"], epochs=RECIPE["epochs"], val_iterations=RECIPE["val_iterations"],
-                 val_mirroring=False, seed=RECIPE["seed"], threads=RECIPE["threads"])
+    plan(DEMO_DATASET_ID, preset="cpu-small", fingerprint_samples=1_000_000)
+    train_fold(DEMO_DATASET_ID, loss="baseline", fold=0, preset="cpu-small", device="cpu",
+               iterations=RECIPE["iterations"], epochs=RECIPE["epochs"], val_iterations=RECIPE["val_iterations"],
+               val_mirroring=False, seed=RECIPE["seed"], threads=RECIPE["threads"])
     per_epoch = RECIPE["iterations"] // RECIPE["epochs"]
     for epochs in RECIPE["continued_to_epochs"]:
-        env = {**os.environ, "nnUNet_extTrainer": str(runner.trainer_path()), "nnUNet_compile": "f",
+        env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "nnUNet_compile": "f",
                "nnUNet_n_proc_DA": "0", "VADICE_EPOCHS": str(epochs), "VADICE_ITERS_PER_EPOCH": str(per_epoch),
                "VADICE_VAL_ITERS": str(RECIPE["val_iterations"]), "VADICE_SEED": str(RECIPE["seed"]),
                "VADICE_VAL_MIRRORING": "0", "VADICE_TORCH_THREADS": str(RECIPE["threads"])}

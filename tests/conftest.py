@@ -38,9 +38,10 @@ def hntsmrg_case2() -> Path:
 @pytest.fixture
 def model(tmp_path) -> Path:
     """A stand-in nnU-Net model folder (one-channel dataset.json, a fold_0 checkpoint of fake bytes), for tests
-    that replace inference (``vadice.nnunet.runner.predict``) and check what predict does around it."""
+    that replace inference (``vadice.nnunet.inference.Predictor``) and check what predict does around it."""
     folder = tmp_path / "model"
     (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text("{}")
     (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz"}))
     (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"weights")
     return folder

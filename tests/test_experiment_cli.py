@@ -36,9 +36,9 @@ def test_open_refuses_bad_settings(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         Experiment.open(tmp_path / "file", ExperimentSettings(dataset="1"))
-    from vadice.nnunet.runner import DatasetRef, NNUNetPaths
+    from vadice.nnunet.paths import DatasetRef, NNUNetPaths
 
-    monkeypatch.setattr("vadice.nnunet.runner.resolve_dataset", lambda d: DatasetRef(1, "Dataset001_X", NNUNetPaths()))
+    monkeypatch.setattr("vadice.nnunet.paths.resolve_dataset", lambda d: DatasetRef(1, "Dataset001_X", NNUNetPaths()))
     run = tmp_path / "r2"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"settings": ExperimentSettings(dataset="1").fixed()}))

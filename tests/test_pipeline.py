@@ -33,7 +33,7 @@ def dataset(tmp_path_factory):
     """Six small synthetic cases converted to Task 1 and planned with cpu-small."""
     from vadice.data.hntsmrg import convert
     from vadice.data.synth import generate_cohort
-    from vadice.nnunet import runner
+    from vadice.nnunet.plan import plan
 
     root = tmp_path_factory.mktemp("study")
     saved = {k: os.environ.pop(k) for k in NNUNET_VARS if k in os.environ}
@@ -44,7 +44,7 @@ def dataset(tmp_path_factory):
         generate_cohort(root / "cohort", 6, seed=7, size="small", progress=False)
         folder = convert(root / "cohort", task=1, dataset_id=977, out=root / "nnUNet_raw", name="Pipeline",
                          progress=False)
-        runner.plan(folder, preset="cpu-small", num_processes=1, progress=False)
+        plan(folder, preset="cpu-small", num_processes=1, progress=False)
         yield root, folder, env
     finally:
         for k in env:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -261,10 +262,10 @@ def test_cli_apply_one_line_errors_exit_2_and_no_output(tmp_path, capsys):
 GEOM = Geometry((12, 12, 6), (0.5, 0.5, 2.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 
 
-def _fake_inference(model_dir, staged, out, **kwargs):
-    """Every case 'predicts' the hand-worked mask."""
-    for f in sorted(Path(staged).iterdir()):
-        write_nifti(_hand_mask(), GEOM, Path(out) / f"{f.name[:-len('_0000.nii.gz')]}.nii.gz")
+def _fake_inference(*args, **kwargs):
+    """Stand-in for inference.Predictor: every case 'predicts' the hand-worked mask."""
+    return SimpleNamespace(predict_case=lambda files, output_file, probabilities=False:
+                           write_nifti(_hand_mask(), GEOM, Path(output_file)))
 
 
 def _inputs(folder: Path, cases) -> Path:
@@ -274,10 +275,10 @@ def _inputs(folder: Path, cases) -> Path:
 
 
 def test_predict_applies_the_file_and_records_it(monkeypatch, tmp_path, model, caplog):
-    from vadice.nnunet import runner
+    from vadice.nnunet import inference
     from vadice.predict import MANIFEST
 
-    monkeypatch.setattr(runner, "predict", _fake_inference)
+    monkeypatch.setattr(inference, "Predictor", _fake_inference)
     inputs = _inputs(tmp_path / "in", ["new1"])
     pp = save_postprocessing(_pp(), tmp_path / "pp.json")
     out = tmp_path / "out"
@@ -297,10 +298,10 @@ def test_predict_applies_the_file_and_records_it(monkeypatch, tmp_path, model, c
 
 
 def test_predict_refuses_a_case_the_file_was_fitted_on_before_inference(monkeypatch, tmp_path, model, capsys):
-    from vadice.nnunet import runner
+    from vadice.nnunet import inference
 
     calls = []
-    monkeypatch.setattr(runner, "predict", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(inference, "Predictor", lambda *a, **k: calls.append(a))
     inputs = _inputs(tmp_path / "in", ["new1", "seen2"])
     pp = save_postprocessing(_pp(), tmp_path / "pp.json")
     assert main(["-q", "predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model),
@@ -312,10 +313,10 @@ def test_predict_refuses_a_case_the_file_was_fitted_on_before_inference(monkeypa
 
 
 def test_predict_with_a_bad_file_fails_before_inference(monkeypatch, tmp_path, model, capsys):
-    from vadice.nnunet import runner
+    from vadice.nnunet import inference
 
     calls = []
-    monkeypatch.setattr(runner, "predict", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(inference, "Predictor", lambda *a, **k: calls.append(a))
     inputs = _inputs(tmp_path / "in", ["new1"])
     bad = _write_json(tmp_path / "pp.json", lambda d: d["min_volume_mm3"].update(GTVn=-1))
     assert main(["-q", "predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model),
@@ -326,9 +327,9 @@ def test_predict_with_a_bad_file_fails_before_inference(monkeypatch, tmp_path, m
 
 
 def test_predict_bundled_applies_the_models_own_file_and_only_when_asked(monkeypatch, tmp_path, model, caplog):
-    from vadice.nnunet import runner
+    from vadice.nnunet import inference
 
-    monkeypatch.setattr(runner, "predict", _fake_inference)
+    monkeypatch.setattr(inference, "Predictor", _fake_inference)
     inputs = _inputs(tmp_path / "in", ["new1"])
     save_postprocessing(_pp(), model / BUNDLED_NAME)  # fitted for /nowhere/model: a zip unpacks elsewhere
     with caplog.at_level("INFO", logger="vadice"):
@@ -345,10 +346,10 @@ def test_predict_bundled_applies_the_models_own_file_and_only_when_asked(monkeyp
 
 
 def test_predict_bundled_without_a_bundled_file_fails_before_inference(monkeypatch, tmp_path, model, capsys):
-    from vadice.nnunet import runner
+    from vadice.nnunet import inference
 
     calls = []
-    monkeypatch.setattr(runner, "predict", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(inference, "Predictor", lambda *a, **k: calls.append(a))
     inputs = _inputs(tmp_path / "in", ["new1"])
     assert main(["-q", "predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model),
                  "--device", "cpu", "--postprocessing", "bundled"]) == 2
@@ -359,9 +360,9 @@ def test_predict_bundled_without_a_bundled_file_fails_before_inference(monkeypat
 
 
 def test_gc_predict_applies_a_bundled_file_to_the_challenge_output(monkeypatch, tmp_path, model):
-    from vadice.nnunet import runner
+    from vadice.nnunet import inference
 
-    monkeypatch.setattr(runner, "predict", _fake_inference)
+    monkeypatch.setattr(inference, "Predictor", _fake_inference)
     image = sitk.GetImageFromArray(np.zeros((6, 12, 12), np.float32))
     image.SetSpacing((0.5, 0.5, 2.0))  # GEOM, on which the stand-in network writes its map
     (tmp_path / "input/images/pre-rt-t2w-head-neck").mkdir(parents=True)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from vadice.io import InputError, check_output_dir, sha256_file
+from vadice.nnunet.train import DEMO_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ DEMO_VAL_ITERATIONS = 3
 # (bench/make_demo_weights.py: 1500 + 1500 + 2000 in three stages), here as one schedule.
 WARM_ITERATIONS = 5000
 WARM_EPOCHS = 100
-WEIGHTS_DIR = Path(__file__).parent / "demo_weights"
-WEIGHTS_FILE = WEIGHTS_DIR / "baseline_fold0.pth"
+WEIGHTS_FILE = DEMO_WEIGHTS  # also `vadice train --warm-start demo`
+WEIGHTS_DIR = WEIGHTS_FILE.parent
 PROVENANCE_FILE = WEIGHTS_DIR / "baseline_fold0.json"
 
 

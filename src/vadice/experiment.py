@@ -167,10 +167,11 @@ class Experiment:
             if diffs:
                 raise InputError(manifest, "run folder was started with other settings (" + "; ".join(diffs)
                                  + "); use a new --out folder")
-        from vadice.nnunet import runner
+        from vadice.nnunet.paths import resolve_dataset
+        from vadice.nnunet.train import check_folds
 
-        ref = runner.resolve_dataset(settings.dataset)  # an unknown dataset fails before the run folder exists
-        runner.check_folds(settings.folds, None if ref.paths.preprocessed is None else ref.preprocessed_dir)
+        ref = resolve_dataset(settings.dataset)  # an unknown dataset fails before the run folder exists
+        check_folds(settings.folds, None if ref.paths.preprocessed is None else ref.preprocessed_dir)
         return cls(run_dir, settings, progress)
 
     def prepare(self, fingerprint_samples: int | None = None):
@@ -179,9 +180,9 @@ class Experiment:
         ``fingerprint_samples`` lowers nnU-Net's 10^8 sampled foreground intensities
         (only CT normalisation uses them; the T2 channels are z-scored per case).
         """
-        from vadice.nnunet import runner
+        from vadice.nnunet.plan import plan
 
-        self.plan = runner.plan(self.settings.dataset, preset=self.settings.preset, progress=self.progress,
+        self.plan = plan(self.settings.dataset, preset=self.settings.preset, progress=self.progress,
                                 fingerprint_samples=fingerprint_samples)
         self.write_manifest()
         return self.plan
@@ -247,9 +248,9 @@ class Experiment:
     def _train(self, loss: str, fold, seed: int, iterations, epochs, results_dir: Path, log_name: str,
                warm_start: Path | None = None):
         """One resumable nnU-Net training with the run's fixed settings (a unit or a warm-start phase)."""
-        from vadice.nnunet import runner
+        from vadice.nnunet.train import train
 
-        return runner.train(
+        return train(
             self.settings.dataset, loss=loss, fold=fold, preset=self.settings.preset, device=self.settings.device,
             iterations=iterations, epochs=epochs, val_iterations=self.settings.val_iterations,
             val_mirroring=self.settings.val_mirroring, seed=seed, resume=True, num_gpus=self.settings.num_gpus,
@@ -315,9 +316,9 @@ class Experiment:
         return sorted(sets[0])
 
     def _link_ground_truth(self, cases: Sequence[str]) -> Path:
-        from vadice.nnunet import runner
+        from vadice.nnunet.paths import resolve_dataset
 
-        labels = runner.resolve_dataset(self.settings.dataset).raw_dir / "labelsTr"
+        labels = resolve_dataset(self.settings.dataset).raw_dir / "labelsTr"
         gt_dir = self.run_dir / "gt"
         gt_dir.mkdir(parents=True, exist_ok=True)
         for case in cases:
@@ -438,7 +439,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         for log_file in sorted(Path(info["fold_dir"]).glob("training_log_*.txt")):
             logs.setdefault(unit["setup"], []).append((f"fold {unit['fold']}, seed {unit['seed']}", log_file))
 
-    from vadice.nnunet.runner import resolve_dataset
+    from vadice.nnunet.paths import resolve_dataset
 
     images = resolve_dataset(settings["dataset"]).raw_dir / "imagesTr"
     overlays = []

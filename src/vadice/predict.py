@@ -1,10 +1,10 @@
 """Prediction: NIfTI in, label maps out with the input's exact geometry, plus overlays.
 
-nnU-Net does the inference (``vadice.nnunet.runner.predict``); this layer checks
-the inputs first (so a bad file fails before minutes of inference, with its
-name), maps plain ``<case>.nii.gz`` inputs onto nnU-Net's channel naming,
-verifies that every output has the geometry of its input, and moves outputs
-into place atomically. No post-processing by default ("keep the largest
+nnU-Net does the inference (one :class:`vadice.nnunet.inference.Predictor` for
+all cases: the model is loaded once); this layer checks the inputs first (so a
+bad file fails before minutes of inference, with its name), verifies that every
+output has the geometry of its input, optionally keeps the class probabilities,
+and moves outputs into place atomically. No post-processing by default ("keep the largest
 component" would delete all but one metastatic node); with a fitted
 post-processing file (``vadice.postprocess``) components below a per-label
 minimum volume are removed before the label map is written.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -23,20 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from vadice.io import (
     InputError,
     check_output_dir,
-    is_nifti,
     read_mask,
     read_nifti,
     sha256_file,
-    strip_nifti_suffix,
     write_text,
 )
 
-log = logging.getLogger(__name__)
+from vadice.nnunet import inference  # import-light: torch and nnunetv2 load when a Predictor is built
+from vadice.nnunet.inference import model_channels  # noqa: F401  (re-exported for vadice.cli.dicom)
 
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,25 +45,12 @@ class CaseInput:
     channels: tuple[Path, ...]  # ordered _0000, _0001, ...
 
 
-def model_channels(model_dir: str | os.PathLike) -> int:
-    """Number of input channels a trained nnU-Net model expects (from its dataset.json)."""
-    model_dir = Path(model_dir)
-    path = model_dir / "dataset.json"
-    if not path.is_file():
-        raise InputError(model_dir, "not a trained nnU-Net model folder (no dataset.json); "
-                         "pass the Trainer__Plans__configuration folder")
-    info = json.loads(path.read_text())
-    names = info.get("channel_names") or info.get("modality")
-    if not names:
-        raise InputError(path, "dataset.json has no channel_names")
-    return len(names)
-
-
 def collect_inputs(input_dir: str | os.PathLike, n_channels: int) -> list[CaseInput]:
     """Group the NIfTI files of ``input_dir`` into cases and check them.
 
     Files named ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``… follow nnU-Net's
-    convention; for one-channel models plain ``<case>.nii.gz`` works too.
+    convention; for one-channel models plain ``<case>.nii.gz`` works too
+    (:func:`vadice.nnunet.inference.group_channels`).
 
     Raises:
       InputError: missing folder, no NIfTI files, a non-NIfTI file, missing or
@@ -75,30 +62,10 @@ def collect_inputs(input_dir: str | os.PathLike, n_channels: int) -> list[CaseIn
     files = sorted(p for p in input_dir.iterdir() if not p.name.startswith("."))
     if not files:
         raise InputError(input_dir, "input folder is empty")
-    grouped: dict[str, dict[int, Path]] = {}
     for path in files:
         if path.is_dir():
             raise InputError(path, "unexpected sub-folder in the input folder")
-        if not is_nifti(path):
-            raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
-        stem = strip_nifti_suffix(path.name)
-        match = _CHANNEL.match(stem)
-        case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
-        if match is None and n_channels != 1:
-            raise InputError(path, f"the model needs {n_channels} channels: name inputs <case>_0000.nii.gz … "
-                             f"<case>_{n_channels - 1:04d}.nii.gz")
-        if channel in grouped.setdefault(case, {}):
-            raise InputError(path, f"duplicate input for case {case!r} channel {channel}")
-        grouped[case][channel] = path
-    cases = []
-    for case, channels in sorted(grouped.items()):
-        expected = list(range(n_channels))
-        if sorted(channels) != expected:
-            missing = sorted(set(expected) - set(channels))
-            extra = sorted(set(channels) - set(expected))
-            what = f"missing channel(s) {missing}" if missing else f"unexpected channel(s) {extra}"
-            raise InputError(next(iter(channels.values())), f"case {case!r}: {what} (model has {n_channels})")
-        cases.append(CaseInput(case, tuple(channels[c] for c in expected)))
+    cases = [CaseInput(case, channels) for case, channels in inference.group_channels(files, n_channels).items()]
     for item in cases:
         reference = None
         for path in item.channels:
@@ -111,6 +78,8 @@ def collect_inputs(input_dir: str | os.PathLike, n_channels: int) -> list[CaseIn
 
 
 MANIFEST = ".vadice_predict.json"
+PROBABILITIES_SUFFIX = ".npz"  # <case>.npz, key "probabilities", as nnUNetv2_predict --save_probabilities
+PROBABILITIES_DTYPE = np.float16
 _TOOL = "vadice predict"
 
 
@@ -133,9 +102,10 @@ def prediction_settings(model_dir: str | os.PathLike, folds: Sequence[int | str]
     return settings
 
 
-def output_names(case: str, overlays: bool) -> tuple[str, ...]:
-    """Files a case puts into the output folder."""
-    return (f"{case}.nii.gz",) + ((f"{case}_overlay.png",) if overlays else ())
+def output_names(case: str, overlays: bool, probabilities: bool = False) -> tuple[str, ...]:
+    """Files a case puts into the output folder: the label map first, then the overlay and the probabilities."""
+    return ((f"{case}.nii.gz",) + ((f"{case}_overlay.png",) if overlays else ())
+            + ((f"{case}{PROBABILITIES_SUFFIX}",) if probabilities else ()))
 
 
 def read_manifest(output_dir: Path, overwrite: bool = False) -> dict | None:
@@ -163,15 +133,17 @@ def _ours(path: Path, record: dict | None) -> bool:
     return record is not None and path.is_file() and record["files"].get(path.name) == sha256_file(path)
 
 
-def plan_cases(cases: Sequence[CaseInput], output_dir: Path, settings: dict, overlays: bool,
-               overwrite: bool = False) -> tuple[list[tuple[CaseInput, list[str]]], list[CaseInput], dict]:
+def plan_cases(cases: Sequence[CaseInput], output_dir: Path, settings: dict, overlays: bool, overwrite: bool = False,
+               probabilities: bool = False) -> tuple[list[tuple[CaseInput, list[str]]], list[CaseInput], dict]:
     """Split cases into those to predict and those an earlier run already finished; check collisions.
 
     A case is finished when the manifest records it under the same settings and
     input checksums and each of its output files still has the recorded checksum.
     An existing output file may only be replaced when the manifest records it,
     unchanged, under the same settings (a run stopped between two files of a case,
-    or an input changed since), or with ``overwrite``.
+    or an input changed since), or with ``overwrite``. With ``probabilities``, a
+    case finished without its ``<case>.npz`` (an earlier run without them) is
+    predicted again, so the rerun produces the missing files.
 
     Returns:
       ``(todo, done, manifest)``: cases to predict with their input checksums,
@@ -188,7 +160,7 @@ def plan_cases(cases: Sequence[CaseInput], output_dir: Path, settings: dict, ove
     for item in cases:
         inputs = [sha256_file(p) for p in item.channels]
         record = manifest["cases"].get(item.case)
-        paths = [output_dir / name for name in output_names(item.case, overlays)]
+        paths = [output_dir / name for name in output_names(item.case, overlays, probabilities)]
         if record is not None and record.get("inputs") == inputs and all(_ours(p, record) for p in paths):
             done.append(item)
             continue
@@ -219,6 +191,7 @@ def predict(
     tta: bool = True,
     overwrite: bool = False,
     postprocessing: str | os.PathLike | None = None,
+    save_probabilities: bool = False,
 ) -> PredictResult:
     """Segment every case of ``input_dir`` with a trained model, one case at a time.
 
@@ -245,6 +218,9 @@ def predict(
         components below its per-label minimum volumes. Refused for cases it was
         fitted on. ``"bundled"``: the file a model zip carries
         (``vadice export-model --postprocessing``).
+      save_probabilities: also write ``<case>.npz`` (key ``probabilities``: the softmax,
+        C×Z×Y×X float16, background first; the layout of ``nnUNetv2_predict
+        --save_probabilities``, docs/nnunet.md). Probabilities are never post-processed.
 
     Returns:
       PredictResult: label maps written now, and those skipped as already done.
@@ -255,15 +231,9 @@ def predict(
         post-processing file, or one fitted on an input case; ``"bundled"`` for a
         model without one.
     """
-    from vadice.nnunet import runner  # heavy: imports torch and nnunetv2
-
     output_dir = check_output_dir(output_dir)
-    n_channels = model_channels(model_dir)
-    for fold in folds:
-        fold_dir = Path(model_dir) / f"fold_{fold}"
-        if not (fold_dir / checkpoint).is_file():
-            raise InputError(fold_dir / checkpoint, "checkpoint not found (training unfinished or wrong --folds)")
-    cases = collect_inputs(input_dir, n_channels)
+    model = inference.check_model(model_dir, folds, checkpoint)  # every model check, before any inference
+    cases = collect_inputs(input_dir, model.n_channels)
     pp = None
     if postprocessing is not None:  # checked before minutes of inference, like the inputs
         from vadice.postprocess import load_postprocessing, resolve_postprocessing
@@ -280,23 +250,24 @@ def predict(
         if (Path(model_dir) / BUNDLED_NAME).is_file():  # never applied unasked, as nnU-Net's postprocessing.pkl
             log.info("this model carries a fitted post-processing file (%s), not applied: add --postprocessing "
                      "bundled to apply it", BUNDLED_NAME)
-    settings = prediction_settings(model_dir, folds, checkpoint, tta, postprocessing)
+    settings = prediction_settings(model_dir, model.folds, checkpoint, tta, postprocessing)
     created = not output_dir.exists()
-    todo, done, manifest = plan_cases(cases, output_dir, settings, overlays, overwrite)
+    todo, done, manifest = plan_cases(cases, output_dir, settings, overlays, overwrite, save_probabilities)
     if done:
         log.info("%d case(s) already predicted into %s with these settings: skipped", len(done), output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     try:
+        # one model for every case: nnU-Net's predictor and each fold's checkpoint are loaded once
+        predictor = inference.Predictor(model_dir, model.folds, device, tta, checkpoint) if todo else None
         start = time.monotonic()
         for k, (item, inputs) in enumerate(todo, 1):
             if progress:
                 eta = ("" if k == 1 else
                        f", about {_duration((time.monotonic() - start) / (k - 1) * (len(todo) - k + 1))} left")
                 log.info("case %d of %d: %s%s", k, len(todo), item.case, eta)
-            written.append(_predict_case(runner, item, inputs, output_dir, model_dir, manifest, folds=folds,
-                                         device=device, overlays=overlays, checkpoint=checkpoint, tta=tta,
-                                         postprocessing=pp))
+            written.append(_predict_case(predictor, item, inputs, output_dir, manifest, overlays=overlays,
+                                         postprocessing=pp, probabilities=save_probabilities))
     except BaseException:
         if created and not written:  # nothing finished: leave no folder behind
             shutil.rmtree(output_dir, ignore_errors=True)
@@ -305,24 +276,14 @@ def predict(
     return PredictResult(tuple(written), tuple(output_dir / f"{c.case}.nii.gz" for c in done))
 
 
-def _predict_case(runner, item: CaseInput, inputs: list[str], output_dir: Path, model_dir, manifest: dict, *,
-                  folds, device: str, overlays: bool, checkpoint: str, tta: bool, postprocessing=None) -> Path:
+def _predict_case(predictor, item: CaseInput, inputs: list[str], output_dir: Path, manifest: dict, *,
+                  overlays: bool, postprocessing=None, probabilities: bool = False) -> Path:
     """Predict one case into a private temporary folder, record it, then move its files into place."""
     with tempfile.TemporaryDirectory(prefix=".vadice-predict-", dir=output_dir) as tmp:
-        staged, raw_out, ready = Path(tmp) / "in", Path(tmp) / "out", Path(tmp) / "ready"
-        staged.mkdir()
-        ready.mkdir()
-        for c, src in enumerate(item.channels):
-            target = staged / f"{item.case}_{c:04d}.nii.gz"
-            if str(src).endswith(".gz"):
-                os.symlink(src.resolve(), target)
-            else:  # nnU-Net models read their dataset's ending (.nii.gz); recompress, geometry kept
-                import SimpleITK as sitk
-
-                sitk.WriteImage(sitk.ReadImage(str(src)), str(target), useCompression=True)
-        runner.predict(model_dir, staged, raw_out, folds=tuple(folds), device=device, checkpoint=checkpoint,
-                       progress=False, use_mirroring=tta)
-        produced = raw_out / f"{item.case}.nii.gz"
+        ready = Path(tmp)
+        names = output_names(item.case, overlays, probabilities)
+        produced = ready / names[0]
+        prediction = predictor.predict_case(item.channels, produced, probabilities=probabilities)
         if not produced.is_file():
             raise InputError(produced, "nnU-Net produced no prediction for this case")
         labels, geom = read_mask(produced, allowed_labels=None)
@@ -333,12 +294,14 @@ def _predict_case(runner, item: CaseInput, inputs: list[str], output_dir: Path, 
             from vadice.postprocess import apply_to_file
 
             labels = apply_to_file(postprocessing, produced, produced)
-        names = output_names(item.case, overlays)
-        os.replace(produced, ready / names[0])
         if overlays:
             from vadice.report.overlay import overlay_png
 
             overlay_png(image, labels, ref.spacing_zyx, ready / names[1], title=item.case)
+        if probabilities:
+            # nnU-Net's layout (C x Z x Y x X, key "probabilities"), stored compactly: docs/nnunet.md
+            np.savez_compressed(ready / names[-1],
+                                probabilities=prediction.probabilities.astype(PROBABILITIES_DTYPE))
         # Record before moving: a run stopped between the moves finds its own files, not foreign ones.
         manifest["cases"][item.case] = {"inputs": inputs, "files": {n: sha256_file(ready / n) for n in names}}
         write_text(output_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))

@@ -15,8 +15,8 @@ import pytest
 
 from vadice.cli import main
 from vadice.io import InputError
-from vadice.nnunet import runner
-from vadice.nnunet.planners import PRESETS
+from vadice.nnunet import train as nnunet_train
+from vadice.registry import PRESETS
 
 NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
 DATA_ID = "vadice_data"
@@ -98,15 +98,15 @@ def test_train_refuses_a_fold_outside_the_split(roots, capsys, fold, splits, mes
 
 
 def test_check_folds_accepts_the_split_and_all(tmp_path):
-    runner.check_folds((0, 4, "all"), None)
-    runner.check_folds((0, 4), tmp_path)  # no splits file yet: nnU-Net's 5 folds
+    nnunet_train.check_folds((0, 4, "all"), None)
+    nnunet_train.check_folds((0, 4), tmp_path)  # no splits file yet: nnU-Net's 5 folds
     (tmp_path / "splits_final.json").write_text(json.dumps([{}] * 10))
-    runner.check_folds((9,), tmp_path)
+    nnunet_train.check_folds((9,), tmp_path)
     with pytest.raises(InputError, match="folds 0-9"):
-        runner.check_folds((10,), tmp_path)
+        nnunet_train.check_folds((10,), tmp_path)
     (tmp_path / "splits_final.json").write_text("{broken")
     with pytest.raises(InputError, match="splits file"):
-        runner.check_folds((0,), tmp_path)
+        nnunet_train.check_folds((0,), tmp_path)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -175,8 +175,8 @@ def test_train_announces_the_final_validation_case_by_case(tmp_path, caplog):
     script.write_text(f"print({NNUNET_TAIL!r}, end='')\n")
     import sys
 
-    with caplog.at_level(logging.INFO, logger="vadice.nnunet.runner"):
-        rc, _ = runner._run_logged([sys.executable, str(script)], dict(os.environ), tmp_path / "log.txt", 1,
+    with caplog.at_level(logging.INFO, logger="vadice.nnunet.train"):
+        rc, _ = nnunet_train._run_logged([sys.executable, str(script)], dict(os.environ), tmp_path / "log.txt", 1,
                                    False, False, "dual fold 0")
     assert rc == 0
     lines = [r.getMessage() for r in caplog.records]
@@ -191,7 +191,7 @@ def test_train_prints_the_plain_command_once(roots, monkeypatch, capsys, caplog)
         (log_path.parent / "checkpoint_final.pth").write_bytes(b"w")
         return 0, ""
 
-    monkeypatch.setattr(runner, "_run_logged", fake_run)
+    monkeypatch.setattr(nnunet_train, "_run_logged", fake_run)
     with caplog.at_level(logging.INFO):
         assert main(["train", "42", "--loss", "baseline", "--fold", "0", "--device", "cpu", "--preset",
                      "cpu-small"]) == 0
@@ -214,7 +214,7 @@ def test_library_chatter_on_the_root_logger_stays_hidden(tmp_path):
         "def fake(args):\n"
         "    from setuptools._distutils.file_util import copy_file\n"
         f"    copy_file({str(src)!r}, {str(tmp_path / 'b.txt')!r})\n"
-        "    logging.getLogger('vadice.nnunet.runner').info('vadice progress line')\n"
+        "    logging.getLogger('vadice.nnunet.train').info('vadice progress line')\n"
         "    import warnings\n"  # what importing timm through nnU-Net's trainer lookup says on every predict
         "    warnings.warn('`torch.jit.interface` is deprecated. Please use `torch.compile` instead.', FutureWarning)\n"
         "    return 0\n"

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from vadice.cli import main
-from vadice.cli import nnunet as cli_nnunet
-from vadice.nnunet import runner, trainer_dir
-from vadice.nnunet.planners import PRESETS
+from vadice import registry
+from vadice.nnunet import plan as nnplan
+from vadice.nnunet import train as nntrain
+from vadice.nnunet import trainer_dir
+from vadice.nnunet.paths import NNUNetError
 
 NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
 
@@ -39,9 +41,12 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
-def test_cli_choices_match_the_library():
-    assert set(cli_nnunet.PRESET_CHOICES) == set(PRESETS)
-    assert set(cli_nnunet.DEVICE_CHOICES) == set(runner.DEVICES)
+def test_cli_choices_come_from_the_registry(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{" + ",".join(registry.SETUPS) + "}" in text
+    assert "{" + ",".join(registry.PRESETS) + "}" in text and "{" + ",".join(registry.DEVICES) + "}" in text
 
 
 def test_nnunet_path_prints_trainer_dir(capsys):
@@ -106,12 +111,12 @@ def test_train_on_missing_cuda_is_one_line_error(tmp_path, capsys):
     assert "--device cuda: CUDA is not available" in _one_error_line(capsys)
 
 
-def _fake_result(tmp_path, skipped=False) -> runner.TrainResult:
+def _fake_result(tmp_path, skipped=False) -> nntrain.TrainResult:
     fold_dir = tmp_path / "m" / "fold_0"
-    return runner.TrainResult(42, "Dataset042_Cli", "dual", "nnUNetTrainerVADual", "vadiceCPUSmallPlans",
-                              "3d_fullres", 0, fold_dir.parent, fold_dir, fold_dir / "checkpoint_final.pth",
-                              "nnUNetv2_train 42 3d_fullres 0 -tr nnUNetTrainerVADual", fold_dir / "vadice_train.log",
-                              skipped=skipped, seconds=12.0)
+    return nntrain.TrainResult(42, "Dataset042_Cli", "dual", "nnUNetTrainerVADual", "vadiceCPUSmallPlans",
+                               "3d_fullres", 0, fold_dir.parent, fold_dir, fold_dir / "checkpoint_final.pth",
+                               "nnUNetv2_train 42 3d_fullres 0 -tr nnUNetTrainerVADual", fold_dir / "vadice_train.log",
+                               skipped=skipped, seconds=12.0)
 
 
 def test_train_passes_options_and_prints_plain_command(monkeypatch, tmp_path, capsys):
@@ -121,7 +126,7 @@ def test_train_passes_options_and_prints_plain_command(monkeypatch, tmp_path, ca
         seen.update(kwargs, dataset=dataset)
         return _fake_result(tmp_path)
 
-    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(nntrain, "train", fake_train)
     assert main(["-q", "train", "42", "--loss", "dual", "--fold", "all", "--preset", "cpu-small", "--device", "cpu",
                  "--iterations", "20", "--epochs", "2", "--val-iterations", "1", "--seed", "3", "--resume",
                  "--no-val-mirroring", "--results", str(tmp_path / "r"), "--warm-start", "w.pth"]) == 0
@@ -136,9 +141,9 @@ def test_train_passes_options_and_prints_plain_command(monkeypatch, tmp_path, ca
 
 def test_train_failure_is_one_line_exit_1(monkeypatch, capsys):
     def failing(dataset, **kwargs):
-        raise runner.NNUNetError("nnU-Net training failed (exit code 1): RuntimeError: boom; full log: /x/log")
+        raise NNUNetError("nnU-Net training failed (exit code 1): RuntimeError: boom; full log: /x/log")
 
-    monkeypatch.setattr(runner, "train", failing)
+    monkeypatch.setattr(nntrain, "train", failing)
     assert main(["train", "42", "--loss", "baseline", "--fold", "0", "--device", "cpu"]) == 1
     assert _one_error_line(capsys) == ("vadice train: error: nnU-Net training failed (exit code 1): "
                                        "RuntimeError: boom; full log: /x/log")
@@ -149,11 +154,52 @@ def test_plan_passes_options(monkeypatch, tmp_path, capsys):
 
     def fake_plan(dataset, **kwargs):
         seen.update(kwargs, dataset=dataset)
-        return runner.PlanResult(42, "Dataset042_Cli", "vadiceCPUSmallPlans", "3d_fullres", tmp_path, "0" * 64,
+        return nnplan.PlanResult(42, "Dataset042_Cli", "vadiceCPUSmallPlans", "3d_fullres", tmp_path, "0" * 64,
                                  (), tmp_path / "vadice_plan.log")
 
-    monkeypatch.setattr(runner, "plan", fake_plan)
+    monkeypatch.setattr(nnplan, "plan", fake_plan)
     assert main(["plan", "Dataset042_Cli", "--preset", "cpu-small", "--num-processes", "3", "--no-verify"]) == 0
     assert seen == dict(dataset="Dataset042_Cli", preset="cpu-small", num_processes=3, verify=False, progress=True,
                         raw=None, preprocessed=None)
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_warm_start_demo_names_the_shipped_weights_from_any_folder(monkeypatch, tmp_path, capsys):
+    """`--warm-start demo` trains from src/vadice/demo_weights/baseline_fold0.pth, whatever the working folder."""
+    import hashlib
+
+    import vadice
+
+    shipped = Path(vadice.__file__).parent / "demo_weights" / "baseline_fold0.pth"
+    recorded = json.loads(shipped.with_suffix(".json").read_text())["sha256"]
+    folder = _raw_dataset(tmp_path)
+    pre = tmp_path / "nnUNet_preprocessed" / folder.name
+    (pre / "nnUNetPlans_3d_fullres").mkdir(parents=True)
+    (pre / "vadiceCPUSmallPlans.json").write_text(json.dumps(
+        {"configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres"}}}))
+    seen = {}
+
+    def fake_run(argv, env, log_path, total_epochs, progress, echo, desc):
+        seen.update(env)
+        (log_path.parent / "checkpoint_final.pth").write_bytes(b"w")
+        return 0, ""
+
+    monkeypatch.setattr(nntrain, "_run_logged", fake_run)
+    monkeypatch.chdir(tmp_path)  # no src/vadice/demo_weights below the working folder
+    assert main(["-q", "train", str(folder), "--loss", "baseline", "--fold", "0", "--preset", "cpu-small",
+                 "--device", "cpu", "--warm-start", "demo", "--results", str(tmp_path / "res")]) == 0
+    used = Path(seen["VADICE_WARM_START"])
+    assert used.resolve() == shipped.resolve()
+    assert hashlib.sha256(used.read_bytes()).hexdigest() == recorded
+    settings = json.loads((tmp_path / "res" / folder.name / "nnUNetTrainerBudget__vadiceCPUSmallPlans__3d_fullres"
+                           / "fold_0" / "vadice_train.json").read_text())
+    assert settings["warm_start_sha256"] == recorded
+    assert "VADICE_WARM_START" not in settings["budget"]
+
+
+def test_warm_start_that_is_no_file_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = _raw_dataset(tmp_path)
+    assert main(["train", str(folder), "--loss", "baseline", "--fold", "0", "--device", "cpu",
+                 "--warm-start", "demo.pth"]) == 2
+    assert "demo.pth: warm start: no such checkpoint file" in _one_error_line(capsys)

@@ -23,11 +23,12 @@ COMPARATORS = {"blob": "nnUNetTrainerBlob", "cc-dicece": "nnUNetTrainerCCDiceCE"
 def test_registered_for_the_cli_and_found_by_nnunet(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from vadice.nnunet import TRAINER_FOR_LOSS, trainer_dir, trainers
+    from vadice.nnunet import trainer_dir, trainers
+    from vadice.registry import SETUPS
 
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
     for loss, name in COMPARATORS.items():
-        assert TRAINER_FOR_LOSS[loss] == name
+        assert SETUPS[loss].trainer == name and SETUPS[loss].needs_lesion_ids
         assert recursive_find_trainer_class_by_name(name) is getattr(trainers, name)
         assert issubclass(getattr(trainers, name), trainers.nnUNetTrainerLesions)
     assert issubclass(trainers.nnUNetTrainerVA, trainers.nnUNetTrainerLesions)
@@ -35,12 +36,12 @@ def test_registered_for_the_cli_and_found_by_nnunet(monkeypatch):
 
 def test_every_loss_is_an_experiment_setup_with_a_report_label():
     from vadice.experiment import KNOWN_SETUPS, SETUPS
-    from vadice.nnunet import TRAINER_FOR_LOSS
+    from vadice.registry import SETUPS as REGISTERED
     from vadice.report.html import TRAINING_LOSS
 
     assert SETUPS == ("baseline", "dual", "selective-ln")  # the default study is unchanged
     for loss in ("baseline", "dual", "selective-ln", *COMPARATORS):
-        assert loss in TRAINER_FOR_LOSS and loss in KNOWN_SETUPS and loss in TRAINING_LOSS
+        assert loss in REGISTERED and loss in KNOWN_SETUPS and loss in TRAINING_LOSS
 
 
 @pytest.mark.parametrize("loss", sorted(COMPARATORS))

@@ -20,13 +20,14 @@ TRAINER = "nnUNetTrainerVADualFP"
 def test_registered_and_found_by_nnunet(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from vadice.nnunet import TRAINER_FOR_LOSS, trainer_dir, trainers
+    from vadice.nnunet import trainer_dir, trainers
+    from vadice.registry import SETUPS as REGISTERED
 
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
     from vadice.experiment import KNOWN_SETUPS, SETUPS
     from vadice.report.html import TRAINING_LOSS
 
-    assert TRAINER_FOR_LOSS["dual-fp"] == TRAINER
+    assert REGISTERED["dual-fp"].trainer == TRAINER
     assert recursive_find_trainer_class_by_name(TRAINER) is trainers.nnUNetTrainerVADualFP
     assert "dual-fp" in KNOWN_SETUPS and "dual-fp" not in SETUPS and "false-positive" in TRAINING_LOSS["dual-fp"]
 
@@ -34,12 +35,12 @@ def test_registered_and_found_by_nnunet(monkeypatch):
 def test_loss_is_va_dual_plus_the_term_at_every_scale(nnunet_env, lesions, monkeypatch):
     from vadice.losses import VolumeAwareDiceCELoss
     from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
-    from vadice.nnunet.trainers import DeepSupervisionVALoss
+    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
 
     monkeypatch.setenv("VADICE_SEED", "3")
     tr = _trainer(nnunet_env, TRAINER, patch=(12, 24, 24))
     tr.initialize()
-    assert isinstance(tr.loss, DeepSupervisionVALoss)
+    assert isinstance(tr.loss, DeepSupervisionLesionLoss)
     inner = tr.loss.loss
     assert isinstance(inner, WithFalsePositiveTerm) and isinstance(inner.main, VolumeAwareDiceCELoss)
     assert inner.fp.labels == (1, 2) and inner.weight == 1.0

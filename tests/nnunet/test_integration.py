@@ -62,7 +62,8 @@ def _run(cmd, env, timeout=240):
 
 
 def test_plan_train_each_trainer_and_predict(tmp_path):
-    from vadice.nnunet import BUDGET_TRAINER, TRAINER_FOR_LOSS, trainer_dir
+    from vadice.nnunet import trainer_dir
+    from vadice.registry import BUDGET_TRAINER, SETUPS
 
     raw, pre, res = tmp_path / "raw", tmp_path / "pre", tmp_path / "res"
     _write_dataset(raw)
@@ -72,8 +73,8 @@ def test_plan_train_each_trainer_and_predict(tmp_path):
            "OMP_NUM_THREADS": "2"}
     env.pop("VADICE_VA_CONFIG", None)
 
-    # planning: the runner's CPU preset (reduced width, labelled as such) plus lesion labelling
-    script = ("import sys; from vadice.nnunet.runner import plan; "
+    # planning: vadice's CPU preset (reduced width, labelled as such) plus lesion labelling
+    script = ("import sys; from vadice.nnunet.plan import plan; "
               f"r = plan({DATASET_ID}, preset='cpu-small', num_processes=1, progress=False, "
               "fingerprint_samples=10000); print(r.plans_identifier)")
     plans_id = _run([sys.executable, "-c", script], env, timeout=300).stdout.strip().splitlines()[-1]
@@ -82,7 +83,7 @@ def test_plan_train_each_trainer_and_predict(tmp_path):
     assert plans_id != "nnUNetResEncUNetMPlans"  # a reduced network must not carry ResEnc M's name
 
     env["nnUNet_n_proc_DA"] = "0"
-    trainers = [BUDGET_TRAINER, TRAINER_FOR_LOSS["dual"], TRAINER_FOR_LOSS["selective-ln"]]
+    trainers = [BUDGET_TRAINER, SETUPS["dual"].trainer, SETUPS["selective-ln"].trainer]
     shell_env = {k: v for k, v in env.items() if k != "nnUNet_extTrainer"}
     for trainer in trainers:
         # a fresh shell, as a user types it: nothing but nnU-Net's command and `vadice nnunet-path`
@@ -102,7 +103,7 @@ def test_plan_train_each_trainer_and_predict(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "case00_0000.nii.gz").symlink_to(images / "case00_0000.nii.gz")
     _run([str(BIN / "nnUNetv2_predict"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"),
-          "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-p", plans_id, "-tr", TRAINER_FOR_LOSS["dual"],
+          "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-p", plans_id, "-tr", SETUPS["dual"].trainer,
           "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
     from vadice.io import read_mask
 

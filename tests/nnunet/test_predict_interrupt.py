@@ -1,6 +1,6 @@
 """`vadice predict` with a real nnU-Net model: Ctrl-C keeps finished cases, a rerun predicts only the rest.
 
-Slow: plans and trains a cpu-small model for 2 iterations on the tiny dataset of test_runner.py.
+Slow: plans and trains a cpu-small model for 2 iterations on the tiny dataset of test_plan_train.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from test_runner import NNUNET_VARS, write_tiny_dataset  # tests/nnunet is on sys.path under pytest
+from test_plan_train import NNUNET_VARS, write_tiny_dataset  # tests/nnunet is on sys.path under pytest
 
-from vadice.nnunet import runner
+from vadice.nnunet.paths import BUDGET_ENV
+from vadice.nnunet.plan import plan
+from vadice.nnunet.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +30,11 @@ pytestmark = pytest.mark.slow
 def model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("interrupt")
     folder = write_tiny_dataset(root / "nnUNet_raw", dataset_id=986)
-    saved = {k: os.environ.pop(k) for k in NNUNET_VARS + runner.BUDGET_ENV if k in os.environ}
+    saved = {k: os.environ.pop(k) for k in NNUNET_VARS + BUDGET_ENV if k in os.environ}
     try:
-        runner.plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=100_000)
-        result = runner.train(folder, loss="baseline", fold=0, preset="cpu-small", device="cpu", iterations=2,
-                              val_iterations=1, val_mirroring=False, progress=False, threads=1)
+        plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=100_000)
+        result = train(folder, loss="baseline", fold=0, preset="cpu-small", device="cpu", iterations=2,
+                       val_iterations=1, val_mirroring=False, progress=False, threads=1)
     finally:
         os.environ.update(saved)
     return result.model_dir

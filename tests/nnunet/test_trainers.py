@@ -237,11 +237,11 @@ def test_budget_trainer_keeps_nnunet_loss(nnunet_env, lesions):
 
 @pytest.mark.parametrize("name, labels", [("nnUNetTrainerVADual", (1, 2)), ("nnUNetTrainerVASelectiveLN", (2,))])
 def test_preset_trainers_build_va_loss(nnunet_env, lesions, name, labels):
-    from vadice.nnunet.trainers import DeepSupervisionVALoss
+    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
 
     tr = _trainer(nnunet_env, name)
     tr.initialize()
-    assert isinstance(tr.loss, DeepSupervisionVALoss)
+    assert isinstance(tr.loss, DeepSupervisionLesionLoss)
     dc = tr.loss.loss.dc
     assert dc.va_labels == labels and dc.mode == "mass" and dc.batch_dice == tr.configuration_manager.batch_dice
     assert dc.check_values is False  # no host syncs per scale in training; the pipeline guarantees the ranges
@@ -291,14 +291,14 @@ def test_resuming_with_changed_va_options_is_refused(nnunet_env, lesions, tmp_pa
 
 def test_deep_supervision_loss_checks_every_list_length():
     from vadice.losses import VolumeAwareDiceCELoss
-    from vadice.nnunet.trainers import DeepSupervisionVALoss
+    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
 
-    loss = DeepSupervisionVALoss(VolumeAwareDiceCELoss(), [0.5, 0.5])
+    loss = DeepSupervisionLesionLoss(VolumeAwareDiceCELoss(), [0.5, 0.5])
     outs = [torch.randn(1, 3, 4, 4, 4), torch.randn(1, 3, 2, 2, 2)]
     targets = [torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 2, 2, 2)]
     ids = [torch.zeros(1, 1, 4, 4, 4)]
-    with pytest.raises(ValueError, match="2 outputs, 2 targets, 1 instance maps, 2 weights"):
-        loss(outs, targets, ids, torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="2 outputs, 2 targets, 1 instances, 2 weights"):
+        loss(outs, targets, instances=ids, volumes=torch.zeros(1, 1))
 
 
 def test_va_baseline_path_equals_nnunet_loss(nnunet_env, lesions, tmp_path, monkeypatch):
@@ -382,13 +382,14 @@ def test_nnunet_finds_vadice_classes_themselves_in_the_trainer_dir(monkeypatch):
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from vadice.nnunet import BUDGET_TRAINER, TRAINER_FOR_LOSS, VA_TRAINERS, trainer_dir
+    from vadice.nnunet import VA_TRAINERS, trainer_dir
+    from vadice.registry import BUDGET_TRAINER, SETUPS
     from vadice.nnunet import trainers
 
     # the folder holds the trainer module only: nnU-Net imports every module there as a top-level module
     assert [m.name for m in pkgutil.iter_modules([str(trainer_dir())])] == ["vadice_trainers"]
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
-    for name in (*VA_TRAINERS, BUDGET_TRAINER, TRAINER_FOR_LOSS["selective-ln"]):
+    for name in (*VA_TRAINERS, BUDGET_TRAINER, *(s.trainer for s in SETUPS.values())):
         assert recursive_find_trainer_class_by_name(name) is getattr(trainers, name)
 
 

@@ -159,7 +159,7 @@ def _stats_source(path: Path) -> Path:
     text = str(path)
     if path.exists() or not (text.isdigit() or re.fullmatch(r"Dataset\d{3}_\S+", text)):
         return path
-    from vadice.nnunet.runner import resolve_dataset  # imports nnunetv2: only for ids and names
+    from vadice.nnunet.paths import resolve_dataset
 
     return resolve_dataset(text).raw_dir
 

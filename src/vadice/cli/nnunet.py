@@ -1,4 +1,4 @@
-"""`vadice nnunet-path`, `vadice plan`, `vadice train`: thin wrappers over vadice.nnunet.runner.
+"""`vadice nnunet-path`, `vadice plan`, `vadice train`: thin wrappers over vadice.nnunet.plan and .train.
 
 nnU-Net and torch are imported only when a command runs, so `vadice --help` stays fast.
 """
@@ -10,15 +10,11 @@ import logging
 import shlex
 import sys
 
+from vadice import registry
 from vadice.cli.options import ExamplesFormatter
-from vadice.nnunet import TRAINER_FOR_LOSS, trainer_dir
+from vadice.nnunet import trainer_dir
 
 log = logging.getLogger(__name__)
-
-# Kept here (not imported from vadice.nnunet.planners) so building the parser does not import
-# nnunetv2; tests check they match planners.PRESETS.
-PRESET_CHOICES = ("resenc-m", "cpu-small")
-DEVICE_CHOICES = ("cuda", "cpu", "mps")
 
 
 def _positive_int(text: str) -> int:
@@ -42,12 +38,17 @@ def _non_negative_int(text: str) -> int:
 
 
 def _fold(text: str) -> int | str:
-    if text == "all":
-        return text
     try:
-        return _non_negative_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"fold must be a non-negative integer or 'all', got {text!r}") from None
+        folds = registry.parse_folds(text, "fold")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(folds) != 1:
+        raise argparse.ArgumentTypeError(f"one fold at a time, got {text!r}")
+    return folds[0]
+
+
+def _presets_help() -> str:
+    return "; ".join(f"{p.name}: {p.description}" for p in registry.PRESETS.values())
 
 
 def _add_roots(p: argparse.ArgumentParser, which: tuple[str, ...]) -> None:
@@ -81,9 +82,8 @@ def register(subparsers) -> None:
                "  vadice plan $nnUNet_raw/Dataset101_HNTSMRGTask1 --num-processes 8",
         formatter_class=ExamplesFormatter)
     p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("--preset", choices=PRESET_CHOICES, default="resenc-m",
-                   help="resenc-m: nnU-Net ResEnc M planner (GPU, default); cpu-small: 8..80 features, "
-                        "patch <= 32x64x64, batch 2 (CPU demos and tests; not ResEnc M)")
+    p.add_argument("--preset", choices=tuple(registry.PRESETS), default="resenc-m",
+                   help=f"default resenc-m. {_presets_help()}")
     p.add_argument("--num-processes", type=_positive_int, default=2, metavar="N",
                    help="worker processes (default 2)")
     p.add_argument("--no-verify", action="store_true", help="skip nnU-Net's dataset integrity check")
@@ -101,18 +101,20 @@ def register(subparsers) -> None:
                "  vadice train 101 --loss dual --fold 0                       # GPU, nnU-Net's full schedule\n"
                "  vadice train 501 --loss dual --fold 0 --preset cpu-small --device cpu --iterations 20 \\\n"
                "      --no-val-mirroring --threads 1                          # a CPU smoke run\n"
+               "  vadice train 501 --loss dual --fold 0 --preset cpu-small --device cpu --iterations 90 \\\n"
+               "      --warm-start demo                                       # from the shipped demo baseline\n"
                "  vadice train 101 --loss baseline --fold 3 --resume          # continue an interrupted run",
         formatter_class=ExamplesFormatter)
     p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("--loss", choices=tuple(TRAINER_FOR_LOSS), required=True,
+    p.add_argument("--loss", choices=tuple(registry.SETUPS), required=True,
                    help="the set-up (docs/losses.md); dual-fp at its weight 1 stopped predicting in the CPU "
                         "loss bench (docs/evidence.md, section 3)")
     p.add_argument("--fold", type=_fold, required=True,
                    help="a fold of the dataset's split (0-4 with nnU-Net's default 5-fold split, or the folds of "
                         "splits_final.json) or 'all'")
-    p.add_argument("--preset", choices=PRESET_CHOICES, default="resenc-m",
+    p.add_argument("--preset", choices=tuple(registry.PRESETS), default="resenc-m",
                    help="which `vadice plan` plans to train: resenc-m (the default) or cpu-small")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="cuda", help="default cuda")
+    p.add_argument("--device", choices=registry.DEVICES, default="cuda", help="default cuda")
     p.add_argument("--iterations", type=_positive_int, metavar="N",
                    help="total training iterations (split evenly over --epochs, default 1 epoch)")
     p.add_argument("--epochs", type=_positive_int, metavar="E", help="epochs (nnU-Net default 1000)")
@@ -128,8 +130,8 @@ def register(subparsers) -> None:
                    help="torch CPU threads for training (default: nnU-Net's, one per core; use 1 on a busy machine)")
     p.add_argument("--warm-start", metavar="CHECKPOINT",
                    help="start from this nnU-Net checkpoint's network weights, segmentation heads included, with "
-                        "a fresh optimiser and schedule (e.g. the demo's common baseline, "
-                        "src/vadice/demo_weights/baseline_fold0.pth)")
+                        "a fresh optimiser and schedule; 'demo': the demo's common baseline shipped with vadice "
+                        "(cpu-small plans of the demo cohort)")
     p.add_argument("--log", metavar="FILE", help="training log (default <fold folder>/vadice_train.log)")
     _add_roots(p, ("raw", "preprocessed", "results"))
     p.set_defaults(func=cmd_train)
@@ -145,16 +147,10 @@ def cmd_nnunet_path(args) -> int:
     return 0
 
 
-def _import_runner():
-    from vadice.nnunet import runner
-
-    return runner
-
-
 def cmd_plan(args) -> int:
-    runner = _import_runner()
+    from vadice.nnunet.plan import plan
 
-    result = runner.plan(args.dataset, preset=args.preset, num_processes=args.num_processes,
+    result = plan(args.dataset, preset=args.preset, num_processes=args.num_processes,
                          verify=not args.no_verify, progress=not args.quiet, raw=args.raw,
                          preprocessed=args.preprocessed)
     done = ", ".join(result.steps_run) if result.steps_run else "nothing to do (all steps up to date)"
@@ -164,17 +160,18 @@ def cmd_plan(args) -> int:
 
 
 def cmd_train(args) -> int:
-    runner = _import_runner()
+    from vadice.nnunet.paths import NNUNetError
+    from vadice.nnunet.train import train
 
     try:
-        result = runner.train(
+        result = train(
             args.dataset, loss=args.loss, fold=args.fold, preset=args.preset, device=args.device,
             iterations=args.iterations, epochs=args.epochs, val_iterations=args.val_iterations, seed=args.seed,
             val_mirroring=not args.no_val_mirroring,
             resume=args.resume, num_gpus=args.num_gpus, results_dir=args.results, log_file=args.log,
             progress=not args.quiet, echo=args.verbose, raw=args.raw, preprocessed=args.preprocessed,
             threads=args.threads, warm_start=args.warm_start)
-    except runner.NNUNetError as exc:
+    except NNUNetError as exc:
         print(f"vadice train: error: {exc}", file=sys.stderr)
         return 1
     print("equivalent plain nnU-Net command:")

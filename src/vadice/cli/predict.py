@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in OUT_DIR that vadice predict did not write with these settings")
     add_postprocessing(p)
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <case>.npz: the class probabilities (key 'probabilities', C x Z x Y x X float16, "
+                        "as nnUNetv2_predict --save_probabilities lays them out; docs/nnunet.md)")
     # DICOM / .mha input and DICOM outputs (vadice.dicom, docs/clinic.md); -m also takes a model zip.
     p.add_argument("--output-type", default="nifti",
                    help="comma-separated nifti,rtstruct,seg (default nifti; rtstruct/seg need a DICOM series "
@@ -74,7 +77,8 @@ def run(args) -> int:
             refuse_existing_dicom(args.output, staged.case, dicom_types, args.overwrite)
         result = predict(staged.folder, args.output, model, folds=folds, device=args.device,
                          overlays=not args.no_overlays, checkpoint=args.checkpoint, progress=not args.quiet,
-                         tta=not args.disable_tta, overwrite=args.overwrite, postprocessing=args.postprocessing)
+                         tta=not args.disable_tta, overwrite=args.overwrite, postprocessing=args.postprocessing,
+                         save_probabilities=args.save_probabilities)
     skipped = f" ({len(result.skipped)} already there from an earlier run)" if result.skipped else ""
     print(f"wrote {len(result.written)} label map(s) to {args.output}{skipped}")
     if staged.series is not None and dicom_types:

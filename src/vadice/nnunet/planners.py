@@ -15,7 +15,7 @@ such.
 The override relies on two things of nnU-Net's ExperimentPlanner, which
 pyproject.toml pins to 2.8.x: the planner calls ``self.static_estimate_VRAM_usage``
 while it shrinks the patch, and ``get_plans_for_configuration`` returns the plan as a
-dict with ``batch_size``. ``tests/nnunet/test_runner.py`` checks the resulting patch
+dict with ``batch_size``. ``tests/nnunet/test_plan_train.py`` checks the resulting patch
 and batch on a real dataset.
 
 Both presets keep ResEnc planners' data identifier for ``3d_fullres``
@@ -25,12 +25,12 @@ normalisation, which the presets share, so the two reuse one preprocessed copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     nnUNetPlannerResEncM,
 )
+
+from vadice import registry
 
 
 class vadiceCPUSmallPlanner(nnUNetPlannerResEncM):  # noqa: N801 - nnU-Net finds planners by class name
@@ -49,7 +49,8 @@ class vadiceCPUSmallPlanner(nnUNetPlannerResEncM):  # noqa: N801 - nnU-Net finds
     batch_size = 2
 
     def __init__(self, dataset_name_or_id, gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "vadiceCPUSmallPlans",
+                 preprocessor_name: str = "DefaultPreprocessor",
+                 plans_name: str = registry.PRESETS["cpu-small"].plans_identifier,
                  overwrite_target_spacing=None, suppress_transpose: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)
@@ -74,29 +75,18 @@ class vadiceCPUSmallPlanner(nnUNetPlannerResEncM):  # noqa: N801 - nnU-Net finds
         return plan
 
 
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    planner: type
-    plans_identifier: str
-    description: str
-
-
-PRESETS: dict[str, Preset] = {
-    "resenc-m": Preset("resenc-m", nnUNetPlannerResEncM, "nnUNetResEncUNetMPlans",
-                       "nnU-Net ResEnc M planner, unchanged (GPU; the study's network)"),
-    "cpu-small": Preset("cpu-small", vadiceCPUSmallPlanner, "vadiceCPUSmallPlans",
-                        "ResEnc planning at 8..80 features, patch <= 32x64x64, batch 2 (CPU demo/tests; not ResEnc M)"),
+# Preset name -> nnU-Net planner class. Names, plans identifiers and descriptions live in vadice.registry.PRESETS.
+PLANNERS: dict[str, type] = {
+    "resenc-m": nnUNetPlannerResEncM,
+    "cpu-small": vadiceCPUSmallPlanner,
 }
 
 
-def get_preset(name: str) -> Preset:
-    """Return the preset called ``name``.
+def planner_class(name: str) -> type:
+    """The nnU-Net planner class of plan preset ``name``.
 
     Raises:
-        ValueError: unknown preset (message lists the known ones).
+        ValueError: a preset vadice.registry does not know (message lists the known ones).
     """
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown plan preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    registry.preset(name)
+    return PLANNERS[name]

@@ -66,8 +66,9 @@ ENV_VAL_MIRRORING = "VADICE_VAL_MIRRORING"
 ENV_VA_CONFIG = "VADICE_VA_CONFIG"
 ENV_WARM_START = "VADICE_WARM_START"
 ENV_CATMIL_WARMUP = "VADICE_CATMIL_WARMUP_EPOCHS"
-OPTIONS_FILE = "vadice_va.json"       # next to the plans, read by nnUNetTrainerVA
-PROVENANCE_FILE = "vadice_va.json"    # in the fold's output folder, written by every VA trainer
+# Two different files that happen to share a name (kept: existing runs and docs use it):
+VA_OPTIONS_FILE = "vadice_va.json"  # input: VA options next to the plans, read by nnUNetTrainerVA
+VA_RECORD_FILE = "vadice_va.json"   # output: what a VA trainer trained with, in the fold's output folder
 
 VA_OPTION_KEYS = ("preset", "weighting", "va_labels", "gamma", "mode", "v_ref", "v_min_mm3", "r_min", "r_max")
 
@@ -266,14 +267,11 @@ class nnUNetTrainerLesions(nnUNetTrainerBudget):
             weights[-1] = 0
         return weights / weights.sum()
 
-    def _wrap_deep_supervision(self, loss, weights) -> torch.nn.Module:
-        return DeepSupervisionLesionLoss(loss, weights)
-
     def _build_loss(self):
         table = self._load_lesion_table()
         loss = self._lesion_loss(table)
         if self.enable_deep_supervision:
-            loss = self._wrap_deep_supervision(loss, self._deep_supervision_weights())
+            loss = DeepSupervisionLesionLoss(loss, self._deep_supervision_weights())
         self._write_provenance(table)
         return loss
 
@@ -383,7 +381,7 @@ class nnUNetTrainerVA(nnUNetTrainerLesions):
     """
 
     va_preset: str | None = None  # fixed preset in subclasses; None: read the options file
-    provenance_file = PROVENANCE_FILE
+    provenance_file = VA_RECORD_FILE
     provenance_what = "VA"
     provenance_keys = ("trainer", "options", "v_ref_mm3", "connectivity")
 
@@ -401,7 +399,7 @@ class nnUNetTrainerVA(nnUNetTrainerLesions):
             return dict(PRESETS[self.va_preset]), f"preset {self.va_preset}"
         path = os.environ.get(ENV_VA_CONFIG, "").strip() or None
         if path is None and self.preprocessed_dataset_folder_base is not None:
-            candidate = Path(self.preprocessed_dataset_folder_base) / OPTIONS_FILE
+            candidate = Path(self.preprocessed_dataset_folder_base) / VA_OPTIONS_FILE
             path = str(candidate) if candidate.is_file() else None
         return read_va_options(path), (path or "defaults (dual preset)")
 
@@ -434,9 +432,6 @@ class nnUNetTrainerVA(nnUNetTrainerLesions):
             # as nnU-Net: compile the Dice part only; it sees tensors only (ids and volume table)
             loss.dc = torch.compile(loss.dc)
         return loss
-
-    def _wrap_deep_supervision(self, loss, weights):
-        return DeepSupervisionVALoss(loss, weights)
 
     def _provenance_record(self, table) -> dict:
         return {
@@ -480,25 +475,6 @@ class DeepSupervisionLesionLoss(torch.nn.Module):
             if w != 0:
                 total = total + w * self.loss(o, t, **{k: (v[i] if k in lengths else v) for k, v in inputs.items()})
         return total
-
-
-class DeepSupervisionVALoss(torch.nn.Module):
-    """nnU-Net's DeepSupervisionWrapper for a loss that also takes per-scale ids and one volume table."""
-
-    def __init__(self, loss: torch.nn.Module, weights):
-        super().__init__()
-        self.loss = loss
-        self.weights = tuple(float(w) for w in weights)
-
-    def forward(self, net_output, target, instances=None, volumes=None):
-        if instances is None:
-            instances = [None] * len(target)
-        # zip would silently drop the scales past the shortest list
-        if not (len(net_output) == len(target) == len(instances) == len(self.weights)):
-            raise ValueError(f"deep supervision: {len(net_output)} outputs, {len(target)} targets, "
-                             f"{len(instances)} instance maps, {len(self.weights)} weights")
-        return sum(w * self.loss(o, t, i, volumes)
-                   for w, o, t, i in zip(self.weights, net_output, target, instances) if w != 0)
 
 
 class nnUNetTrainerVADual(nnUNetTrainerVA):

@@ -1,4 +1,4 @@
-"""vadice.nnunet.runner: paths, dataset resolution, plan presets, errors; a slow train/resume/predict run."""
+"""vadice.nnunet.paths, .plan, .train: paths, dataset resolution, plan presets, errors; a slow train/resume/predict run."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import pytest
 import SimpleITK as sitk
 
 from vadice.io import InputError
-from vadice.nnunet import runner, trainer_dir
-from vadice.nnunet.planners import PRESETS, vadiceCPUSmallPlanner
+from vadice import registry
+from vadice.nnunet import inference, paths, trainer_dir
+from vadice.nnunet import plan as nnplan
+from vadice.nnunet import train as nntrain
+from vadice.nnunet.planners import PLANNERS, vadiceCPUSmallPlanner
 
 NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
 TINY_ID = 987
@@ -49,7 +52,7 @@ def write_tiny_dataset(raw_root: Path, dataset_id: int = TINY_ID, n_cases: int =
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for var in NNUNET_VARS + runner.BUDGET_ENV:
+    for var in NNUNET_VARS + paths.BUDGET_ENV:
         monkeypatch.delenv(var, raising=False)
 
 
@@ -60,7 +63,7 @@ def planned(tmp_path_factory):
     folder = write_tiny_dataset(root / "nnUNet_raw")
     saved = {k: os.environ.pop(k) for k in NNUNET_VARS if k in os.environ}
     try:
-        result = runner.plan(folder, preset="cpu-small", num_processes=1, progress=False,
+        result = nnplan.plan(folder, preset="cpu-small", num_processes=1, progress=False,
                              fingerprint_samples=100_000)
     finally:
         os.environ.update(saved)
@@ -73,35 +76,35 @@ def planned(tmp_path_factory):
 def test_resolve_paths_options_override_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "env_raw"))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "env_results"))
-    paths = runner.resolve_paths(raw=tmp_path / "opt_raw")
-    assert paths.raw == tmp_path / "opt_raw"
-    assert paths.results == tmp_path / "env_results"
-    assert paths.preprocessed is None
+    roots = paths.resolve_paths(raw=tmp_path / "opt_raw")
+    assert roots.raw == tmp_path / "opt_raw"
+    assert roots.results == tmp_path / "env_results"
+    assert roots.preprocessed is None
     with pytest.raises(InputError, match=r"^nnUNet_preprocessed is not set: export nnUNet_preprocessed=DIR"):
-        paths.require("preprocessed")
-    assert paths.env() == {"nnUNet_raw": str(tmp_path / "opt_raw"), "nnUNet_results": str(tmp_path / "env_results")}
+        roots.require("preprocessed")
+    assert roots.env() == {"nnUNet_raw": str(tmp_path / "opt_raw"), "nnUNet_results": str(tmp_path / "env_results")}
 
 
 def test_resolve_dataset_by_id_name_and_path(tmp_path, monkeypatch):
     folder = write_tiny_dataset(tmp_path / "nnUNet_raw", n_cases=1)
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnUNet_raw"))
-    by_id = runner.resolve_dataset(TINY_ID)
+    by_id = paths.resolve_dataset(TINY_ID)
     assert (by_id.id, by_id.name) == (TINY_ID, folder.name)
-    assert runner.resolve_dataset(str(TINY_ID)) == by_id
-    assert runner.resolve_dataset(folder.name) == by_id
+    assert paths.resolve_dataset(str(TINY_ID)) == by_id
+    assert paths.resolve_dataset(folder.name) == by_id
     monkeypatch.delenv("nnUNet_raw")
-    by_path = runner.resolve_dataset(folder)
+    by_path = paths.resolve_dataset(folder)
     assert (by_path.id, by_path.name) == (TINY_ID, folder.name)
     # a parent called nnUNet_raw gives the conventional siblings when the variables are unset
-    assert by_path.paths == runner.NNUNetPaths(tmp_path / "nnUNet_raw", tmp_path / "nnUNet_preprocessed",
+    assert by_path.paths == paths.NNUNetPaths(tmp_path / "nnUNet_raw", tmp_path / "nnUNet_preprocessed",
                                                tmp_path / "nnUNet_results")
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "elsewhere"))
-    assert runner.resolve_dataset(str(folder)).paths.results == tmp_path / "elsewhere"
+    assert paths.resolve_dataset(str(folder)).paths.results == tmp_path / "elsewhere"
 
 
 def test_resolve_dataset_path_outside_nnunet_raw_sets_only_raw(tmp_path):
     folder = write_tiny_dataset(tmp_path / "mydata", n_cases=1)
-    ref = runner.resolve_dataset(folder)
+    ref = paths.resolve_dataset(folder)
     assert ref.paths.raw == tmp_path / "mydata"
     assert ref.paths.preprocessed is None and ref.paths.results is None
 
@@ -115,18 +118,18 @@ def test_resolve_dataset_errors(tmp_path, monkeypatch, dataset, message):
     (tmp_path / "raw").mkdir()
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
     with pytest.raises(InputError, match=message):
-        runner.resolve_dataset(dataset)
+        paths.resolve_dataset(dataset)
 
 
 def test_resolve_dataset_needs_a_root_or_a_dataset_folder(tmp_path):
     with pytest.raises(InputError, match=r"^nnUNet_raw is not set"):
-        runner.resolve_dataset(5)
+        paths.resolve_dataset(5)
     not_dataset = tmp_path / "Dataset005_X"
     not_dataset.mkdir()
     with pytest.raises(InputError, match="not an nnU-Net raw dataset folder"):
-        runner.resolve_dataset(not_dataset)
+        paths.resolve_dataset(not_dataset)
     with pytest.raises(InputError, match="dataset folder does not exist"):
-        runner.resolve_dataset(tmp_path / "nope" / "Dataset006_Y")
+        paths.resolve_dataset(tmp_path / "nope" / "Dataset006_Y")
 
 
 def test_resolve_dataset_ambiguous_id(tmp_path, monkeypatch):
@@ -134,7 +137,7 @@ def test_resolve_dataset_ambiguous_id(tmp_path, monkeypatch):
         (tmp_path / name).mkdir()
     monkeypatch.setenv("nnUNet_raw", str(tmp_path))
     with pytest.raises(InputError, match="ambiguous: Dataset007_A, Dataset007_B"):
-        runner.resolve_dataset(7)
+        paths.resolve_dataset(7)
 
 
 # ---------------------------------------------------------------------------------------- environment
@@ -143,7 +146,7 @@ def test_resolve_dataset_ambiguous_id(tmp_path, monkeypatch):
 def test_build_env_for_cpu(tmp_path):
     other = str(tmp_path / "other_trainers")
     base = {"nnUNet_extTrainer": other, "VADICE_EPOCHS": "7", "PATH": "/bin"}
-    env = runner.build_env(runner.NNUNetPaths(tmp_path / "r", tmp_path / "p", tmp_path / "o"), "cpu",
+    env = paths.build_env(paths.NNUNetPaths(tmp_path / "r", tmp_path / "p", tmp_path / "o"), "cpu",
                            {"VADICE_SEED": "3"}, base=base)
     assert env["nnUNet_extTrainer"].split(os.pathsep) == [str(trainer_dir()), other]
     assert env["nnUNet_raw"] == str(tmp_path / "r") and env["nnUNet_results"] == str(tmp_path / "o")
@@ -152,12 +155,12 @@ def test_build_env_for_cpu(tmp_path):
     assert env["VADICE_SEED"] == "3" and env["PATH"] == "/bin"
     assert 1 <= int(env["nnUNet_def_n_proc"]) <= 8
     # idempotent: our directory is not added twice
-    again = runner.build_env(runner.NNUNetPaths(), "cpu", base=env)
+    again = paths.build_env(paths.NNUNetPaths(), "cpu", base=env)
     assert again["nnUNet_extTrainer"] == env["nnUNet_extTrainer"]
 
 
 def test_build_env_for_cuda_keeps_nnunet_defaults():
-    env = runner.build_env(runner.NNUNetPaths(), "cuda", base={"nnUNet_n_proc_DA": "12"})
+    env = paths.build_env(paths.NNUNetPaths(), "cuda", base={"nnUNet_n_proc_DA": "12"})
     assert "nnUNet_compile" not in env and env["nnUNet_n_proc_DA"] == "12"
 
 
@@ -169,7 +172,7 @@ def test_build_env_for_cuda_keeps_nnunet_defaults():
     ({"val_iterations": 1, "seed": 0}, {"VADICE_VAL_ITERS": "1", "VADICE_SEED": "0"}),
 ])
 def test_budget_env(kwargs, expected):
-    assert runner.budget_env(**kwargs) == expected
+    assert nntrain.budget_env(**kwargs) == expected
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -180,60 +183,52 @@ def test_budget_env(kwargs, expected):
 ])
 def test_budget_env_errors(kwargs, message):
     with pytest.raises(InputError, match=message):
-        runner.budget_env(**kwargs)
+        nntrain.budget_env(**kwargs)
 
 
-def test_model_dir_for_names_trainer_plans_configuration(tmp_path):
-    folder = write_tiny_dataset(tmp_path / "nnUNet_raw", n_cases=1)
-    res = tmp_path / "res"
-    name = folder.name
-    assert runner.model_dir_for(folder, "baseline", "resenc-m", False, res) == \
-        res / name / "nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres"
-    assert runner.model_dir_for(folder, "baseline", "cpu-small", True, res) == \
-        res / name / "nnUNetTrainerBudget__vadiceCPUSmallPlans__3d_fullres"
-    assert runner.model_dir_for(folder, "dual", "cpu-small", True, res).name == \
-        "nnUNetTrainerVADual__vadiceCPUSmallPlans__3d_fullres"
-    assert runner.model_dir_for(folder, "selective-ln", "resenc-m", False, res).name.startswith(
-        "nnUNetTrainerVASelectiveLN__")
-    with pytest.raises(InputError, match="unknown plan preset 'resenc-l'"):
-        runner.model_dir_for(folder, "dual", "resenc-l", False, res)
-    with pytest.raises(InputError, match="unknown loss 'focal'"):
-        runner.model_dir_for(folder, "focal", "resenc-m", False, res)
+def test_trainer_for_each_setup_comes_from_the_registry():
+    assert nntrain._trainer_for("baseline", False) == "nnUNetTrainer"  # nnU-Net's own, unmodified
+    assert nntrain._trainer_for("baseline", True) == "nnUNetTrainerBudget"
+    assert nntrain._trainer_for("dual", True) == nntrain._trainer_for("dual", False) == "nnUNetTrainerVADual"
+    assert nntrain._trainer_for("selective-ln", False) == "nnUNetTrainerVASelectiveLN"
+    with pytest.raises(InputError, match="unknown set-up 'focal'"):
+        nntrain._trainer_for("focal", False)
 
 
 def test_plain_command_lists_what_plain_nnunet_needs(tmp_path):
-    ref = runner.DatasetRef(12, "Dataset012_X", runner.NNUNetPaths(tmp_path / "r", tmp_path / "p", tmp_path / "o"))
-    env = runner.build_env(ref.paths, "cpu", {"VADICE_EPOCHS": "1"}, base={})
-    cmd = runner.plain_command(ref, "nnUNetTrainerVADual", "vadiceCPUSmallPlans", 0, "cpu", 1, True, env)
+    ref = paths.DatasetRef(12, "Dataset012_X", paths.NNUNetPaths(tmp_path / "r", tmp_path / "p", tmp_path / "o"))
+    env = paths.build_env(ref.paths, "cpu", {"VADICE_EPOCHS": "1"}, base={})
+    cmd = nntrain.plain_command(ref, "nnUNetTrainerVADual", "vadiceCPUSmallPlans", 0, "cpu", 1, True, env)
     assert cmd.endswith("nnUNetv2_train 12 3d_fullres 0 -tr nnUNetTrainerVADual -p vadiceCPUSmallPlans "
                         "-device cpu --c")
     for word in (f"nnUNet_extTrainer={trainer_dir()}", "nnUNet_compile=f", "VADICE_EPOCHS=1",
                  f"nnUNet_results={tmp_path / 'o'}"):
         assert word in cmd
-    gpu = runner.plain_command(ref, "nnUNetTrainer", "nnUNetResEncUNetMPlans", "all", "cuda", 4, False,
-                               runner.build_env(ref.paths, "cuda", base={}))
+    gpu = nntrain.plain_command(ref, "nnUNetTrainer", "nnUNetResEncUNetMPlans", "all", "cuda", 4, False,
+                               paths.build_env(ref.paths, "cuda", base={}))
     assert gpu.endswith("nnUNetv2_train 12 3d_fullres all -tr nnUNetTrainer -p nnUNetResEncUNetMPlans "
                         "-device cuda -num_gpus 4")
     assert "nnUNet_extTrainer" not in gpu and "nnUNet_compile" not in gpu
 
 
 def test_epoch_lines_are_recognised():
-    assert runner._EPOCH_LINE.search("2026-11-27 07:34:35.364602: Epoch 12").group(1) == "12"
-    assert runner._EPOCH_LINE.search("Epoch 0").group(1) == "0"
-    assert runner._EPOCH_LINE.search("2026-11-27 07:35:01.314418: Epoch time: 25.95 s") is None
-    assert runner._EPOCH_END.search("2026-11-27 07:35:01.314418: Epoch time: 25.95 s")
+    assert nntrain._EPOCH_LINE.search("2026-11-27 07:34:35.364602: Epoch 12").group(1) == "12"
+    assert nntrain._EPOCH_LINE.search("Epoch 0").group(1) == "0"
+    assert nntrain._EPOCH_LINE.search("2026-11-27 07:35:01.314418: Epoch time: 25.95 s") is None
+    assert nntrain._EPOCH_END.search("2026-11-27 07:35:01.314418: Epoch time: 25.95 s")
 
 
-def test_runner_patches_nothing_in_nnunet_or_torch():
+@pytest.mark.parametrize("module", [paths, nnplan, nntrain, inference])
+def test_nothing_patched_in_nnunet_or_torch(module):
     """The training entry and the predictor use nnU-Net's own lookup and torch's own thread setting."""
     import nnunetv2.inference.predict_from_raw_data as pfr
     import nnunetv2.run.run_training as rt
     import torch
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    source = Path(runner.__file__).read_text()
+    source = Path(module.__file__).read_text()
     assert "setattr(" not in source and "recursive_find_trainer_class_by_name" not in source
-    assert not hasattr(runner, "find_trainer_class")
+    assert not hasattr(module, "find_trainer_class")
     assert rt.recursive_find_trainer_class_by_name is recursive_find_trainer_class_by_name
     assert pfr.recursive_find_trainer_class_by_name is recursive_find_trainer_class_by_name
     assert torch.set_num_threads.__module__ == "torch"
@@ -241,10 +236,10 @@ def test_runner_patches_nothing_in_nnunet_or_torch():
 
 def test_raw_signature_changes_with_content(tmp_path):
     folder = write_tiny_dataset(tmp_path / "raw", n_cases=1)
-    before = runner._raw_signature(folder)
-    assert runner._raw_signature(folder) == before
+    before = nnplan._raw_signature(folder)
+    assert nnplan._raw_signature(folder) == before
     (folder / "labelsTr" / "tiny00.nii.gz").write_bytes(b"changed")
-    assert runner._raw_signature(folder) != before
+    assert nnplan._raw_signature(folder) != before
 
 
 # ----------------------------------------------------------------------------------------- bad inputs
@@ -253,29 +248,29 @@ def test_raw_signature_changes_with_content(tmp_path):
 def test_plan_errors(tmp_path, monkeypatch):
     folder = write_tiny_dataset(tmp_path / "data", n_cases=1)
     with pytest.raises(InputError, match="unknown plan preset 'resenc-xl'"):
-        runner.plan(folder, preset="resenc-xl")
+        nnplan.plan(folder, preset="resenc-xl")
     with pytest.raises(InputError, match=r"^nnUNet_preprocessed is not set"):
-        runner.plan(folder, preset="cpu-small")
+        nnplan.plan(folder, preset="cpu-small")
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "data"))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
     with pytest.raises(InputError, match="unknown dataset 321"):
-        runner.plan(321)
+        nnplan.plan(321)
     with pytest.raises(InputError, match="dataset.json missing"):
-        runner.plan("Dataset322_Missing")
+        nnplan.plan("Dataset322_Missing")
 
 
 def test_plan_rejects_a_dataset_nnunet_rejects(tmp_path):
     folder = write_tiny_dataset(tmp_path / "nnUNet_raw", n_cases=2)
     (folder / "labelsTr" / "tiny01.nii.gz").unlink()
     with pytest.raises(InputError, match=r"Dataset987_Tiny: nnU-Net rejected the dataset: "):
-        runner.plan(folder, preset="cpu-small", num_processes=1, progress=False)
+        nnplan.plan(folder, preset="cpu-small", num_processes=1, progress=False)
 
 
 def test_plan_works_with_augmentation_workers_set_to_zero(tmp_path, monkeypatch):
     # nnU-Net's planner would call torch.set_num_threads(0); the value is the user's, for training
     folder = write_tiny_dataset(tmp_path / "nnUNet_raw", n_cases=2)
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    result = runner.plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=10_000)
+    result = nnplan.plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=10_000)
     assert "plan" in result.steps_run
     assert os.environ["nnUNet_n_proc_DA"] == "0"
 
@@ -284,14 +279,15 @@ def test_train_before_plan_says_run_plan(tmp_path):
     folder = write_tiny_dataset(tmp_path / "nnUNet_raw", n_cases=1)
     with pytest.raises(InputError, match=r"vadiceCPUSmallPlans\.json: no cpu-small plans for Dataset987_Tiny: "
                                          r"run `vadice plan .* --preset cpu-small` first"):
-        runner.train(folder, "baseline", 0, preset="cpu-small", device="cpu")
+        nntrain.train(folder, "baseline", 0, preset="cpu-small", device="cpu")
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"loss": "focal"}, "unknown loss 'focal'"),
+    ({"loss": "focal"}, "unknown set-up 'focal'"),
     ({"preset": "small"}, "unknown plan preset 'small'"),
-    ({"fold": "first"}, "fold must be a non-negative integer or 'all'"),
-    ({"fold": -1}, "fold must be a non-negative integer or 'all'"),
+    ({"fold": "first"}, "fold must be comma-separated integers or 'all'"),
+    ({"fold": -1}, "fold must be >= 0"),
+    ({"fold": "0,1"}, "train takes one fold at a time"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
     ({"num_gpus": 2}, "multi-GPU training .* needs --device cuda"),
     ({"iterations": 5, "epochs": 2}, "must be a multiple of epochs"),
@@ -301,7 +297,7 @@ def test_train_argument_errors(tmp_path, kwargs, message):
     folder = write_tiny_dataset(tmp_path / "nnUNet_raw", n_cases=1)
     args = {"loss": "baseline", "fold": 0, "preset": "cpu-small", "device": "cpu", **kwargs}
     with pytest.raises(InputError, match=message):
-        runner.train(folder, **args)
+        nntrain.train(folder, **args)
 
 
 def test_train_on_cuda_without_cuda_is_a_clear_error(tmp_path):
@@ -311,44 +307,7 @@ def test_train_on_cuda_without_cuda_is_a_clear_error(tmp_path):
         pytest.skip("CUDA is available here")
     folder = write_tiny_dataset(tmp_path / "nnUNet_raw", n_cases=1)
     with pytest.raises(InputError, match="--device cuda: CUDA is not available"):
-        runner.train(folder, "dual", 0, preset="cpu-small", device="cuda")
-
-
-def test_predict_errors(tmp_path):
-    model = tmp_path / "model"
-    with pytest.raises(InputError, match=r"not an nnU-Net model folder \(plans.json missing\)"):
-        runner.predict(model, tmp_path, tmp_path / "out")
-    model.mkdir()
-    (model / "plans.json").write_text("{}")
-    (model / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz"}))
-    with pytest.raises(InputError, match="checkpoint missing"):
-        runner.predict(model, tmp_path, tmp_path / "out")
-    (model / "fold_0").mkdir()
-    (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    with pytest.raises(InputError, match="no .nii.gz images in the input folder"):
-        runner.predict(model, inputs, tmp_path / "out")
-    (inputs / "scan.nii.gz").write_bytes(b"")
-    with pytest.raises(InputError, match=r"scan.nii.gz: input name must be <case>_XXXX.nii.gz"):
-        runner.predict(model, inputs, tmp_path / "out")
-    notes = tmp_path / "notes_0000.txt"
-    notes.write_text("x")
-    with pytest.raises(InputError, match="notes_0000.txt: not a NIfTI file"):
-        runner.predict(model, [notes], tmp_path / "out")
-    (inputs / "scan.nii.gz").rename(inputs / "scan_0000.nii.gz")
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(InputError, match="output path exists and is a file"):
-        runner.predict(model, inputs, tmp_path / "file")
-
-
-def test_group_inputs_orders_channels_and_checks_them(tmp_path):
-    files = [tmp_path / n for n in ("b_0001.nii.gz", "a_0000.nii.gz", "b_0000.nii.gz", "a_0001.nii.gz")]
-    grouped = runner._group_inputs(files, 2, ".nii.gz")
-    assert grouped == {"a": [str(tmp_path / "a_0000.nii.gz"), str(tmp_path / "a_0001.nii.gz")],
-                       "b": [str(tmp_path / "b_0000.nii.gz"), str(tmp_path / "b_0001.nii.gz")]}
-    with pytest.raises(InputError, match=r"case 'a' has channels \[0\]; the model expects \[0, 1\]"):
-        runner._group_inputs(files[1:3], 2, ".nii.gz")
+        nntrain.train(folder, "dual", 0, preset="cpu-small", device="cuda")
 
 
 # ------------------------------------------------------------------------------------ cpu-small plans
@@ -365,11 +324,12 @@ def test_presets_are_honestly_named():
     def written_name(planner):
         return inspect.signature(planner.__init__).parameters["plans_name"].default
 
-    assert PRESETS["resenc-m"].planner is nnUNetPlannerResEncM
-    for preset in PRESETS.values():
-        assert written_name(preset.planner) == preset.plans_identifier
+    assert PLANNERS["resenc-m"] is nnUNetPlannerResEncM
+    assert set(PLANNERS) == set(registry.PRESETS)
+    for name, preset in registry.PRESETS.items():
+        assert written_name(PLANNERS[name]) == preset.plans_identifier
     resenc_name = written_name(nnUNetPlannerResEncM)
-    assert [p.name for p in PRESETS.values() if p.plans_identifier == resenc_name] == ["resenc-m"]
+    assert [p.name for p in registry.PRESETS.values() if p.plans_identifier == resenc_name] == ["resenc-m"]
 
 
 def test_cpu_small_plan(planned):
@@ -405,7 +365,7 @@ def test_cpu_small_plan(planned):
 
 def test_plan_again_skips_finished_steps(planned):
     _, folder, first = planned
-    again = runner.plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=100_000)
+    again = nnplan.plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=100_000)
     assert again.steps_run == ()
     assert again.plans_sha256 == first.plans_sha256
 
@@ -416,7 +376,7 @@ def test_plan_ignores_rewritten_dataset_json_and_converter_files(planned):
     (folder / "dataset.json").write_text((folder / "dataset.json").read_text())
     (folder / "vadice_convert.json").write_text("{}")
     try:
-        again = runner.plan(folder, preset="cpu-small", num_processes=1, progress=False,
+        again = nnplan.plan(folder, preset="cpu-small", num_processes=1, progress=False,
                             fingerprint_samples=100_000)
         assert again.steps_run == ()
     finally:
@@ -436,7 +396,7 @@ def test_cpu_small_patch_cap_keeps_nnunet_aspect_logic(planned, tmp_path):
     fingerprint["shapes_after_crop"] = [[75, 512, 512]] * n
     (pre / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
     env = {"nnUNet_raw": str(raw.parent), "nnUNet_preprocessed": str(pre.parent)}
-    with runner._environ(env), runner._quiet_stdout(None):
+    with paths.temporary_environ(env), paths.quiet_stdout(None):
         planner = vadiceCPUSmallPlanner(988)
         plans = planner.plan_experiment()
     conf = plans["configurations"]["3d_fullres"]
@@ -457,14 +417,15 @@ def test_cpu_small_patch_cap_keeps_nnunet_aspect_logic(planned, tmp_path):
 def test_unfinished_run_needs_resume_and_other_settings_are_refused(planned, tmp_path):
     root, folder, _ = planned
     results = tmp_path / "results"
-    model = runner.model_dir_for(folder, "baseline", "cpu-small", True, results)
+    # the folder train() reports for this run (TrainResult.model_dir); nnUNetTrainerBudget: a budgeted baseline
+    model = results / folder.name / "nnUNetTrainerBudget__vadiceCPUSmallPlans__3d_fullres"
     (model / "fold_0").mkdir(parents=True)
     (model / "fold_0" / "checkpoint_latest.pth").write_bytes(b"")
     with pytest.raises(InputError, match="holds an unfinished run: pass --resume"):
-        runner.train(folder, "baseline", 0, preset="cpu-small", device="cpu", iterations=2, results_dir=results)
-    (model / "fold_0" / runner.TRAIN_SETTINGS_FILE).write_text(json.dumps({"trainer": "nnUNetTrainerBudget"}))
+        nntrain.train(folder, "baseline", 0, preset="cpu-small", device="cpu", iterations=2, results_dir=results)
+    (model / "fold_0" / nntrain.TRAIN_SETTINGS_FILE).write_text(json.dumps({"trainer": "nnUNetTrainerBudget"}))
     with pytest.raises(InputError, match="holds a run with other settings"):
-        runner.train(folder, "baseline", 0, preset="cpu-small", device="cpu", iterations=2, results_dir=results,
+        nntrain.train(folder, "baseline", 0, preset="cpu-small", device="cpu", iterations=2, results_dir=results,
                      resume=True)
 
 
@@ -487,7 +448,7 @@ def test_train_resume_and_predict_keep_geometry(planned, tmp_path):
     results = tmp_path / "results"
     kwargs = dict(preset="cpu-small", device="cpu", iterations=2, val_iterations=1, seed=0,
                   results_dir=results, progress=False, resume=True, threads=1)
-    first = runner.train(folder, "baseline", 0, **kwargs)
+    first = nntrain.train(folder, "baseline", 0, **kwargs)
     assert not first.skipped
     assert first.trainer == "nnUNetTrainerBudget"
     assert first.checkpoint.is_file() and (first.fold_dir / "validation" / "summary.json").is_file()
@@ -498,17 +459,17 @@ def test_train_resume_and_predict_keep_geometry(planned, tmp_path):
     log_text = first.log_file.read_text()
     assert "Epoch 0" in log_text and "1 epochs x 2 iterations" in log_text
 
-    second = runner.train(folder, "baseline", 0, **kwargs)
+    second = nntrain.train(folder, "baseline", 0, **kwargs)
     assert second.skipped and second.checkpoint == first.checkpoint
     with pytest.raises(InputError, match="holds a run with other settings"):
-        runner.train(folder, "baseline", 0, **{**kwargs, "iterations": 4})
+        nntrain.train(folder, "baseline", 0, **{**kwargs, "iterations": 4})
 
     inputs = tmp_path / "in"
     inputs.mkdir()
     source = sorted((folder / "imagesTr").iterdir())[0]
     oblique = _oblique_copy(source, inputs / "oblique_0000.nii.gz")
     out = tmp_path / "pred"
-    written = runner.predict(first.model_dir, inputs, out, folds=(0,), device="cpu", progress=False,
+    written = inference.predict(first.model_dir, inputs, out, folds=(0,), device="cpu", progress=False,
                              use_mirroring=False)
     assert written == [out / "oblique.nii.gz"]
     assert sorted(p.name for p in out.iterdir()) == ["oblique.nii.gz"]  # nnU-Net's json files stay out
