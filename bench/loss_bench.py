@@ -252,7 +252,8 @@ def figure(comparison: dict, out: Path) -> Path:
 
 def run(study: Path, design: dict, progress: bool = True) -> tuple[dict, dict[str, dict], Path]:
     from vadice.demo import set_nnunet_roots
-    from vadice.experiment import SETUPS, Experiment  # SETUPS: the study's arms (its default set-ups)
+    from vadice.experiment import Experiment
+    from vadice.registry import STUDY_SETUPS as SETUPS  # the study's arms (its default set-ups)
     from vadice.io import InputError
 
     if not (study / "run" / "manifest.json").is_file():

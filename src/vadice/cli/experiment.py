@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Wilcoxon pairing with several seeds: 'case' averages each case over seeds first "
                    "(patients are the independent units; default), 'case-seed' pairs (case, seed) units: "
                    "pseudo-replication, p too small, flagged in the outputs")
+    p.add_argument("--allow-code-change", action="store_true",
+                   help="continue a run that started on another code version (git commit or uncommitted "
+                        "changes to tracked files); refused by default, since its units would differ in code, "
+                        "and the report lists the versions the units ran on")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.set_defaults(func=run_experiment)
 
@@ -130,7 +134,8 @@ def run_experiment(args) -> int:
     settings = _settings(args)
     # every argument is checked before the run folder is touched: a refused start leaves nothing behind
     units = [u for text in args.unit for u in parse_unit(text, settings)] if args.unit else None
-    exp = Experiment.open(args.out, settings, progress=not args.quiet, existing=args.collect)
+    exp = Experiment.open(args.out, settings, progress=not args.quiet, existing=args.collect,
+                          allow_code_change=args.allow_code_change)
     if args.collect:
         missing = exp.missing()
         if missing:

@@ -575,9 +575,11 @@ def summarize(results: Sequence[CaseResult], labels: Mapping[str, int], toleranc
     return out
 
 
-def versions() -> dict:
+def versions(dists: Sequence[str] = ("numpy", "scipy", "connected-components-3d", "SimpleITK", "nibabel",
+                                      "scikit-image")) -> dict:
+    """vadice's version and those of ``dists`` (None where not installed): the one version record."""
     out = {"vadice": __version__}
-    for dist in ("numpy", "scipy", "connected-components-3d", "SimpleITK", "nibabel", "scikit-image"):
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
