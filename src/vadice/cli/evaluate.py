@@ -51,11 +51,13 @@ def register(subparsers) -> None:
         help="paired comparison of evaluation folders",
         description="Compare 'vadice evaluate' folders of the same cases against the first: per-case "
                     "values and differences on the cases defined in every run (undefined counts shown), "
-                    "Wilcoxon signed-rank with Holm correction, bootstrap CIs (patients, then seeds) for "
-                    "every difference, and the verdict 'consistent' only when the CI excludes 0 and every "
-                    "seed agrees in sign.",
+                    "Wilcoxon signed-rank with Holm correction, bootstrap CIs (patients, then seeds: jointly "
+                    "when seed k of every run shares a warm start, per run otherwise) for every difference, and "
+                    "the verdict 'consistent' only when the CI excludes 0 and the seeds agree in sign.",
         epilog="example:\n"
-               "  vadice compare eval_baseline eval_dual eval_sln --names baseline,dual,selective-ln --out cmp",
+               "  vadice compare eval_baseline eval_dual eval_sln --names baseline,dual,selective-ln --out cmp\n"
+               "  vadice compare ev/baseline/seed_0,ev/baseline/seed_1 ev/dual/seed_0,ev/dual/seed_1 --paired "
+               "--out cmp",
         formatter_class=ExamplesFormatter,
     )
     c.add_argument("runs", nargs="+", metavar="RUN",
