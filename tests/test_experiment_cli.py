@@ -203,3 +203,30 @@ def test_seeds_sharing_a_warm_start_are_paired(tmp_path):
     assert evaluation_warm_start(ev / "dual+pp" / "seed_0") == "fold 0: w0"  # a derived copy: the seed's units
     assert evaluation_warm_start(ev / "dual+pp" / "seed_1") is None  # ... which disagree
     assert evaluation_warm_start(tmp_path / "elsewhere" / "seed_0") is None
+
+
+def test_code_changed_during_a_run_stops_before_the_next_unit(tmp_path, monkeypatch):
+    settings = _fake_run(tmp_path, monkeypatch)
+    v1, v2 = {"commit": "1" * 40, "dirty": False}, {"commit": "2" * 40, "dirty": False}
+    current = dict(v1)
+    train = Experiment._train
+
+    def train_then_commit(self, *args, **kw):  # someone commits while the first unit trains
+        result = train(self, *args, **kw)
+        current.update(v2)
+        return result
+
+    monkeypatch.setattr(Experiment, "_train", train_then_commit)
+    exp = _open(tmp_path / "run", settings, v1, monkeypatch)
+    monkeypatch.setattr("vadice.experiment.code_version", lambda: dict(current))
+    with pytest.raises(InputError, match=f"started on {'1' * 12}, now {'2' * 12}"):
+        exp.run_units()
+    assert [p.name for p in (tmp_path / "run" / "units").iterdir()] == ["baseline__fold0__seed0.json"]
+    current.update(v1)
+    exp.allow_code_change = True
+    train_calls = []
+    monkeypatch.setattr(Experiment, "_train", lambda self, *a, **k: (train_calls.append(1), train(self, *a, **k))[1])
+    current.update(v2)
+    exp.run_units()
+    marker = json.loads((tmp_path / "run" / "units" / "dual__fold0__seed0.json").read_text())
+    assert marker["code_version"] == v2 and len(train_calls) == 1

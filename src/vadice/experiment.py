@@ -120,12 +120,14 @@ def _int(text: str, what: str) -> int:
 class Experiment:
     """One run folder. Create with :meth:`open`, then :meth:`run_units` and :meth:`collect`."""
 
-    def __init__(self, run_dir: Path, settings: ExperimentSettings, progress: bool = True):
+    def __init__(self, run_dir: Path, settings: ExperimentSettings, progress: bool = True,
+                 allow_code_change: bool = False):
         self.run_dir = run_dir
         self.settings = settings
         self.progress = progress
+        self.allow_code_change = allow_code_change
         self.plan = None
-        self.code = code_version()
+        self.code = code_version()  # this invocation's; the run's own is the manifest's (see start_code)
 
     # ---- set-up -------------------------------------------------------------------------
     @classmethod
@@ -173,15 +175,13 @@ class Experiment:
             if diffs:
                 raise InputError(manifest, "run folder was started with other settings (" + "; ".join(diffs)
                                  + "); use a new --out folder")
-            change = code_change(recorded.get("code_version"), code_version())
-            if change and not allow_code_change:
-                raise InputError(manifest, f"run started on another code version ({change}); its units must "
-                                 "train on one: check that version out, or pass --allow-code-change")
         from vadice.nnunet import runner
 
         ref = runner.resolve_dataset(settings.dataset)  # an unknown dataset fails before the run folder exists
         runner.check_folds(settings.folds, None if ref.paths.preprocessed is None else ref.preprocessed_dir)
-        return cls(run_dir, settings, progress)
+        exp = cls(run_dir, settings, progress, allow_code_change)
+        exp.check_code()
+        return exp
 
     def prepare(self, fingerprint_samples: int | None = None):
         """Plan and preprocess the dataset for the preset (idempotent).
@@ -209,14 +209,39 @@ class Experiment:
     def prediction_dir(self, setup: str, seed: int) -> Path:
         return self.run_dir / "predictions" / setup / f"seed_{seed}"
 
+    def start_code(self) -> dict:
+        """The code version the run started on: the manifest's, or this invocation's for a new run."""
+        path = self.run_dir / "manifest.json"
+        return json.loads(path.read_text()).get("code_version") if path.is_file() else self.code
+
+    def check_code(self) -> dict:
+        """The code version now, checked against the run's start (units train in fresh subprocesses, so an
+        edit during a long run reaches the units that start after it).
+
+        Raises:
+          InputError: another version, unless ``allow_code_change``.
+        """
+        now = code_version()
+        change = code_change(self.start_code(), now)
+        if change and not self.allow_code_change:
+            raise InputError(self.run_dir / "manifest.json", f"run started on another code version ({change}); "
+                             "its units must train on one: check that version out, or pass --allow-code-change")
+        return now
+
     def run_units(self, units: Iterable[Unit] | None = None) -> list[Unit]:
-        """Train and predict every unfinished unit; returns the units run now."""
+        """Train and predict every unfinished unit; returns the units run now.
+
+        Raises:
+          InputError: the code version changed since the run started (checked before each unit), unless
+            ``allow_code_change``; nnU-Net wrote no predictions.
+        """
         if self.plan is None:
             self.prepare()
         todo = [u for u in (units or self.settings.units()) if not self.is_done(u)]
         done_now = []
         for i, unit in enumerate(todo, 1):
             log.info("[%d/%d] training %s", i, len(todo), unit)
+            code = self.check_code()
             start = time.time()
             warm = self.warm_start(unit.fold, unit.seed)
             result = self._train(unit.setup, unit.fold, unit.seed, self.settings.iterations, self.settings.epochs,
@@ -233,7 +258,7 @@ class Experiment:
                 "checkpoint": str(result.checkpoint), "checkpoint_sha256": sha256_file(result.checkpoint),
                 "cases": [strip_nifti_suffix(p.name) for p in preds], "command": result.command,
                 "warm_start_sha256": result.settings.get("warm_start_sha256"),
-                "code_version": self.code,
+                "code_version": code,
             }
             write_text(self.marker(unit), json.dumps(info, indent=2))
             done_now.append(unit)
