@@ -289,8 +289,9 @@ def run(study: Path, design: dict, progress: bool = True) -> tuple[dict, dict[st
     if not (study / "run" / "manifest.json").is_file():
         raise InputError(study, "no CPU study here: run bench/cpu_study.py --out STUDY first")
     set_nnunet_roots(study)
+    # read only: its units are adopted as they are, each marker keeping the code version it trained on
     study_exp = Experiment.open(study / "run", study_settings(study, design, SETUPS), progress,
-                                existing=True)
+                                existing=True, allow_code_change=True)
     setups = SETUPS + NEW_SETUPS
     exp = Experiment.open(study / "bench_run", study_settings(study, design, setups), progress)
     exp.prepare(fingerprint_samples=1_000_000)

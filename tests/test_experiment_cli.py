@@ -87,7 +87,7 @@ def _git(repo, *args):
 
 
 def test_code_version_of_a_git_checkout(tmp_path):
-    from vadice.experiment import code_version
+    from vadice.provenance import code_version
 
     pkg = tmp_path / "repo" / "src" / "vadice"
     pkg.mkdir(parents=True)
@@ -109,7 +109,7 @@ def test_code_version_of_a_git_checkout(tmp_path):
 
 
 def test_code_change_rule():
-    from vadice.experiment import code_change
+    from vadice.provenance import code_change
 
     a, b = {"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": False}
     assert code_change(a, dict(a)) is None

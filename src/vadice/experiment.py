@@ -1,5 +1,8 @@
 """The study: three loss set-ups x folds x seeds, trained, predicted, evaluated, compared.
 
+(Over 500 lines: the run folder's life cycle — settings, units, evaluation,
+provenance, report inputs — is one object; code versions live in :mod:`vadice.provenance`.)
+
 A *unit* is one set-up on one fold with one seed. Each unit trains through
 nnU-Net (resuming an interrupted run with ``--c``), and its out-of-fold
 predictions are nnU-Net's own final validation exports (full-resolution,
@@ -32,7 +35,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from typing import Iterable, Sequence
 
 from vadice import __version__, registry
 from vadice.io import InputError, check_output_dir, copy_file, sha256_file, strip_nifti_suffix, write_text
+from vadice.provenance import code_change, code_version, unit_code_versions
 
 log = logging.getLogger(__name__)
 
@@ -521,71 +524,6 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         overlays=overlays, manifest=manifest,
     )
     return write_report(inputs, Path(out) if out else run_dir / "report.html")
-
-
-def code_version(package_dir: str | os.PathLike | None = None) -> dict:
-    """The git commit of vadice's source and whether tracked files differ from it.
-
-    Units train in fresh subprocesses, so code edited during a run changes what later units run; this is
-    what the manifest and every unit marker record. Only a checkout whose ``src/vadice`` is this package
-    counts (an installed copy inside some other repository has no commit of its own).
-
-    Args:
-      package_dir: the ``vadice`` package folder (default: this one).
-
-    Returns:
-      ``{"commit": sha or None, "dirty": bool or None}``; both None outside a git checkout of vadice.
-    """
-    here = Path(package_dir or Path(__file__).parent).resolve()
-    unknown = {"commit": None, "dirty": None}
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    top = git("rev-parse", "--show-toplevel")
-    if not top or (Path(top) / "src" / "vadice").resolve() != here:
-        return unknown
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    if not commit or status is None:
-        return unknown
-    return {"commit": commit, "dirty": bool(status)}
-
-
-def code_text(version: dict | None) -> str:
-    """``abc1234 (dirty)``, ``abc1234``, or ``unknown`` for one recorded code version."""
-    if not version or not version.get("commit"):
-        return "unknown"
-    return version["commit"][:12] + (" (dirty)" if version.get("dirty") else "")
-
-
-def code_change(recorded: dict | None, current: dict | None) -> str | None:
-    """How the current code version differs from the one a run started on, or None.
-
-    Nothing is refused when either side is unknown (not a git checkout, or a run begun before versions
-    were recorded): there is nothing to compare.
-
-    Returns:
-      e.g. ``"started on abc123, now def456 (dirty)"``, or None when the versions agree or one is unknown.
-    """
-    if not recorded or not current or not recorded.get("commit") or not current.get("commit"):
-        return None
-    if (recorded["commit"], bool(recorded.get("dirty"))) == (current["commit"], bool(current.get("dirty"))):
-        return None
-    return f"started on {code_text(recorded)}, now {code_text(current)}"
-
-
-def unit_code_versions(markers: Iterable[tuple[str, dict]]) -> dict[str, list[str]]:
-    """``{code text: [unit keys]}`` of finished units (``(key, marker)`` pairs); more than one key means
-    the run's units trained on different code."""
-    out: dict[str, list[str]] = {}
-    for key, info in markers:
-        out.setdefault(code_text(info.get("code_version")), []).append(key)
-    return out
 
 
 def evaluation_warm_start(folder: str | os.PathLike) -> str | None:

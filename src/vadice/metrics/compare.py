@@ -1,5 +1,8 @@
 """Paired comparison of evaluation folders (``vadice evaluate`` outputs) on the same patients.
 
+(Over 500 lines: reading the folders, the statistics of every row and the three
+output formats share one row layout; a split would pass that layout between modules.)
+
 A *run* is one configuration: one evaluation folder, or several (one per
 training seed). Every number is compared against the first run.
 
