@@ -311,3 +311,25 @@ def test_bench_markdown_puts_post_processed_arms_against_baseline_pp():
     assert text.count("0.100 [0.020, 0.180]; 0.050, 0.150; 2/2 agree; consistent") == 2
     assert "Losses against baseline (seeds: paired seeds: as requested):" in text
     assert "Post-processed arms against baseline+pp, the baseline with the same fitted post-processing" in text
+
+
+def test_collect_pairs_seeds_that_share_a_warm_start(tmp_path):
+    from vadice.experiment import compare_seeded
+
+    rng = np.random.default_rng(5)
+    pairs = {c: _mask_pair(rng) for c in ("c1", "c2", "c3")}
+    exp = _labelled_experiment(tmp_path, pairs, ("baseline", "dual"))
+    for unit in exp.settings.units():
+        info = json.loads(exp.marker(unit).read_text())
+        exp.marker(unit).write_text(json.dumps({**info, "warm_start_sha256": f"warm-{unit.seed}"}))
+        for c in pairs:
+            write_nifti(_mask_pair(rng)[1], MASK_GEOM, exp.prediction_dir(unit.setup, unit.seed) / f"{c}.nii.gz")
+    evaluations = exp.evaluate(["baseline", "dual"])
+    paired = compare_seeded(evaluations, ["baseline", "dual"], exp.run_dir / "comparison")["result"]
+    assert paired["settings"]["seed_pairing"]["paired"] and paired["settings"]["seed_pairing"]["ties"] == "neutral"
+    # seed 1 of dual continued from another checkpoint: no longer twins
+    exp.marker(Unit("dual", 0, 1)).write_text(json.dumps({"cases": list(pairs), "warm_start_sha256": "other"}))
+    unpaired = compare_seeded(evaluations, ["baseline", "dual"], exp.run_dir / "comparison")["result"]
+    assert unpaired["settings"]["seed_pairing"] == {
+        "paired": False, "ties": "against",
+        "reason": "unpaired seeds: the warm starts of seed position(s) [1] differ between runs"}
