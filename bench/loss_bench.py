@@ -16,8 +16,9 @@ result; written in docs/evidence.md, section 3):
   with the same kind of fitted post-processing), never against the plain baseline, so that a post-processing
   effect is not read as a loss effect;
 * evaluation: vadice evaluate with size bins split at 1 ml ("small node" = GTVn < 1 ml, the published 31 %);
-  vadice's comparison against the baseline (patients then seeds, two-level CI; "consistent" only when the CI
-  excludes 0 and every seed agrees in sign);
+  vadice's comparison against the baseline (patients then seeds, two-level CI, seeds paired since every set-up
+  of seed k continues from seed k's warm start; "consistent" only when the CI excludes 0, no seed has the other
+  sign and more than half have the pooled sign);
 * goal (issue 12): a configuration whose GTVn small-node sensitivity is at least dual's and whose GTVn and GTVp
   lesion precision are at least the baseline's, in every seed. If none reaches it, the table says which comes
   closest (most of the 3 x seeds conditions met; ties by the smaller total shortfall).
