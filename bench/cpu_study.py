@@ -16,7 +16,8 @@ Design (fixed before any result; change it only with a new row in docs/evidence.
   the tumour from ~2000 and nodes from ~3000 (docs/benchmarks.md), so the set-up phase now spans the
   iterations in which nodes first appear;
 * evaluation: vadice evaluate on the held-out predictions; vadice's comparison (patients resampled, then
-  seeds; verdict "consistent" only when the CI excludes 0 and every seed agrees in sign).
+  seeds, paired: seed k of every set-up continued from seed k's one warm start; verdict "consistent" only when
+  the CI excludes 0, no seed has the other sign and more than half have the pooled sign).
 
 Writes OUT/study.md (the evidence table: per set-up GTVn lesion sensitivity overall and per size bin,
 lesion precision per label, DSCagg per label, DSC, HD95; differences to baseline with CI, per-seed
@@ -87,12 +88,27 @@ def delta_cell(row: dict, run: str) -> str:
             f"{row['n_seeds_agree'][run]}/{len(row['seed_diffs'][run] or [])} agree; {row['verdict'][run]}")
 
 
-def evidence_table(comparison: dict, metrics=TABLE_METRICS) -> str:
-    """The study's Markdown table from comparison.json: value, Δ [CI], per-seed Δ, seeds agreeing, verdict."""
-    runs = comparison["runs"]
+def evidence_table(comparison: dict, metrics=TABLE_METRICS, runs: list[str] | None = None) -> str:
+    """The study's Markdown table from comparison.json: value, Δ [CI], per-seed Δ, seeds agreeing, verdict.
+
+    Args:
+      comparison: a ``vadice.metrics.compare`` result; its first run is the reference of every Δ.
+      metrics: the ``(label, metric)`` rows, in order (rows the comparison lacks are skipped).
+      runs: the runs shown (default all), the reference first.
+
+    Returns:
+      the table; every Δ column names its reference (``Δ dual+pp − baseline+pp``).
+
+    Raises:
+      ValueError: ``runs`` does not start with the comparison's reference or names a run it lacks.
+    """
+    ref = comparison["runs"][0]
+    runs = list(comparison["runs"] if runs is None else runs)
+    if not runs or runs[0] != ref or not set(runs) <= set(comparison["runs"]):
+        raise ValueError(f"runs must start with the reference {ref!r} and be among {comparison['runs']}, got {runs}")
     rows = {(r["label"], r["metric"]): r for r in comparison["rows"]}
-    head = "| label | metric | " + " | ".join(runs) + " | " + " | ".join(f"Δ {r} [95 % CI]; per-seed Δ; verdict"
-                                                                         for r in runs[1:]) + " |"
+    head = "| label | metric | " + " | ".join(runs) + " | " + " | ".join(
+        f"Δ {r} − {ref} [95 % CI]; per-seed Δ; verdict" for r in runs[1:]) + " |"
     lines = [head, "|" + "---|" * (2 + len(runs) + len(runs) - 1)]
     for key in metrics:
         row = rows.get(key)
@@ -172,7 +188,8 @@ def main(argv=None) -> int:
     text = (f"# vadice CPU study ({'tiny recipe check' if args.tiny else 'study'})\n\n"
             f"design: {json.dumps(design)}\n\ncommand: `{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`\n\n"
             f"wall time of this invocation: {minutes:.1f} min (a resumed run counts only its own part); "
-            f"machine: {machine}\n\n{evidence_table(comparison)}\n\n"
+            f"machine: {machine}\n\nseeds: {comparison['settings']['seed_pairing']['reason']}\n\n"
+            f"{evidence_table(comparison)}\n\n"
             + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n")
     (out / "study.md").write_text(text)
     print(text)

@@ -153,8 +153,8 @@ def test_tables_and_figures_from_a_real_comparison(tmp_path):
             for c in cases:
                 pred = _mask_pair(rng)[1] if setup != "baseline" or seed else pairs[c][1]
                 write_nifti(pred * (setup != "silent"), MASK_GEOM, exp.prediction_dir(setup, seed) / f"{c}.nii.gz")
-    comparison, paired = loss_bench.evaluate_all(exp, runs)
-    assert sorted(paired) == ["blob", "dual", "silent"]
+    comparison, paired, pp = loss_bench.evaluate_all(exp, runs)
+    assert sorted(paired) == ["blob", "dual", "silent"] and pp is None
 
     # GTVp HD95 across all four is blank (no case where all four predicted a tumour); paired with the baseline
     # it is there.
@@ -165,8 +165,9 @@ def test_tables_and_figures_from_a_real_comparison(tmp_path):
     rows, sentence = loss_bench.goal_verdict(comparison)
     text = loss_bench.markdown(comparison, rows, sentence, paired)
     hd_dual = next(line for line in text.splitlines() if line.startswith("| GTVp | hd95 | dual |"))
-    assert hd_dual.split(" | ")[3:6] == ["10", f"{dual['values']['baseline']:.3f}", f"{dual['values']['dual']:.3f}"]
-    assert "| GTVp | hd95 | silent | 0 | — | — |" in text
+    assert hd_dual.split(" | ")[3:7] == ["10", "baseline", f"{dual['values']['baseline']:.3f}",
+                                         f"{dual['values']['dual']:.3f}"]
+    assert "| GTVp | hd95 | silent | 0 | baseline | — | — |" in text
     small_row = next(line for line in text.splitlines() if line.startswith(f"| GTVn | {loss_bench.SMALL} |"))
     ours = {(r["label"], r["metric"]): r for r in comparison["rows"]}[("GTVn", loss_bench.SMALL)]
     assert small_row.split(" | ")[2] == f"{ours['values']['baseline']:.3f}"
@@ -219,7 +220,7 @@ def test_study_and_bench_recipes_end_to_end_with_a_tiny_budget(tmp_path):
     study = tmp_path / "study"
     with mock.patch.dict(os.environ):  # the recipes point nnU-Net's roots into the study folder
         comparison = cpu_study.run(study, cpu_study.TINY, progress=False)
-        bench, paired, bench_dir = loss_bench.run(study, cpu_study.TINY, progress=False)
+        bench, paired, pp, bench_dir = loss_bench.run(study, cpu_study.TINY, progress=False)
 
     assert comparison["runs"] == ["baseline", "dual", "selective-ln"]
     assert (study / "run" / "report.html").is_file()
@@ -228,7 +229,9 @@ def test_study_and_bench_recipes_end_to_end_with_a_tiny_budget(tmp_path):
         units = [json.loads(p.read_text()) for p in (bench_dir / "units").glob(f"*__seed{seed}.json")]
         assert len(units) == 3 + len(loss_bench.NEW_SETUPS)
         assert {u["warm_start_sha256"] for u in units} == {sha256_file(warm)}
-    assert bench["runs"] == ["baseline", "dual", "selective-ln", *loss_bench.NEW_SETUPS, "dual+pp", "selective-ln+pp"]
+    assert bench["runs"] == ["baseline", "dual", "selective-ln", *loss_bench.NEW_SETUPS, "baseline+pp", "dual+pp",
+                             "selective-ln+pp"]
+    assert pp["runs"] == ["baseline+pp", "dual+pp", "selective-ln+pp"]  # matched: +pp against baseline+pp
     pp = json.loads(next((bench_dir / "postprocessing" / "dual").rglob("postprocessing.json")).read_text())
     held_out = set(json.loads((bench_dir / "units" / "dual__fold0__seed0.json").read_text())["cases"])
     splits = json.loads((study / "nnUNet_preprocessed" / f"Dataset{cpu_study.DATASET_ID:03d}_{cpu_study.DATASET_NAME}"
@@ -237,5 +240,96 @@ def test_study_and_bench_recipes_end_to_end_with_a_tiny_budget(tmp_path):
     assert not held_out & set(pp["fitted_on"]["cases"])
     rows, sentence = loss_bench.goal_verdict(bench)
     assert {r["config"] for r in rows} == {"selective-ln", *loss_bench.NEW_SETUPS, "dual+pp", "selective-ln+pp"}
-    assert sorted(paired) == sorted(bench["runs"][1:])
+    assert sorted(paired) == sorted(r for r in bench["runs"][1:] if r != "baseline+pp")
+    assert paired["dual+pp"]["runs"] == ["baseline+pp", "dual+pp"] and paired["dual"]["runs"] == ["baseline", "dual"]
     assert sentence
+
+
+def test_post_processed_configurations_must_beat_the_post_processed_baseline():
+    # dual+pp clears the plain baseline's precision but not baseline+pp's: post-processing alone is no gain
+    comparison = _comparison({
+        "baseline": _values([0.6, 0.6], [0.5, 0.5], [0.8, 0.8]),
+        "dual": _values([0.8, 0.8], [0.3, 0.3], [0.7, 0.7]),
+        "baseline+pp": _values([0.6, 0.6], [0.9, 0.9], [0.9, 0.9]),
+        "dual+pp": _values([0.8, 0.8], [0.7, 0.7], [0.85, 0.85]),
+    })
+    rows, sentence = loss_bench.goal_verdict(comparison)
+    assert [r["config"] for r in rows] == ["dual+pp"]  # baseline+pp is a reference, not a configuration
+    assert rows[0]["met"] == 2 and rows[0]["shortfall"] == pytest.approx(2 * 0.2 + 2 * 0.05)
+    assert loss_bench.reference("dual+pp", comparison["runs"]) == "baseline+pp"
+    assert loss_bench.reference("dual+pp", ["baseline", "dual+pp"]) == "baseline"  # no matched arm: the baseline
+    assert loss_bench.reference("blob", comparison["runs"]) == "baseline"
+
+
+def _row(label, metric, values, diff, low, high, seed_diffs, agree, verdict):
+    """A comparison row written by hand: values per run; the Δ fields of the second run."""
+    runs = list(values)
+    ref, other = runs[0], runs[1]
+    return {"label": label, "metric": metric, "values": values, "diff": {ref: None, other: diff},
+            "ci_low": {ref: None, other: low}, "ci_high": {ref: None, other: high},
+            "seed_diffs": {ref: None, other: seed_diffs}, "n_seeds_agree": {ref: None, other: agree},
+            "verdict": {ref: None, other: verdict}}
+
+
+def _hand_comparison(ref, other, pairing="paired seeds: as requested"):
+    rows = [
+        _row("GTVn", "lesion_sensitivity", {ref: 0.5, other: 0.6}, 0.1, 0.02, 0.18, [0.05, 0.15], 2, "consistent"),
+        _row("GTVn", "lesion_precision", {ref: 0.7, other: 0.65}, -0.05, -0.12, 0.03, [-0.1, 0.0], 1,
+             "CI includes 0"),
+        _row("GTVp", "dscagg", {ref: 0.8, other: None}, None, None, None, [], 0, "undefined"),
+    ]
+    return {"runs": [ref, other], "rows": rows, "settings": {"seed_pairing": {"paired": True, "reason": pairing}}}
+
+
+def test_evidence_table_writes_each_ci_and_verdict_as_given():
+    metrics = (("GTVn", "lesion_sensitivity"), ("GTVn", "lesion_precision"), ("GTVp", "dscagg"), ("GTVp", "hd95"))
+    table = cpu_study.evidence_table(_hand_comparison("baseline", "dual"), metrics).splitlines()
+    assert table[0] == ("| label | metric | baseline | dual | Δ dual − baseline [95 % CI]; per-seed Δ; verdict |")
+    assert table[1] == "|---|---|---|---|---|"
+    assert table[2:] == [
+        "| GTVn | lesion_sensitivity | 0.500 | 0.600 | 0.100 [0.020, 0.180]; 0.050, 0.150; 2/2 agree; consistent |",
+        "| GTVn | lesion_precision | 0.700 | 0.650 | -0.050 [-0.120, 0.030]; -0.100, 0.000; 1/2 agree; "
+        "CI includes 0 |",
+        "| GTVp | dscagg | 0.800 | — | — [—, —]; ; 0/0 agree; undefined |",
+    ]  # GTVp hd95 is not in the comparison: skipped
+    with pytest.raises(ValueError, match="must start with the reference 'baseline'"):
+        cpu_study.evidence_table(_hand_comparison("baseline", "dual"), metrics, runs=["dual"])
+
+
+def test_bench_markdown_puts_post_processed_arms_against_baseline_pp():
+    main = _hand_comparison("baseline", "dual")
+    main["runs"] = ["baseline", "dual", "dual+pp"]  # the all-runs comparison: its dual+pp Δ must not be shown
+    for r in main["rows"]:
+        for k in ("values", "diff", "ci_low", "ci_high", "seed_diffs", "n_seeds_agree", "verdict"):
+            r[k]["dual+pp"] = {"values": 0.99, "diff": 9.0, "ci_low": 8.0, "ci_high": 10.0, "seed_diffs": [9.0],
+                               "n_seeds_agree": 1, "verdict": "consistent"}[k]
+    pp = _hand_comparison("baseline+pp", "dual+pp")
+    text = loss_bench.markdown(main, [], "No configuration to judge.", {}, pp)
+    assert "9.000 [8.000, 10.000]" not in text
+    assert "| Δ dual − baseline [95 % CI]; per-seed Δ; verdict |" in text
+    assert "| Δ dual+pp − baseline+pp [95 % CI]; per-seed Δ; verdict |" in text
+    assert text.count("0.100 [0.020, 0.180]; 0.050, 0.150; 2/2 agree; consistent") == 2
+    assert "Losses against baseline (seeds: paired seeds: as requested):" in text
+    assert "Post-processed arms against baseline+pp, the baseline with the same fitted post-processing" in text
+
+
+def test_collect_pairs_seeds_that_share_a_warm_start(tmp_path):
+    from vadice.experiment import compare_seeded
+
+    rng = np.random.default_rng(5)
+    pairs = {c: _mask_pair(rng) for c in ("c1", "c2", "c3")}
+    exp = _labelled_experiment(tmp_path, pairs, ("baseline", "dual"))
+    for unit in exp.settings.units():
+        info = json.loads(exp.marker(unit).read_text())
+        exp.marker(unit).write_text(json.dumps({**info, "warm_start_sha256": f"warm-{unit.seed}"}))
+        for c in pairs:
+            write_nifti(_mask_pair(rng)[1], MASK_GEOM, exp.prediction_dir(unit.setup, unit.seed) / f"{c}.nii.gz")
+    evaluations = exp.evaluate(["baseline", "dual"])
+    paired = compare_seeded(evaluations, ["baseline", "dual"], exp.run_dir / "comparison")["result"]
+    assert paired["settings"]["seed_pairing"]["paired"] and paired["settings"]["seed_pairing"]["ties"] == "neutral"
+    # seed 1 of dual continued from another checkpoint: no longer twins
+    exp.marker(Unit("dual", 0, 1)).write_text(json.dumps({"cases": list(pairs), "warm_start_sha256": "other"}))
+    unpaired = compare_seeded(evaluations, ["baseline", "dual"], exp.run_dir / "comparison")["result"]
+    assert unpaired["settings"]["seed_pairing"] == {
+        "paired": False, "ties": "against",
+        "reason": "unpaired seeds: the warm starts of seed position(s) [1] differ between runs"}

@@ -1,5 +1,8 @@
 """The study: three loss set-ups x folds x seeds, trained, predicted, evaluated, compared.
 
+(Over 500 lines: the run folder's life cycle — settings, units, evaluation,
+provenance, report inputs — is one object; code versions live in :mod:`vadice.provenance`.)
+
 A *unit* is one set-up on one fold with one seed. Each unit trains through
 nnU-Net (resuming an interrupted run with ``--c``), and its out-of-fold
 predictions are nnU-Net's own final validation exports (full-resolution,
@@ -9,16 +12,21 @@ markers are written last, so a killed run redoes at most the unit it was in.
 
 Run folder::
 
-    RUN_DIR/manifest.json              versions, commit, arguments, plans hash, checkpoints
+    RUN_DIR/manifest.json              versions, code version at the start, arguments, plans hash, checkpoints
     RUN_DIR/nnUNet_results/seed_<S>/   nnU-Net results root of each seed
     RUN_DIR/warm_start/seed_<S>/       the common baseline phase every set-up starts from (if any)
-    RUN_DIR/units/*.json               finished units (checkpoint sha256, times, command)
+    RUN_DIR/units/*.json               finished units (checkpoint sha256, warm start, code version, times, command)
     RUN_DIR/predictions/<setup>/seed_<S>/<case>.nii.gz   pooled out-of-fold predictions
     RUN_DIR/gt/<case>.nii.gz           the matching ground truth (links into labelsTr)
     RUN_DIR/evaluation/<setup>/seed_<S>/   cases.csv, lesions.csv, summary.json
     RUN_DIR/comparison/                comparison.{json,md,csv} (pairs by case; seeds pooled)
     RUN_DIR/seed_spread.json           per-seed values and differences of every metric
     RUN_DIR/report.html
+
+One code version per run: the manifest records the git commit and whether
+tracked files were changed (``code_version``) when the run starts, every unit
+marker the version it trained on, and continuing a run on another version is
+refused unless ``allow_code_change`` (``--allow-code-change``).
 """
 
 from __future__ import annotations
@@ -27,22 +35,16 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from vadice import __version__
-import numpy as np
-
+from vadice import __version__, registry
 from vadice.io import InputError, check_output_dir, copy_file, sha256_file, strip_nifti_suffix, write_text
+from vadice.provenance import code_change, code_version, unit_code_versions
 
 log = logging.getLogger(__name__)
-
-SETUPS = ("baseline", "dual", "selective-ln")  # the default study
-# every set-up --setups accepts: the defaults plus the small-lesion comparators (docs/losses.md)
-KNOWN_SETUPS = SETUPS + ("blob", "cc-dicece", "catmil", "dual-fp")
 
 # Settings that must not change between invocations on one run folder: they define the study.
 _FIXED_SETTINGS = ("dataset", "preset", "iterations", "epochs", "val_iterations", "val_mirroring", "folds", "seeds",
@@ -69,7 +71,7 @@ class ExperimentSettings:
     preset: str = "resenc-m"
     folds: tuple = (0, 1, 2, 3, 4)
     seeds: tuple = (0,)
-    setups: tuple = SETUPS
+    setups: tuple = registry.STUDY_SETUPS
     device: str = "cuda"
     iterations: int | None = None
     epochs: int | None = None
@@ -99,7 +101,10 @@ def parse_unit(text: str, settings: ExperimentSettings) -> list[Unit]:
     parts = text.split(":")
     if len(parts) not in (2, 3) or parts[0] not in settings.setups:
         raise InputError(None, f"--unit {text!r}: expected SETUP:FOLD[:SEED] with SETUP in {', '.join(settings.setups)}")
-    fold = parts[1] if parts[1] == "all" else _int(parts[1], f"--unit {text!r}: fold")
+    try:
+        fold = registry.parse_folds(parts[1], what=f"--unit {text!r}: fold")[0]
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None
     if fold not in settings.folds:
         raise InputError(None, f"--unit {text!r}: fold {fold} is not among --folds {list(settings.folds)}")
     seeds = settings.seeds if len(parts) == 2 else (_int(parts[2], f"--unit {text!r}: seed"),)
@@ -118,31 +123,36 @@ def _int(text: str, what: str) -> int:
 class Experiment:
     """One run folder. Create with :meth:`open`, then :meth:`run_units` and :meth:`collect`."""
 
-    def __init__(self, run_dir: Path, settings: ExperimentSettings, progress: bool = True):
+    def __init__(self, run_dir: Path, settings: ExperimentSettings, progress: bool = True,
+                 allow_code_change: bool = False):
         self.run_dir = run_dir
         self.settings = settings
         self.progress = progress
+        self.allow_code_change = allow_code_change
         self.plan = None
+        self.code = code_version()  # this invocation's; the run's own is the manifest's (see start_code)
 
     # ---- set-up -------------------------------------------------------------------------
     @classmethod
     def open(cls, run_dir: str | os.PathLike, settings: ExperimentSettings, progress: bool = True,
-             existing: bool = False) -> "Experiment":
+             existing: bool = False, allow_code_change: bool = False) -> "Experiment":
         """Check the settings against the dataset and the run folder; creates nothing.
 
         The folder appears with the first file written into it, so a refused or
         failed start leaves no empty run folder. ``existing`` requires a started
-        run (``--collect``).
+        run (``--collect``). ``allow_code_change`` continues a run that started
+        on another code version (its units then differ in code; the report says so).
 
         Raises:
           InputError: bad set-ups, folds outside the dataset's split, unknown
-            dataset, settings differing from the run folder's, or (``existing``)
-            no run there.
+            dataset, settings differing from the run folder's, a run started
+            on another code version (without ``allow_code_change``), or
+            (``existing``) no run there.
         """
         run_dir = check_output_dir(run_dir)
         for setup in settings.setups:
-            if setup not in KNOWN_SETUPS:
-                raise InputError(None, f"unknown set-up {setup!r}; choose from {', '.join(KNOWN_SETUPS)}")
+            if setup not in registry.SETUPS:
+                raise InputError(None, f"unknown set-up {setup!r}; choose from {', '.join(registry.SETUPS)}")
         if not settings.setups or settings.setups[0] != "baseline":
             raise InputError(None, "set-ups must start with 'baseline' (differences are taken against it)")
         if not settings.seeds or not settings.folds:
@@ -161,7 +171,8 @@ class Experiment:
             raise InputError(run_dir, "no experiment run here (no manifest.json): run `vadice experiment` "
                              "without --collect first")
         if manifest.exists():
-            old = json.loads(manifest.read_text()).get("settings", {})
+            recorded = json.loads(manifest.read_text())
+            old = recorded.get("settings", {})
             new = settings.fixed()
             diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
             if diffs:
@@ -172,7 +183,9 @@ class Experiment:
 
         ref = resolve_dataset(settings.dataset)  # an unknown dataset fails before the run folder exists
         check_folds(settings.folds, None if ref.paths.preprocessed is None else ref.preprocessed_dir)
-        return cls(run_dir, settings, progress)
+        exp = cls(run_dir, settings, progress, allow_code_change)
+        exp.check_code()
+        return exp
 
     def prepare(self, fingerprint_samples: int | None = None):
         """Plan and preprocess the dataset for the preset (idempotent).
@@ -200,14 +213,39 @@ class Experiment:
     def prediction_dir(self, setup: str, seed: int) -> Path:
         return self.run_dir / "predictions" / setup / f"seed_{seed}"
 
+    def start_code(self) -> dict:
+        """The code version the run started on: the manifest's, or this invocation's for a new run."""
+        path = self.run_dir / "manifest.json"
+        return json.loads(path.read_text()).get("code_version") if path.is_file() else self.code
+
+    def check_code(self) -> dict:
+        """The code version now, checked against the run's start (units train in fresh subprocesses, so an
+        edit during a long run reaches the units that start after it).
+
+        Raises:
+          InputError: another version, unless ``allow_code_change``.
+        """
+        now = code_version()
+        change = code_change(self.start_code(), now)
+        if change and not self.allow_code_change:
+            raise InputError(self.run_dir / "manifest.json", f"run started on another code version ({change}); "
+                             "its units must train on one: check that version out, or pass --allow-code-change")
+        return now
+
     def run_units(self, units: Iterable[Unit] | None = None) -> list[Unit]:
-        """Train and predict every unfinished unit; returns the units run now."""
+        """Train and predict every unfinished unit; returns the units run now.
+
+        Raises:
+          InputError: the code version changed since the run started (checked before each unit), unless
+            ``allow_code_change``; nnU-Net wrote no predictions.
+        """
         if self.plan is None:
             self.prepare()
         todo = [u for u in (units or self.settings.units()) if not self.is_done(u)]
         done_now = []
         for i, unit in enumerate(todo, 1):
             log.info("[%d/%d] training %s", i, len(todo), unit)
+            code = self.check_code()
             start = time.time()
             warm = self.warm_start(unit.fold, unit.seed)
             result = self._train(unit.setup, unit.fold, unit.seed, self.settings.iterations, self.settings.epochs,
@@ -224,6 +262,7 @@ class Experiment:
                 "checkpoint": str(result.checkpoint), "checkpoint_sha256": sha256_file(result.checkpoint),
                 "cases": [strip_nifti_suffix(p.name) for p in preds], "command": result.command,
                 "warm_start_sha256": result.settings.get("warm_start_sha256"),
+                "code_version": code,
             }
             write_text(self.marker(unit), json.dumps(info, indent=2))
             done_now.append(unit)
@@ -332,14 +371,17 @@ class Experiment:
 
     # ---- provenance ---------------------------------------------------------------------
     def write_manifest(self) -> Path:
-        units = {}
+        units, markers = {}, []
         for unit in self.settings.units():
             if self.is_done(unit):
                 info = json.loads(self.marker(unit).read_text())
                 units[unit.key] = {k: info[k] for k in ("checkpoint", "checkpoint_sha256", "seconds", "command")}
+                markers.append((unit.key, info))
         manifest = {
             "vadice": __version__,
-            "git_commit": git_commit(),
+            # the version the run started on (kept below from the first manifest): what continuing is checked against
+            "code_version": self.code,
+            "unit_code_versions": unit_code_versions(markers),
             "versions": package_versions(),
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -358,11 +400,15 @@ class Experiment:
             old = json.loads(path.read_text())
             if manifest["plans"] is None:
                 manifest["plans"] = old.get("plans")
+            if "code_version" in old:
+                manifest["code_version"] = old["code_version"]
+            else:  # a run begun before code versions were recorded: its start is unknown
+                manifest["code_version"] = {"commit": None, "dirty": None}
         return write_text(path, json.dumps(manifest, indent=2))
 
 
 def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str], out_dir: Path,
-                   pair_by: str = "case") -> dict:
+                   pair_by: str = "case", paired: bool | None = None) -> dict:
     """Compare set-ups against the first, pooling seeds (see :mod:`vadice.metrics.compare`).
 
     ``pair_by="case"`` (default) averages each case's per-case metric over
@@ -371,7 +417,9 @@ def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str
     marked as such in the outputs. CIs come from the two-level (patients,
     then seeds) bootstrap; each difference gets its per-seed Δs and the
     verdict rule. ``seed_spread.json`` lists, per label and metric, each
-    set-up's per-seed values and per-seed Δs to the first set-up.
+    set-up's per-seed values and per-seed Δs to the first set-up. Seeds are
+    paired when the unit markers record one warm start for seed k of every
+    set-up (:func:`evaluation_warm_start`), unless ``paired`` decides.
 
     Returns:
       ``{"result": compare_runs output, "seed_spread": {...}, "markdown": str}``.
@@ -382,7 +430,9 @@ def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str
     seeds = sorted(next(iter(evaluations.values())))
     groups = [[evaluations[s][seed] for seed in seeds] for s in setups]
     pair_key = ("case", "seed") if pair_by == "case-seed" else ("case",)
-    result = compare_runs(groups, names=list(setups), out_dir=out_dir, pair_key=pair_key)
+    warm = [[evaluation_warm_start(folder) for folder in group] for group in groups]
+    result = compare_runs(groups, names=list(setups), out_dir=out_dir, pair_key=pair_key, paired=paired,
+                          warm_starts=warm)
     spread: dict = {}
     for row in result["rows"]:
         entry = spread.setdefault(row["label"], {}).setdefault(row["metric"], {})
@@ -445,7 +495,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     overlays = []
     seed = seeds[0]
     for setup in setups:
-        best, worst = best_and_worst_cases(evaluations[setup][seed], label="GTVn", k=overlays_per_setup)
+        best, worst = best_and_worst_cases(evaluations[setup][seed], label=registry.NODE_LABEL, k=overlays_per_setup)
         for kind, picks in (("best", best), ("worst", worst)):
             for case, dsc in picks:
                 png = run_dir / "overlays" / f"{setup}_seed{seed}_{kind}_{case}.png"
@@ -454,8 +504,8 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                     pred, _ = read_mask(run_dir / "predictions" / setup / f"seed_{seed}" / f"{case}.nii.gz")
                     gt, _ = read_mask(run_dir / "gt" / f"{case}.nii.gz")
                     overlay_png(image, pred, geom.spacing_zyx, png, gt=gt,
-                                title=f"{setup}, {kind} GTVn case {case} (DSC {dsc:.3f})")
-                overlays.append((f"{setup} — {kind} GTVn case {case}, seed {seed}, DSC {dsc:.3f} "
+                                title=f"{setup}, {kind} {registry.NODE_LABEL} case {case} (DSC {dsc:.3f})")
+                overlays.append((f"{setup} — {kind} {registry.NODE_LABEL} case {case}, seed {seed}, DSC {dsc:.3f} "
                                  "(solid: prediction, dashed: truth)", png))
     all_notes = list(notes)
     if manifest.get("cpu_preset"):
@@ -477,22 +527,35 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     return write_report(inputs, Path(out) if out else run_dir / "report.html")
 
 
-def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
+def evaluation_warm_start(folder: str | os.PathLike) -> str | None:
+    """The warm start behind an experiment's evaluation folder ``RUN_DIR/evaluation/<name>/seed_<S>``.
+
+    Read from the unit markers of seed S (those of set-up ``<name>``; for a derived folder such as a
+    post-processed copy, those of every set-up of seed S, which must agree): per fold, the SHA-256 of the
+    checkpoint the unit continued from. Two folders with the same answer hold twin models.
+
+    Returns:
+      ``"fold 0: <sha256>; ..."``, or None when the folder is not an experiment's evaluation or a unit has
+      no warm start recorded.
+    """
+    folder = Path(folder).resolve()
+    run_dir, name, seed = folder.parent.parent.parent, folder.parent.name, folder.name
+    if folder.parent.parent.name != "evaluation" or not seed.startswith("seed_") or not (run_dir / "units").is_dir():
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    markers = sorted((run_dir / "units").glob(f"{name}__fold*__seed{seed[5:]}.json"))
+    markers = markers or sorted((run_dir / "units").glob(f"*__fold*__seed{seed[5:]}.json"))
+    per_fold: dict[str, set] = {}
+    for marker in markers:
+        fold = marker.stem.split("__")[1]
+        per_fold.setdefault(fold, set()).add(json.loads(marker.read_text()).get("warm_start_sha256"))
+    if not per_fold or any(len(v) != 1 or None in v for v in per_fold.values()):
+        return None
+    return "; ".join(f"{fold.replace('fold', 'fold ')}: {next(iter(v))}" for fold, v in sorted(per_fold.items()))
 
 
 def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    """Versions of vadice and of the packages a run's numbers depend on (training and evaluation)."""
+    from vadice.metrics.evaluate import versions
 
-    out = {}
-    for name in ("torch", "nnunetv2", "numpy", "scipy", "SimpleITK", "connected-components-3d"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return versions(("torch", "nnunetv2", "numpy", "scipy", "SimpleITK", "connected-components-3d", "nibabel",
+                     "scikit-image"))

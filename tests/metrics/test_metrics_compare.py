@@ -296,3 +296,105 @@ def test_headline_with_other_label_names(runs, tmp_path):
     got = [(r["label"], r["metric"]) for r in headline_rows(result)]
     assert got == [(lab, m) for lab in ("tumour", "node")
                    for m in ("lesion_sensitivity", "lesion_sensitivity <0.5 ml", "lesion_precision", "dscagg")]
+
+
+SHIFTS = (-0.2, -0.05, 0.05, 0.2)  # each seed's shift of every case, shared by the twins of that seed
+
+
+def _twin_runs(tmp_path, settings):
+    """Four seeds of 'base' and 'dual' on six cases, written by hand.
+
+    GTVn DSC (truth = prediction = 1 ml, so DSC = the intersection): base 0.5 + shift(seed) + 0.01·case, dual
+    the same + 0.02: the seed's shift is shared by both twins, so in a paired design every resample's Δ is
+    exactly 0.02, while resampling seeds apart adds the ±0.2 seed spread. GTVn lesions: 2 per case; base
+    detects 1 in every seed, dual 2 in seeds 0-2 and 1 in seed 3 (a tie: Δ = 0 for seed 3).
+    """
+    runs = {}
+    for run in ("base", "dual"):
+        runs[run] = []
+        for k, shift in enumerate(SHIFTS):
+            rows = []
+            for i in range(6):
+                inter = 0.5 + shift + 0.01 * i + (0.02 if run == "dual" else 0.0)
+                det = 2 if run == "dual" and k < 3 else 1
+                rows.append(_case(f"c{i}", "GTVn", inter, 1.0, 1.0, 2.0, det=(det, 2), match=(det, 2)))
+                rows.append(_case(f"c{i}", "GTVp", 3, 4, 4, 2.0))
+            runs[run].append(_write_eval(tmp_path / run / f"seed_{k}", settings, rows))
+    return [runs["base"], runs["dual"]]
+
+
+def test_paired_seeds_narrow_the_ci_and_count_ties_neither_way(runs, tmp_path):
+    settings = json.loads((runs[3] / "summary.json").read_text())["settings"]
+    groups = _twin_runs(tmp_path, settings)
+    warm = [[f"sha-{k}" for k in range(4)]] * 2  # seed k of both runs continued from warm start k
+    paired = compare_runs(groups, ["base", "dual"], tmp_path / "cmp_paired", n_boot=400, warm_starts=warm)
+    unpaired = compare_runs(groups, ["base", "dual"], None, n_boot=400)
+    assert paired["settings"]["seed_pairing"]["paired"] and not unpaired["settings"]["seed_pairing"]["paired"]
+    pr = {(r["label"], r["metric"]): r for r in paired["rows"]}
+    ur = {(r["label"], r["metric"]): r for r in unpaired["rows"]}
+
+    dsc_p, dsc_u = pr[("GTVn", "dsc")], ur[("GTVn", "dsc")]
+    assert dsc_p["diff"]["dual"] == pytest.approx(0.02) == dsc_u["diff"]["dual"]
+    # Paired: the shared shift cancels in every resample, so the interval is the point 0.02 (by hand).
+    assert dsc_p["ci_low"]["dual"] == pytest.approx(0.02) and dsc_p["ci_high"]["dual"] == pytest.approx(0.02)
+    assert dsc_p["verdict"]["dual"] == "consistent"
+    # Unpaired: seeds drawn apart keep the seed spread (shifts differ by up to 0.4): the CI holds 0.
+    assert dsc_u["ci_low"]["dual"] < -0.05 and dsc_u["ci_high"]["dual"] > 0.09
+    assert dsc_u["verdict"]["dual"] == "CI includes 0"
+
+    # Sensitivity: per-seed Δ +0.5, +0.5, +0.5, 0. Tie neutral (paired): 3 of 4 > half -> consistent;
+    # tie against (unpaired): seed 3 disagrees.
+    sens_p, sens_u = pr[("GTVn", "lesion_sensitivity")], ur[("GTVn", "lesion_sensitivity")]
+    assert sens_p["seed_diffs"]["dual"] == [0.5, 0.5, 0.5, 0.0] == sens_u["seed_diffs"]["dual"]
+    assert sens_p["ci_low"]["dual"] > 0 and sens_u["ci_low"]["dual"] > 0
+    assert (sens_p["n_seeds_agree"]["dual"], sens_p["verdict"]["dual"]) == (3, "consistent")
+    assert (sens_u["n_seeds_agree"]["dual"], sens_u["verdict"]["dual"]) == (3, "seeds disagree")
+
+    out = tmp_path / "cmp_paired"
+    md = (out / "comparison.md").read_text()
+    assert "**Seeds.** paired seeds: seed k of every run continued from the same warm start" in md
+    assert "a seed with Δ = 0 counts neither way" in md
+    with open(out / "comparison.csv", newline="") as fh:
+        assert {r["seed_pairing"] for r in csv.DictReader(fh)} == {"paired"}
+    js = json.loads((out / "comparison.json").read_text())
+    assert js["settings"]["seed_pairing"]["ties"] == "neutral"
+
+
+def test_seed_pairing_decision():
+    from vadice.metrics.compare import seed_pairing
+
+    assert seed_pairing([2, 2], [["a", "b"], ["a", "b"]])[0] is True
+    paired, why = seed_pairing([2, 2], [["a", "b"], ["a", "c"]])
+    assert not paired and "seed position(s) [1] differ" in why
+    assert seed_pairing([2, 2], [["a", None], ["a", None]]) == (False, "unpaired seeds: no shared warm start "
+                                                                        "recorded for every seed")
+    assert not seed_pairing([2, 2])[0] and not seed_pairing([2, 3], [["a", "b"], ["a", "b", "c"]])[0]
+    assert seed_pairing([2, 2], paired=True)[0] and not seed_pairing([2, 2], [["a", "b"]] * 2, paired=False)[0]
+    with pytest.raises(ValueError, match=r"different numbers of seeds \(\[2, 3\]\)"):
+        seed_pairing([2, 3], paired=True)
+
+
+def test_cli_pairs_seed_folders_on_request(runs, tmp_path, capsys):
+    settings = json.loads((runs[3] / "summary.json").read_text())["settings"]
+    base, dual = (",".join(str(f) for f in g) for g in _twin_runs(tmp_path, settings))
+    assert main(["-q", "compare", base, dual, "--names", "base,dual", "--out", str(tmp_path / "c1"),
+                 "--n-boot", "200", "--paired"]) == 0
+    assert capsys.readouterr().out.count("paired seeds: seed k of every run is the twin") == 1
+    js = json.loads((tmp_path / "c1" / "comparison.json").read_text())
+    assert js["n_seeds"] == {"base": 4, "dual": 4} and js["settings"]["seed_pairing"]["paired"]
+    # no warm start recorded for these folders: unpaired unless asked
+    assert main(["-q", "compare", base, dual, "--names", "base,dual", "--out", str(tmp_path / "c2"),
+                 "--n-boot", "50"]) == 0
+    assert "unpaired seeds: no shared warm start" in capsys.readouterr().out
+    assert main(["-q", "compare", base, dual.split(",")[0], "--out", str(tmp_path / "c3"), "--paired"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different numbers of seeds ([4, 1])" in err
+    assert not (tmp_path / "c3").exists()
+
+
+def test_post_processed_arms_against_a_plain_baseline_are_flagged(runs):
+    _, _, _, a, b = runs
+    flagged = compare_runs([a, b], ["baseline", "dual+pp"], None, n_boot=20)["warnings"]
+    assert any(w.startswith("dual+pp post-processed, baseline not") for w in flagged)
+    matched = compare_runs([a, b], ["baseline+pp", "dual+pp"], None, n_boot=20)["warnings"]
+    assert not any("post-processed" in w for w in matched)

@@ -35,13 +35,12 @@ def test_registered_for_the_cli_and_found_by_nnunet(monkeypatch):
 
 
 def test_every_loss_is_an_experiment_setup_with_a_report_label():
-    from vadice.experiment import KNOWN_SETUPS, SETUPS
-    from vadice.registry import SETUPS as REGISTERED
-    from vadice.report.html import TRAINING_LOSS
+    from vadice.registry import SETUPS as KNOWN_SETUPS, STUDY_SETUPS as SETUPS
+    from vadice.report.html import training_loss
 
     assert SETUPS == ("baseline", "dual", "selective-ln")  # the default study is unchanged
     for loss in ("baseline", "dual", "selective-ln", *COMPARATORS):
-        assert loss in REGISTERED and loss in KNOWN_SETUPS and loss in TRAINING_LOSS
+        assert loss in KNOWN_SETUPS and KNOWN_SETUPS[loss].trainer and "trainer" not in training_loss(loss)
 
 
 @pytest.mark.parametrize("loss", sorted(COMPARATORS))

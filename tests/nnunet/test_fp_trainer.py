@@ -24,12 +24,12 @@ def test_registered_and_found_by_nnunet(monkeypatch):
     from vadice.registry import SETUPS as REGISTERED
 
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
-    from vadice.experiment import KNOWN_SETUPS, SETUPS
-    from vadice.report.html import TRAINING_LOSS
+    from vadice.registry import SETUPS as KNOWN_SETUPS, STUDY_SETUPS as SETUPS
+    from vadice.report.html import training_loss
 
     assert REGISTERED["dual-fp"].trainer == TRAINER
     assert recursive_find_trainer_class_by_name(TRAINER) is trainers.nnUNetTrainerVADualFP
-    assert "dual-fp" in KNOWN_SETUPS and "dual-fp" not in SETUPS and "false-positive" in TRAINING_LOSS["dual-fp"]
+    assert "dual-fp" in KNOWN_SETUPS and "dual-fp" not in SETUPS and "false-positive" in training_loss("dual-fp")
 
 
 def test_loss_is_va_dual_plus_the_term_at_every_scale(nnunet_env, lesions, monkeypatch):

@@ -237,3 +237,24 @@ def test_best_and_worst_cases(run_dir):
         best_and_worst_cases(ev, "GTVx")
     with pytest.raises(ValueError):
         best_and_worst_cases(ev, "GTVp", k=0)
+
+
+def test_report_says_how_seeds_were_paired_and_warns_of_mixed_code(run_dir, tmp_path):
+    import json
+
+    setups, ev = run_dir["setups"], run_dir["evaluations"]
+    groups = [[ev[s][seed] for seed in (0, 1)] for s in setups]
+    compare_runs(groups, setups, tmp_path / "cmp_paired", n_boot=50, paired=True)
+    paired = json.loads((tmp_path / "cmp_paired" / "comparison.json").read_text())
+    mixed = {"unit_code_versions": {"aaaa": ["baseline__fold0__seed0"], "bbbb (dirty)": ["dual__fold0__seed0"]}}
+    html = write_report(_inputs(run_dir, comparison=paired, manifest=mixed), tmp_path / "p.html").read_text()
+    answer = _section(html, "answer")
+    assert "one draw for both set-ups: seed k of each set-up are twins" in answer
+    assert "<b>Seeds.</b> paired seeds: seed k of every run is the twin of seed k of the first" in answer
+    assert re.search(r'class="alert">⚠ The units of this run trained on 2 code versions \(aaaa \(1 unit\); '
+                     r'bbbb \(dirty\) \(1 unit\)\)', html)
+    assert "aaaa (1 unit); bbbb (dirty) (1 unit)" in _section(html, "settings")
+
+    plain = write_report(_inputs(run_dir), tmp_path / "u.html").read_text()  # the fixture's unpaired comparison
+    assert "<b>Seeds.</b> unpaired seeds: no shared warm start recorded" in _section(plain, "answer")
+    assert "then seeds (per set-up" in plain and "code versions" not in plain.split('<nav>')[0]

@@ -51,20 +51,32 @@ def register(subparsers) -> None:
         help="paired comparison of evaluation folders",
         description="Compare 'vadice evaluate' folders of the same cases against the first: per-case "
                     "values and differences on the cases defined in every run (undefined counts shown), "
-                    "Wilcoxon signed-rank with Holm correction, bootstrap CIs (patients, then seeds) for "
-                    "every difference, and the verdict 'consistent' only when the CI excludes 0 and every "
-                    "seed agrees in sign.",
+                    "Wilcoxon signed-rank with Holm correction, bootstrap CIs (patients, then seeds: jointly "
+                    "when seed k of every run shares a warm start, per run otherwise) for every difference, and "
+                    "the verdict 'consistent' only when the CI excludes 0 and the seeds agree in sign.",
         epilog="example:\n"
-               "  vadice compare eval_baseline eval_dual eval_sln --names baseline,dual,selective-ln --out cmp",
+               "  vadice compare eval_baseline eval_dual eval_sln --names baseline,dual,selective-ln --out cmp\n"
+               "  vadice compare ev/baseline/seed_0,ev/baseline/seed_1 ev/dual/seed_0,ev/dual/seed_1 --paired "
+               "--out cmp",
         formatter_class=ExamplesFormatter,
     )
-    c.add_argument("runs", nargs="+", metavar="RUN", help="evaluation folders; the first is the reference")
+    c.add_argument("runs", nargs="+", metavar="RUN",
+                   help="evaluation folders; the first is the reference. A run of several training seeds: its "
+                        "seed folders joined by commas, in seed order (seed k of every run is paired with seed k "
+                        "of the first)")
     c.add_argument("--names", default=None, help="comma-separated run names (default: folder names)")
     c.add_argument("--out", required=True, metavar="DIR", help="output folder")
     c.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default %(default)s)")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
     c.add_argument("--zero-method", default="wilcox", choices=("wilcox", "pratt", "zsplit"),
                    help="Wilcoxon treatment of zero differences (default %(default)s)")
+    pairing = c.add_mutually_exclusive_group()
+    pairing.add_argument("--paired", dest="paired", action="store_const", const=True, default=None,
+                         help="seed k of every run is the twin of seed k of the first (one warm start): resample "
+                              "seeds jointly and count a seed with Δ = 0 neither way (default: paired when the "
+                              "runs' 'vadice experiment' units record one warm start per seed)")
+    pairing.add_argument("--unpaired", dest="paired", action="store_const", const=False,
+                         help="each seed a training of its own: resample seeds per run, a Δ of 0 counts against")
     c.set_defaults(func=run_compare)
 
 
@@ -156,22 +168,34 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from vadice.metrics.compare import compare_runs, headline_rows
+    from vadice.experiment import evaluation_warm_start
+    from vadice.metrics.compare import compare_runs, headline_rows, seed_pairing
 
     if len(args.runs) < 2:
         raise _usage("compare needs at least two evaluation folders")
+    groups = [[part for part in run.split(",") if part] for run in args.runs]
+    if any(not g for g in groups):
+        raise _usage(f"empty run in {args.runs!r}")
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     if names is not None and (len(names) != len(args.runs) or len(set(names)) != len(names) or not all(names)):
         raise _usage(f"--names: need {len(args.runs)} unique names, got {args.names!r}")
     if args.n_boot < 1:
         raise _usage("--n-boot must be >= 1")
-    result = compare_runs(args.runs, names=names, out_dir=args.out, n_boot=args.n_boot, seed=args.seed,
-                          zero_method=args.zero_method)
+    try:
+        seed_pairing([len(g) for g in groups], paired=args.paired)
+    except ValueError as exc:
+        raise _usage(f"--paired: {exc}") from None
+    warm = None if args.paired is not None else [[evaluation_warm_start(f) for f in g] for g in groups]
+    result = compare_runs(groups, names=names, out_dir=args.out, n_boot=args.n_boot, seed=args.seed,
+                          zero_method=args.zero_method, paired=args.paired, warm_starts=warm)
     base = result["runs"][0]
     print(f"{result['n_cases']} cases, reference {base} -> {args.out}")
     for w in result["warnings"]:
         print(f"warning: {w}")
-    print("consistent = CI excludes 0 and every seed's Δ has the pooled sign (comparison.md gives the rule)")
+    pairing = result["settings"]["seed_pairing"]
+    print(f"{pairing['reason']}; consistent = CI excludes 0 and "
+          + ("no seed's Δ has the other sign, more than half the pooled sign" if pairing["paired"]
+             else "every seed's Δ has the pooled sign") + " (comparison.md gives the rule)")
     for r in headline_rows(result):
         parts = [f"{n}: Δ {_fmt(r['diff'][n])} [{_fmt(r['ci_low'][n])}, {_fmt(r['ci_high'][n])}] {r['verdict'][n]}"
                  for n in result["runs"][1:]]

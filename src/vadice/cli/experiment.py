@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from vadice import registry
 from vadice.cli import UsageError
 from vadice.io import InputError
 from vadice.cli.options import ExamplesFormatter, add_device, parse_folds, parse_int_list
@@ -19,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="For each set-up (baseline, dual, selective-ln), fold and seed: train through nnU-Net "
         "(resuming finished or interrupted parts), keep the fold's out-of-fold predictions, then evaluate "
         "every set-up on the pooled predictions, compare them against the baseline (paired by case, seeds "
-        "pooled; a difference is 'consistent' when its patient-and-seed bootstrap CI excludes 0 and every "
-        "seed agrees in sign) and write report.html.",
+        "pooled, seed k of every set-up paired when they share a warm start; a difference is 'consistent' when "
+        "its patient-and-seed bootstrap CI excludes 0 and the seeds agree in sign) and write report.html. A run "
+        "keeps the code version it started on (see --allow-code-change).",
         epilog="examples:\n  vadice experiment 101 --out runs/task1 --folds 0,1,2,3,4 --seeds 0,1,2\n"
         "  vadice experiment 101 --out runs/task1 --unit dual:3      # one unit (e.g. a SLURM array task)\n"
         "  vadice experiment 101 --out runs/task1 --collect          # evaluate + compare + report\n",
@@ -32,11 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated folds of the dataset's split (nnU-Net's default split: 0-4), "
                         "or 'all' (default 0,1,2,3,4)")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
-    p.add_argument("--setups", default="baseline,dual,selective-ln",
-                   help="comma-separated set-ups, baseline first (default baseline,dual,selective-ln); "
-                        "the comparators blob, cc-dicece, catmil and the precision lever dual-fp may be added "
-                        "(docs/losses.md)")
-    p.add_argument("--preset", choices=("resenc-m", "cpu-small"), default="resenc-m",
+    p.add_argument("--setups", default=",".join(registry.STUDY_SETUPS),
+                   help="comma-separated set-ups, baseline first (default %(default)s); also: "
+                        + ", ".join(s for s in registry.SETUPS if s not in registry.STUDY_SETUPS)
+                        + " (docs/losses.md)")
+    p.add_argument("--preset", choices=tuple(registry.PRESETS), default="resenc-m",
                    help="network plan: resenc-m, nnU-Net's ResEnc M (GPU; the default), or cpu-small, "
                         "a reduced network for CPU demos")
     add_device(p)
@@ -61,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Wilcoxon pairing with several seeds: 'case' averages each case over seeds first "
                    "(patients are the independent units; default), 'case-seed' pairs (case, seed) units: "
                    "pseudo-replication, p too small, flagged in the outputs")
+    p.add_argument("--allow-code-change", action="store_true",
+                   help="continue a run that started on another code version (git commit or uncommitted "
+                        "changes to tracked files); refused by default, since its units would differ in code, "
+                        "and the report lists the versions the units ran on")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.set_defaults(func=run_experiment)
 
@@ -130,7 +136,8 @@ def run_experiment(args) -> int:
     settings = _settings(args)
     # every argument is checked before the run folder is touched: a refused start leaves nothing behind
     units = [u for text in args.unit for u in parse_unit(text, settings)] if args.unit else None
-    exp = Experiment.open(args.out, settings, progress=not args.quiet, existing=args.collect)
+    exp = Experiment.open(args.out, settings, progress=not args.quiet, existing=args.collect,
+                          allow_code_change=args.allow_code_change)
     if args.collect:
         missing = exp.missing()
         if missing:

@@ -1,5 +1,8 @@
 """Paired comparison of evaluation folders (``vadice evaluate`` outputs) on the same patients.
 
+(Over 500 lines: reading the folders, the statistics of every row and the three
+output formats share one row layout; a split would pass that layout between modules.)
+
 A *run* is one configuration: one evaluation folder, or several (one per
 training seed). Every number is compared against the first run.
 
@@ -22,7 +25,14 @@ Differences: Δ, a two-level bootstrap CI (patients, then seeds; see
 :func:`vadice.stats.two_level_bootstrap_ci`), the Δ of each seed pair (seed k
 of a run against seed k of the first run), how many of them have the sign of
 the pooled Δ, and the verdict of :func:`vadice.stats.seed_verdict`:
-"consistent" only when the CI excludes 0 and every seed agrees in sign.
+"consistent" only when the CI excludes 0 and the seeds agree in sign.
+
+Seeds are *paired* (see :func:`seed_pairing`) when seed k of every run is the
+twin of seed k of the first: they continued from one warm start (``vadice
+experiment`` gives every set-up of seed k the same one), or the caller says
+so. Paired: the bootstrap draws one set of seed indices for both runs and a
+seed whose Δ is exactly 0 counts neither way (``ties="neutral"``). Unpaired:
+seeds are drawn per run and a Δ of 0 counts against (``ties="against"``).
 Per-case metrics also get a two-sided Wilcoxon signed-rank p on the per-case
 values averaged over seeds (patients are the independent units), Holm-adjusted
 over every test of the table. ``pair_key=("case", "seed")`` instead pairs
@@ -43,10 +53,12 @@ from typing import Sequence
 
 import numpy as np
 
+from vadice import registry
 from vadice.io import InputError
 from vadice.metrics.evaluate import check_out_dir, json_clean, write_dir_atomically
-from vadice.metrics.lesionwise import DEFAULT_SIZE_BINS_ML, bin_names, check_bins, size_bin_index
-from vadice.stats import VERDICTS, holm, ratio_of_sums, seed_verdict, two_level_bootstrap_ci, wilcoxon_paired
+from vadice.metrics.lesionwise import DEFAULT_SIZE_BINS_ML, bin_names, check_bins, pooled_rate, size_bin_index
+from vadice.metrics.overlap import pooled_dscagg
+from vadice.stats import VERDICTS, holm, seed_verdict, two_level_bootstrap_ci, wilcoxon_paired
 
 PER_CASE_METRICS = ("dsc", "sds", "msd", "hd95")
 COMPARED_SETTINGS = ("labels", "tolerances_mm", "connectivity", "match", "hd_mode", "hd_percentile",
@@ -58,6 +70,8 @@ COUNT_COLUMNS = ("gt_volume_ml", "pred_volume_ml", "intersection_ml", "n_gt_lesi
 _NUMERIC = PER_CASE_METRICS + COUNT_COLUMNS
 # A set-up that predicts nothing for a label on more than this share of (case, seed) pairs is flagged.
 EMPTY_PREDICTION_SHARE = 0.5
+# A run name ending so is a post-processed copy of the run named before it ("dual+pp" of "dual").
+PP_SUFFIX = "+pp"
 PSEUDO_REPLICATION = ("pair_key ('case', 'seed'): Wilcoxon pairs (case, seed) units, n = cases × seeds with "
                       "seeds paired by position; the seeds of one patient are not independent, so p is too "
                       "small (pseudo-replication). Use the default pairing by case for inference.")
@@ -167,9 +181,14 @@ def _mean_stat(key: str):
 
 
 def _dscagg_stat(lab: str):
-    # Twice the pooled intersection over the pooled volumes: the one DSCagg definition (module docstring).
-    num = ratio_of_sums(f"{lab}:intersection_ml", f"{lab}:volume_sum", 2.0, axes=2)
-    return lambda c: num({**c, f"{lab}:volume_sum": c[f"{lab}:gt_volume_ml"] + c[f"{lab}:pred_volume_ml"]})
+    # overlap.pooled_dscagg is the one DSCagg definition; here it pools cases and seeds.
+    return lambda c: pooled_dscagg(c[f"{lab}:intersection_ml"], c[f"{lab}:gt_volume_ml"],
+                                   c[f"{lab}:pred_volume_ml"], axis=(-2, -1))
+
+
+def _rate_stat(num: str, den: str):
+    # lesionwise.pooled_rate is the one pooled sensitivity/precision; here it pools cases and seeds.
+    return lambda c: pooled_rate(c[num], c[den], axis=(-2, -1))
 
 
 def _volume_keys(lab: str) -> list[str]:
@@ -189,14 +208,52 @@ def cohort_statistics(labels: Sequence[str], bins: Sequence[float]) -> dict[tupl
         for metric, num, den in (("lesion_sensitivity", "n_gt_detected", "n_gt_lesions"),
                                  ("lesion_precision", "n_pred_matched", "n_pred_lesions")):
             num, den = f"{lab}:{num}", f"{lab}:{den}"
-            out[(lab, metric)] = (ratio_of_sums(num, den, axes=2), [num, den], num, den)
+            out[(lab, metric)] = (_rate_stat(num, den), [num, den], num, den)
         for k, name in enumerate(bin_names(bins)):
             num, den = f"{lab}:bin{k}:n_det", f"{lab}:bin{k}:n_gt"
-            out[(lab, f"lesion_sensitivity {name}")] = (ratio_of_sums(num, den, axes=2), [num, den], num, den)
+            out[(lab, f"lesion_sensitivity {name}")] = (_rate_stat(num, den), [num, den], num, den)
     parts = [_dscagg_stat(lab) for lab in labels]
     out[("mean", "dscagg_mean")] = (lambda c: np.mean([p(c) for p in parts], axis=0),
                                     [k for lab in labels for k in _volume_keys(lab)], None, None)
     return out
+
+
+def seed_pairing(n_seeds: Sequence[int], warm_starts: Sequence[Sequence[str | None]] | None = None,
+                 paired: bool | None = None) -> tuple[bool, str]:
+    """Whether seed k of every run is the twin of seed k of the first run, and why (one line).
+
+    Args:
+      n_seeds: seeds per run.
+      warm_starts: per run, per seed, the warm start that seed's model continued from (e.g. its
+        checkpoint's SHA-256; None where not recorded), or None when nothing is known.
+      paired: True or False decides (the user's word); None decides from ``warm_starts``: paired when
+        every run has the same seeds and, for every k, seed k of every run has one recorded warm start.
+
+    Returns:
+      ``(paired, reason)``.
+
+    Raises:
+      ValueError: ``paired=True`` with runs of different numbers of seeds (nothing to pair), or
+        ``warm_starts`` not shaped like ``n_seeds``.
+    """
+    same = len(set(n_seeds)) == 1
+    if warm_starts is not None and [len(w) for w in warm_starts] != list(n_seeds):
+        raise ValueError(f"warm_starts must list one entry per seed of every run ({list(n_seeds)} seeds)")
+    if paired is True:
+        if not same:
+            raise ValueError(f"seeds cannot be paired: the runs have different numbers of seeds ({list(n_seeds)})")
+        return True, "paired seeds: seed k of every run is the twin of seed k of the first (as requested)"
+    if paired is False:
+        return False, "unpaired seeds (as requested): each seed a training of its own, drawn per run"
+    if not same:
+        return False, "unpaired seeds: the runs have different numbers of seeds"
+    if warm_starts is None or any(w is None for run in warm_starts for w in run):
+        return False, "unpaired seeds: no shared warm start recorded for every seed"
+    differ = [k for k in range(n_seeds[0]) if len({run[k] for run in warm_starts}) != 1]
+    if differ:
+        return False, f"unpaired seeds: the warm starts of seed position(s) {differ} differ between runs"
+    return True, ("paired seeds: seed k of every run continued from the same warm start (recorded per seed), "
+                  "so seed k of each run are twins")
 
 
 def compare_runs(
@@ -208,6 +265,8 @@ def compare_runs(
     zero_method: str = "wilcox",
     confidence: float = 0.95,
     pair_key: Sequence[str] = ("case",),
+    paired: bool | None = None,
+    warm_starts: Sequence[Sequence[str | None]] | None = None,
 ) -> dict:
     """Compare evaluation folders of the same cases against the first run.
 
@@ -221,6 +280,10 @@ def compare_runs(
       zero_method: Wilcoxon treatment of zero differences.
       pair_key: ``("case",)`` or ``("case", "seed")`` (pseudo-replication; see
         the module docstring).
+      paired, warm_starts: whether seed k of every run is the twin of seed k
+        of the first (see :func:`seed_pairing`): paired seeds are resampled
+        jointly and a seed with Δ = 0 counts neither way; unpaired (the
+        default when nothing is recorded) as before.
 
     Returns:
       dict with keys ``runs``, ``run_dirs``, ``settings``, ``n_cases``,
@@ -231,7 +294,8 @@ def compare_runs(
     Raises:
       InputError: unreadable folders, different case sets or settings
         (naming the run and the difference).
-      ValueError: bad names or options.
+      ValueError: bad names or options, or paired seeds asked for runs with
+        different numbers of seeds.
     """
     if len(run_dirs) < 2:
         raise ValueError("compare needs at least two runs")
@@ -248,6 +312,8 @@ def compare_runs(
         raise ValueError(f"pair_key must be ('case',) or ('case', 'seed'), got {pair_key}")
     if pair_key == ("case", "seed") and len({len(g) for g in groups}) != 1:
         raise ValueError("pairing by (case, seed) needs the same number of seed folders in every run")
+    is_paired, pairing_reason = seed_pairing([len(g) for g in groups], warm_starts, paired)
+    ties = "neutral" if is_paired else "against"
     if out_dir is not None:
         check_out_dir(out_dir, marker="comparison.json", tag=TOOL_TAG, own_files=OUTPUT_FILES)
 
@@ -283,13 +349,14 @@ def compare_runs(
         """Δ, CI, per-seed Δ and verdict of every run against the first (``parts``: columns per run)."""
         base = parts[0]
         for name, other, s_b in zip(names[1:], parts[1:], n_seeds[1:]):
-            ci = two_level_bootstrap_ci(base, other, stat, n_boot=n_boot, seed=seed, confidence=confidence)
+            ci = two_level_bootstrap_ci(base, other, stat, n_boot=n_boot, seed=seed, confidence=confidence,
+                                        paired=is_paired)
             seed_diffs = []
             if same_seeds:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     seed_diffs = [float(stat({k: v[i:i + 1] for k, v in other.items()})
                                         - stat({k: v[i:i + 1] for k, v in base.items()})) for i in range(s_b)]
-            agree, verdict = seed_verdict(ci.diff, ci.low, ci.high, seed_diffs)
+            agree, verdict = seed_verdict(ci.diff, ci.low, ci.high, seed_diffs, ties=ties)
             row["diff"][name], row["ci_low"][name], row["ci_high"][name] = ci.diff, ci.low, ci.high
             row["n_boot_valid"][name] = ci.n_valid
             row["seed_diffs"][name] = seed_diffs
@@ -348,7 +415,9 @@ def compare_runs(
         "run_dirs": [[str(p.absolute()) for p in g] if len(g) > 1 else str(g[0].absolute()) for g in groups],
         "settings": {**ref_settings, "n_boot": n_boot, "seed": seed, "confidence": confidence,
                      "zero_method": zero_method, "pair_key": list(pair_key),
-                     "bootstrap": "two-level: patients (shared by both runs), then seeds (per run)",
+                     "bootstrap": "two-level: patients (shared by both runs), then seeds "
+                                  + ("(one draw shared by both runs: seed k twins)" if is_paired else "(per run)"),
+                     "seed_pairing": {"paired": is_paired, "reason": pairing_reason, "ties": ties},
                      "holm_family": "all per-case Wilcoxon tests in this table (labels x metrics x runs)"},
         "n_cases": n,
         "n_seeds": dict(zip(names, n_seeds)),
@@ -405,6 +474,12 @@ def _warnings(names, labels, cols, rows, pair_key, n_seeds, inputs) -> list[str]
     if differ:
         out.append("Undefined values differ between runs for " + ", ".join(differ) + ": those rows use only "
                    "the cases defined in every run, and a run that leaves hard cases undefined may look better.")
+    if not names[0].endswith(PP_SUFFIX):
+        pp = [name for name in names[1:] if name.endswith(PP_SUFFIX)]
+        if pp:
+            out.append(f"{', '.join(pp)} post-processed, {names[0]} not: their Δ mixes the post-processing's "
+                       f"effect with the loss's; compare them against {names[0]}{PP_SUFFIX} (the same fitted "
+                       "post-processing on the baseline).")
     if pair_key == ("case", "seed"):
         out.append(PSEUDO_REPLICATION)
     if min(n_seeds) < 2:
@@ -451,7 +526,8 @@ def _csv(result: dict) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["label", "metric", "kind", "run", "value", "n_undefined", "n_values", "diff", "ci_low", "ci_high",
                 "n_boot_valid", "seed_diffs", "n_seeds_agree", "verdict", "p", "p_holm", "n_pairs", "n_wilcoxon",
-                "median_diff", "effect_size"])
+                "median_diff", "effect_size", "seed_pairing"])
+    pairing = "paired" if (result["settings"].get("seed_pairing") or {}).get("paired") else "unpaired"
     for r in result["rows"]:
         for name in result["runs"]:
             sd = r["seed_diffs"].get(name)
@@ -461,7 +537,7 @@ def _csv(result: dict) -> str:
                        + [";".join(_num(x) for x in sd) if sd else "", _num(r["n_seeds_agree"].get(name)),
                           r["verdict"].get(name) or ""]
                        + [_num(r[k].get(name)) for k in ("p", "p_holm", "n_pairs", "n_wilcoxon", "median_diff",
-                                                          "effect_size")])
+                                                          "effect_size")] + [pairing])
     return buf.getvalue()
 
 
@@ -471,8 +547,9 @@ def _num(x) -> str:
     return repr(float(x)) if isinstance(x, float) else str(x)
 
 
-HEADLINE = (("GTVn", "lesion_sensitivity"), ("GTVn", "lesion_sensitivity SMALL"), ("GTVp", "lesion_precision"),
-            ("GTVn", "lesion_precision"), ("GTVp", "dscagg"), ("GTVn", "dscagg"))
+_N, _T = registry.NODE_LABEL, registry.TUMOUR_LABEL
+HEADLINE = ((_N, "lesion_sensitivity"), (_N, "lesion_sensitivity SMALL"), (_T, "lesion_precision"),
+            (_N, "lesion_precision"), (_T, "dscagg"), (_N, "dscagg"))
 
 
 def headline_rows(result: dict) -> list[dict]:
@@ -487,7 +564,7 @@ def headline_rows(result: dict) -> list[dict]:
     by_key = {(r["label"], r["metric"]): r for r in result["rows"]}
     labels = list(dict.fromkeys(r["label"] for r in result["rows"] if r["label"] != "mean"))
     wanted = HEADLINE
-    if not {"GTVp", "GTVn"} & set(labels):
+    if not set(registry.LABELS) & set(labels):
         wanted = [(lab, m) for lab in labels
                   for m in ("lesion_sensitivity", "lesion_sensitivity SMALL", "lesion_precision", "dscagg")]
     out = []
@@ -524,14 +601,28 @@ def markdown(result: dict) -> str:
     if result["warnings"]:
         lines += ["## Warnings", ""] + [f"- **{w}**" for w in result["warnings"]] + [""]
     n_tests = sum(1 for r in result["rows"] if r["kind"] == "per_case") * (len(names) - 1)
+    pairing = st.get("seed_pairing") or {"paired": False}
+    if pairing["paired"]:
+        rule = (f"**Rule.** Δ = run − {base}. CI: {st['confidence']:.0%} two-level bootstrap (resample patients, "
+                f"shared by both runs, then seeds, one draw shared by both runs because seed k of each run are "
+                f"twins; {st['n_boot']} resamples, seed {st['seed']}). Per-seed Δ: seed k of a run against seed k "
+                f"of {base}. A Δ is **consistent** only when its CI excludes 0, no seed's Δ has the other sign "
+                "and more than half of the seeds have the pooled Δ's sign (a seed with Δ = 0 counts neither "
+                "way); otherwise *seeds disagree*, *seeds tied* (too many seeds with Δ = 0), *CI includes 0* or "
+                "*one seed* (CI excludes 0 but training noise is not assessed).")
+    else:
+        rule = (f"**Rule.** Δ = run − {base}. CI: {st['confidence']:.0%} two-level bootstrap (resample patients, "
+                f"shared by both runs, then seeds, per run; {st['n_boot']} resamples, seed {st['seed']}). Per-seed "
+                f"Δ: seed k of a run against seed k of {base}. A Δ is **consistent** only when its CI excludes 0 "
+                "*and* every seed's Δ has the sign of the pooled Δ; otherwise *seeds disagree*, *CI includes 0*, "
+                "*one seed* (CI excludes 0 but training noise is not assessed) or *seeds unpaired* (different "
+                "numbers of seeds).")
     lines += [
         f"{result['n_cases']} cases; seeds per run: {seeds}.",
         "",
-        f"**Rule.** Δ = run − {base}. CI: {st['confidence']:.0%} two-level bootstrap (resample patients, shared "
-        f"by both runs, then seeds, per run; {st['n_boot']} resamples, seed {st['seed']}). Per-seed Δ: seed k of "
-        f"a run against seed k of {base}. A Δ is **consistent** only when its CI excludes 0 *and* every seed's "
-        "Δ has the sign of the pooled Δ; otherwise *seeds disagree*, *CI includes 0*, *one seed* (CI "
-        "excludes 0 but training noise is not assessed) or *seeds unpaired* (different numbers of seeds).",
+        rule,
+        "",
+        f"**Seeds.** {pairing.get('reason', 'unpaired seeds')}.",
         "",
         "**Values.** Cohort metrics pool every case and seed (DSCagg = 2·Σ|A∩B| / Σ(|A|+|B|); lesion "
         "sensitivity/precision = pooled counts, shown in brackets). Per-case metrics: mean over the cases "

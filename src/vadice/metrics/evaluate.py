@@ -48,6 +48,7 @@ from vadice.metrics.lesionwise import (
     check_label_maps,
     match_lesions,
     parse_match,
+    pooled_rate,
     size_stratified_sensitivity,
 )
 from vadice.metrics.overlap import Overlap, dscagg
@@ -563,8 +564,8 @@ def summarize(results: Sequence[CaseResult], labels: Mapping[str, int], toleranc
                 "gt_empty_only": sum(f == "gt_empty" and not math.isnan(h) for f, h in zip(flags, hd)),
                 "pred_empty_only": sum(f == "pred_empty" and not math.isnan(h) for f, h in zip(flags, hd)),
             },
-            "lesion_sensitivity": n_det / n_gt if n_gt else float("nan"),
-            "lesion_precision": n_match / n_pred if n_pred else float("nan"),
+            "lesion_sensitivity": float(pooled_rate(n_det, n_gt)),
+            "lesion_precision": float(pooled_rate(n_match, n_pred)),
             "n_gt_lesions": n_gt,
             "n_gt_detected": n_det,
             "n_pred_lesions": n_pred,
@@ -574,9 +575,11 @@ def summarize(results: Sequence[CaseResult], labels: Mapping[str, int], toleranc
     return out
 
 
-def versions() -> dict:
+def versions(dists: Sequence[str] = ("numpy", "scipy", "connected-components-3d", "SimpleITK", "nibabel",
+                                      "scikit-image")) -> dict:
+    """vadice's version and those of ``dists`` (None where not installed): the one version record."""
     out = {"vadice": __version__}
-    for dist in ("numpy", "scipy", "connected-components-3d", "SimpleITK", "nibabel", "scikit-image"):
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

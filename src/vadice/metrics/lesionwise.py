@@ -291,3 +291,22 @@ def size_stratified_sensitivity(
         out.append({"bin": name, "low_ml": lows[k], "high_ml": highs[k], "n_gt": n, "n_detected": d,
                     "sensitivity": d / n if n else float("nan")})
     return out
+
+
+def pooled_rate(hits, totals, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """Σ hits / Σ totals over ``axis``: the one pooled lesion sensitivity (detected / truth lesions) and
+    precision (matched / predicted components).
+
+    Pooling counts (not averaging per-case rates) is what makes the rate a cohort number: a case with one
+    lesion weighs one lesion, not one case.
+
+    Args:
+      hits, totals: counts of one shape.
+      axis: the axes pooled (None: all).
+
+    Returns:
+      array of the remaining shape (0-d for ``axis=None``); NaN where Σ totals is 0 (no lesion to find).
+    """
+    d = np.sum(totals, axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, np.sum(hits, axis=axis) / np.where(d > 0, d, 1), np.nan)

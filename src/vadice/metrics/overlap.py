@@ -106,5 +106,23 @@ def dscagg(
         raise ValueError(f"per-case sequences differ in length: {inter.size}, {g.size}, {p.size}")
     if (inter < 0).any() or (g < 0).any() or (p < 0).any():
         raise ValueError("volumes must be >= 0")
-    denom = g.sum() + p.sum()
-    return float("nan") if denom == 0 else float(2.0 * inter.sum() / denom)
+    return float(pooled_dscagg(inter, g, p))
+
+
+def pooled_dscagg(intersection: np.ndarray, gt: np.ndarray, pred: np.ndarray,
+                  axis: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """DSCagg = 2 Σ|A∩B| / Σ(|A|+|B|) pooled over ``axis``: the one DSCagg formula, vectorised.
+
+    :func:`dscagg` (one cohort) and the comparison (cases and seeds of every
+    bootstrap resample at once) both use it, so there is one definition.
+
+    Args:
+      intersection, gt, pred: volumes of one shape (any unit, the same for all three).
+      axis: the axes pooled (None: all).
+
+    Returns:
+      array of the remaining shape (0-d for ``axis=None``); NaN where Σ(|A|+|B|) is 0.
+    """
+    d = np.sum(np.asarray(gt) + np.asarray(pred), axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, 2.0 * np.sum(intersection, axis=axis) / np.where(d > 0, d, 1), np.nan)

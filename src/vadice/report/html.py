@@ -1,5 +1,7 @@
 """The self-contained ``report.html`` of an experiment.
 
+(Over 500 lines: about 250 of them are the Jinja template, kept beside the code that fills it.)
+
 Reads what the evaluation and comparison steps wrote (``cases.csv``,
 ``summary.json``, ``comparison.json``) and nnU-Net's training logs, draws the
 figures, and renders one HTML file with every image embedded as a base64 data
@@ -27,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import jinja2
 
 import vadice
+from vadice import registry
 from vadice.io import InputError, write_text
 from vadice.metrics.compare import headline_rows, load_evaluation
 from vadice.report import plots
@@ -45,12 +48,6 @@ SECTIONS = (
     ("settings", "Settings and manifest"),
 )
 DISTRIBUTION_METRICS = ("dsc", "sds", "msd", "hd95")
-# The loss each set-up trains with (what the training curves show).
-TRAINING_LOSS = {"baseline": "Dice + cross-entropy", "dual": "VA Dice + cross-entropy",
-                 "selective-ln": "VA Dice + cross-entropy", "blob": "blob loss (2 Dice+CE + 1 per-lesion Dice+CE)",
-                 "cc-dicece": "Dice+CE + per-lesion Voronoi-cell Dice+CE",
-                 "catmil": "Dice+CE + component-adaptive Tversky + MIL",
-                 "dual-fp": "VA Dice + cross-entropy + false-positive component term"}
 METRIC_NAMES = {
     "dscagg": "DSCagg",
     "dscagg_mean": "DSCagg (mean of labels)",
@@ -193,6 +190,29 @@ def _flat_items(d: Mapping, limit: int = 400) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------------------
 # Section builders
+
+
+def training_loss(setup: str) -> str:
+    """The loss a set-up trains with, in words (the registry's), for the training curves."""
+    known = registry.SETUPS.get(setup)
+    return known.loss if known else "nnU-Net's loss of this trainer"
+
+
+def code_versions(manifest: Mapping | None) -> tuple[str, str | None]:
+    """The code versions a run's units trained on, as one line, and a warning when there are several.
+
+    Returns:
+      ``(line, warning or None)`` from the manifest's ``unit_code_versions`` ({version: [unit keys]});
+      a manifest without them (an older run) gives "not recorded" and no warning.
+    """
+    versions = (manifest or {}).get("unit_code_versions") or {}
+    if not versions:
+        return "not recorded", None
+    line = "; ".join(f"{v} ({len(units)} unit{'s' if len(units) != 1 else ''})" for v, units in versions.items())
+    if len(versions) == 1:
+        return line, None
+    return line, (f"The units of this run trained on {len(versions)} code versions ({line}): differences between "
+                  "set-ups may partly be differences of code.")
 
 
 def _setup_order(inputs: ReportInputs) -> list[str]:
@@ -355,13 +375,13 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
                 training_missing.append(f"{setup}, {run_label}: {path} not found")
         curves[setup] = [(run_label, plots.parse_training_log(paths)) for run_label, paths in grouped.items()]
     training_img = _png_uri(plots.training_curves_png(curves, setups=[s for s in setups if s in curves]))
-    training_table = [{"setup": s, "loss": TRAINING_LOSS.get(s, "nnU-Net's loss of this trainer"), "run": r,
+    training_table = [{"setup": s, "loss": training_loss(s), "run": r,
                        "epochs": len(log),
                        "last_train": _fmt_value(log.train_loss[-1] if len(log) else math.nan),
                        "last_val": _fmt_value(log.val_loss[-1] if len(log) else math.nan),
                        "last_dice": ", ".join(_fmt_value(v) for v in log.pseudo_dice[-1]) if len(log) else "–"}
                       for s, runs_ in curves.items() for r, log in runs_]
-    losses = [(s, TRAINING_LOSS.get(s, "nnU-Net's loss of this trainer")) for s in setups if s in curves]
+    losses = [(s, training_loss(s)) for s in setups if s in curves]
 
     # Overlays.
     overlays = []
@@ -383,6 +403,7 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
     n_seeds = max((len(per) for per in evals.values()), default=0)
     st = comparison.get("settings") or {}
     eval_settings = next((e["summary"]["settings"] for e in all_evals), None)
+    code_line, code_warning = code_versions(inputs.manifest)
 
     html = _template().render(
         title=inputs.title,
@@ -390,7 +411,9 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
         generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         version=getattr(vadice, "__version__", "?"),
         setups=setups,
-        warnings=list(comparison.get("warnings") or []),
+        warnings=list(comparison.get("warnings") or []) + ([code_warning] if code_warning else []),
+        code_line=code_line,
+        pairing=st.get("seed_pairing") or {"paired": False, "reason": "unpaired seeds"},
         verdicts=comparison.get("verdicts") or {},
         headline=headline,
         forest_img=forest_img,
@@ -481,13 +504,24 @@ pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .8em; }
 <section id="answer">
 <h2>Answer</h2>
 {% if headline %}
+{% if pairing.paired %}
+<p><b>Rule.</b> Δ = set-up − {{ baseline }}. The CI is a {{ confidence }} two-level bootstrap interval
+({{ n_boot }} resamples): patients are resampled (the same patients for both set-ups), then seeds (whole models,
+one draw for both set-ups: seed k of each set-up are twins). A difference is <b>consistent</b> only when its CI
+excludes 0, no seed's Δ (seed k against {{ baseline }}'s seed k) has the other sign and more than half of the
+seeds have the pooled Δ's sign (a seed with Δ = 0 counts neither way). Otherwise it is <i>seeds disagree</i>,
+<i>seeds tied</i> (too many seeds with Δ = 0), <i>CI includes 0</i> or <i>one seed</i> (the CI excludes 0 but with
+one seed training noise is not assessed).
+{% else %}
 <p><b>Rule.</b> Δ = set-up − {{ baseline }}. The CI is a {{ confidence }} two-level bootstrap interval
 ({{ n_boot }} resamples): patients are resampled (the same patients for both set-ups), then seeds (per set-up,
 whole models). A difference is <b>consistent</b> only when its CI excludes 0 <i>and</i> every seed's Δ (seed k
 against {{ baseline }}'s seed k) has the sign of the pooled Δ. Otherwise it is <i>seeds disagree</i>,
 <i>CI includes 0</i>, <i>one seed</i> (the CI excludes 0 but with one seed training noise is not assessed) or
 <i>seeds unpaired</i> (the set-ups have different numbers of seeds).
+{% endif %}
 Values pool every case and seed; brackets give the counts (detected/truth lesions, matched/predicted components).</p>
+<p><b>Seeds.</b> {{ pairing.reason }}.</p>
 <table>
 <tr><th>label</th><th>metric</th><th>set-up</th><th>value</th><th>Δ vs {{ baseline }}</th><th>{{ confidence }} CI of Δ</th>
 <th>Δ of each seed</th><th>verdict</th></tr>
@@ -649,6 +683,7 @@ differences between set-ups (on a synthetic probe, node sensitivity of one set-u
 
 <section id="settings">
 <h2>Settings and manifest</h2>
+<p><b>Code versions of the units.</b> {{ code_line }}.</p>
 {% if settings_items %}
 <table><tr><th>setting</th><th>value</th></tr>
 {% for k, v in settings_items %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>
