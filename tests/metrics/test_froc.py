@@ -26,6 +26,7 @@ from vadice.metrics.froc import (
     pool_cases,
     sensitivity_at,
 )
+from vadice.metrics.froc_io import load_froc_counts
 
 SPACING = (2.0, 5.0, 5.0)  # one voxel = 0.05 ml
 THRESHOLDS = (0.2, 0.4, 0.6, 0.8, 0.9)
@@ -296,6 +297,12 @@ def test_cli_writes_froc_csv_and_summary(folders, capsys):
     assert [int(r["tp"]) for r in p_rows] == [3 * t for t in HAND_TP]
     assert [float(r["sensitivity 1-5 ml"]) for r in p_rows] == [1, 1, 1, 0, 0]
     assert "GTVp" in capsys.readouterr().out
+    # counts.npz rebuilds the per-patient counts behind froc.csv: P1 holds two hand cases, P2 one.
+    counts = load_froc_counts(out)
+    assert list(counts) == ["GTVp", "GTVn"] and counts["GTVp"].patients == ("P1", "P2")
+    assert counts["GTVp"].tp.tolist() == [[2 * t, t] for t in HAND_TP]
+    assert counts["GTVp"].n_gt.tolist() == [6, 3] and counts["GTVp"].n_cases == 3
+    assert [int(x) for x in counts["GTVp"].fp.sum(axis=1)] == [int(r["fp"]) for r in p_rows]
 
 
 def _error(capsys) -> str:

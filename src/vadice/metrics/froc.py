@@ -33,28 +33,20 @@ threshold grid's points need not be monotone, the curve is the monotone upper
 envelope: at each FP rate the best sensitivity of any point with no more FP
 (equal to the points themselves on a monotone curve, as LUNA16's always is).
 
-Length: the pure functions above come with the folder reading of ``vadice froc``
-(the last section, ~150 lines), kept here so that one module holds the whole
-operating-point analysis; that section moves out (as ``evaluate`` sits beside
-``lesionwise``) once it grows.
+Folders (``vadice froc``: reading probability maps, writing ``froc.csv``,
+``summary.json`` and ``counts.npz``) live in :mod:`vadice.metrics.froc_io`; the
+comparison of set-ups at matched operating points in :mod:`vadice.metrics.froc_compare`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from vadice import __version__
-from vadice.io import NIFTI_SUFFIXES, InputError, is_nifti, strip_nifti_suffix
 from vadice.lesions import check_spacing
-from vadice.metrics.lesionwise import (DEFAULT_SIZE_BINS_ML, bin_names, check_bins, match_lesions, parse_match,
-                                       size_bin_index)
+from vadice.metrics.lesionwise import DEFAULT_SIZE_BINS_ML, check_bins, match_lesions, parse_match, size_bin_index
 from vadice.stats import BootstrapCI, seed_verdict, two_level_bootstrap_ci
 
 # 0.05, 0.10, ..., 0.95: 0.5 (nnU-Net's argmax point for two classes) is on the grid.
@@ -360,14 +352,17 @@ def sensitivity_at(fp_per_patient: Sequence[float], sensitivity: Sequence[float]
 
     Linear interpolation; at a rate where the curve rises vertically the top is
     taken (as ``np.interp`` does on such a curve); beyond the last vertex, the last sensitivity.
+    Rate 0 is allowed (a matched operating point may have no FP): the best sensitivity with no FP.
 
     Returns:
       array of the rates' shape; NaN everywhere when any sensitivity is NaN (no truth lesions).
 
     Raises:
-      ValueError: bad rates or points (lengths differ, FP not finite or < 0).
+      ValueError: bad rates (not finite or < 0) or points (lengths differ, FP not finite or < 0).
     """
-    r = check_rates(np.atleast_1d(rates))
+    r = np.asarray(np.atleast_1d(rates), np.float64).reshape(-1)
+    if r.size == 0 or not np.all(np.isfinite(r)) or r.min() < 0:
+        raise ValueError(f"FP rates must be finite numbers >= 0, got {list(np.atleast_1d(rates))}")
     fp, sens = _check_points(fp_per_patient, sensitivity)
     if np.any(np.isnan(sens)):
         return np.full(r.shape, np.nan)
@@ -405,7 +400,7 @@ def froc_columns(seeds: Sequence[FrocCounts]) -> dict[str, np.ndarray]:
     """
     if not seeds:
         raise ValueError("a run needs at least one seed")
-    _check_alike(seeds)
+    check_alike(seeds)
     cols = {"n_gt": np.stack([s.n_gt for s in seeds])}
     for k in range(seeds[0].thresholds.size):
         cols[f"tp_{k}"] = np.stack([s.tp[k] for s in seeds])
@@ -413,7 +408,12 @@ def froc_columns(seeds: Sequence[FrocCounts]) -> dict[str, np.ndarray]:
     return cols
 
 
-def _check_alike(runs: Sequence[FrocCounts]) -> None:
+def check_alike(runs: Sequence[FrocCounts]) -> None:
+    """Refuse counts on different threshold grids or patients (they cannot be pooled or compared).
+
+    Raises:
+      ValueError: thresholds or patients differ.
+    """
     first = runs[0]
     for r in runs[1:]:
         if not np.array_equal(r.thresholds, first.thresholds):
@@ -422,12 +422,13 @@ def _check_alike(runs: Sequence[FrocCounts]) -> None:
             raise ValueError("runs hold different patients")
 
 
-def cpm_statistic(rates: Sequence[float] = CPM_RATES) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
-    """Statistic for :func:`vadice.stats.two_level_bootstrap_ci`: the CPM of columns from :func:`froc_columns`.
+def curve_statistic(rates: Sequence[float]) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """Statistic: the pooled FROC curve of columns from :func:`froc_columns`, read at ``rates``.
 
     Seeds and patients are pooled: sensitivity = Σ tp / Σ n_gt, FP per patient =
     Σ fp / (seeds x patients), i.e. the FP of an average patient under an average
-    seed; the CPM of that curve. Works on (..., S, n) columns, returning (...).
+    seed. Works on (..., S, n) columns, returning (..., R); NaN where a resample has
+    no truth lesions.
     """
     r = check_rates(rates)
 
@@ -438,10 +439,20 @@ def cpm_statistic(rates: Sequence[float] = CPM_RATES) -> Callable[[Mapping[str, 
         sens = np.stack([_ratio(np.sum(cols[f"tp_{k}"], axis=(-2, -1)), np.sum(n_gt, axis=(-2, -1)))
                          for k in range(n_t)], axis=-1)
         fp = np.stack([np.sum(cols[f"fp_{k}"], axis=(-2, -1)) / units for k in range(n_t)], axis=-1)
-        out = _read(*_envelope(fp, np.nan_to_num(sens)), r).mean(axis=-1)
-        return np.where(np.isnan(sens).any(axis=-1), np.nan, out)  # no truth lesions in a resample: undefined
+        out = _read(*_envelope(fp, np.nan_to_num(sens)), r)
+        return np.where(np.isnan(sens).any(axis=-1, keepdims=True), np.nan, out)
 
     return stat
+
+
+def cpm_statistic(rates: Sequence[float] = CPM_RATES) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """Statistic for :func:`vadice.stats.two_level_bootstrap_ci`: the CPM of columns from :func:`froc_columns`.
+
+    The mean of :func:`curve_statistic` at ``rates`` (seeds and patients pooled).
+    Works on (..., S, n) columns, returning (...); NaN where a resample has no truth lesions.
+    """
+    curve = curve_statistic(rates)
+    return lambda cols: curve(cols).mean(axis=-1)
 
 
 @dataclass(frozen=True)
@@ -488,7 +499,7 @@ def delta_cpm(
     """
     if not a or not b:
         raise ValueError("both runs need at least one seed")
-    _check_alike(list(a) + list(b))
+    check_alike(list(a) + list(b))
     stat = cpm_statistic(rates)
     cols_a, cols_b = froc_columns(a), froc_columns(b)
     ci = two_level_bootstrap_ci(cols_a, cols_b, stat, n_boot=n_boot, seed=seed, confidence=confidence, paired=paired)
@@ -499,154 +510,3 @@ def delta_cpm(
                                      - stat({k: v[i:i + 1] for k, v in cols_a.items()})) for i in range(len(a)))
     n_agree, verdict = seed_verdict(ci.diff, ci.low, ci.high, seed_diffs, ties=ties)
     return CpmDelta(ci, seed_diffs, n_agree, verdict)
-
-
-# --------------------------------------------------------------------------- folders (vadice froc)
-
-TOOL_TAG = "vadice froc"
-OUTPUT_FILES = ("froc.csv", "summary.json")
-PROB_SUFFIX = ".npz"
-
-
-def read_probabilities(path: str | os.PathLike, labels: Sequence[int], shape: Sequence[int]) -> dict[int, np.ndarray]:
-    """Class probabilities of ``labels`` from an nnU-Net ``.npz`` (key ``probabilities``, C x Z x Y x X).
-
-    Args:
-      path: the ``.npz`` file (``nnUNetv2_predict --save_probabilities`` or ``vadice predict
-        --save-probabilities``; channel c is the probability of label c).
-      labels: label values wanted.
-      shape: the (Z, Y, X) shape of the case's truth.
-
-    Returns:
-      ``{label: (Z, Y, X) array}`` in the file's float dtype.
-
-    Raises:
-      InputError: unreadable file, missing key, wrong dimensionality, too few channels, another grid than the
-        truth's, or values that are not finite probabilities.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.files)
-            probs = npz["probabilities"] if "probabilities" in keys else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(path, f"unreadable .npz ({type(exc).__name__}: {str(exc)[:120]})") from None
-    if probs is None:
-        raise InputError(path, f"no 'probabilities' array (keys: {', '.join(keys) or 'none'})")
-    if probs.ndim != 4 or probs.dtype.kind != "f":
-        raise InputError(path, f"'probabilities' must be a C x Z x Y x X float array, got {probs.dtype} "
-                               f"shape {probs.shape}")
-    if tuple(probs.shape[1:]) != tuple(shape):
-        raise InputError(path, f"probability grid {tuple(probs.shape[1:])} differs from the truth's {tuple(shape)}")
-    out = {}
-    for label in labels:
-        if label >= probs.shape[0]:
-            raise InputError(path, f"no channel for label {label} ({probs.shape[0]} channels)")
-        p = probs[label]  # the file's precision kept: thresholds are rounded to it (see case_counts)
-        if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
-            raise InputError(path, f"channel {label} holds values outside [0, 1] or non-finite ones")
-        out[int(label)] = p
-    return out
-
-
-def froc_folders(
-    gt_dir: str | os.PathLike,
-    prob_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    labels: Mapping[str, int],
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    fp_rate: float = 1.0,
-    match: str = "overlap",
-    connectivity: int = 26,
-    bins_ml: Sequence[float] = DEFAULT_SIZE_BINS_ML,
-    patient_of: Mapping[str, str] | None = None,
-    rates: Sequence[float] = CPM_RATES,
-    progress: bool = False,
-) -> dict:
-    """FROC and CPM of a folder of probability maps against a folder of truth label maps.
-
-    Truth ``<case>.nii.gz`` and probabilities ``<case>.npz`` must pair one to one.
-    Writes ``froc.csv`` (one row per label and threshold) and ``summary.json``
-    (per label: ``cpm``, ``sensitivity_at_fp_rate``, counts) into ``out_dir``
-    at once, or nothing.
-
-    Args:
-      gt_dir, prob_dir: input folders; out_dir: output folder (empty, missing, or an earlier ``vadice froc``
-        output, which is replaced).
-      labels: ``{name: value}`` of the labels to evaluate.
-      thresholds, match, connectivity, bins_ml: as :func:`case_counts` / :func:`pool_cases`.
-      fp_rate: the FP-per-patient rate whose sensitivity is reported beside the CPM.
-      patient_of: ``{case: patient}``; None: each case its own patient.
-      rates: the CPM's rates.
-      progress: show a tqdm bar over cases.
-
-    Returns:
-      the summary written to ``summary.json``.
-
-    Raises:
-      InputError: missing folders or cases, unreadable files, grids that differ.
-      ValueError: bad options.
-    """
-    from tqdm.auto import tqdm
-
-    from vadice.io import read_mask
-    from vadice.metrics.evaluate import _csv_text, check_out_dir, json_clean, write_dir_atomically
-
-    t = check_thresholds(thresholds)
-    check_rates([fp_rate])
-    check_rates(rates)
-    parse_match(match)
-    edges = check_bins(bins_ml)
-    gt_dir, prob_dir = Path(gt_dir), Path(prob_dir)
-    out_dir = check_out_dir(out_dir, tag=TOOL_TAG, own_files=OUTPUT_FILES)
-    for folder in (gt_dir, prob_dir):
-        if not folder.is_dir():
-            raise InputError(folder, "not a folder")
-    cases = sorted(strip_nifti_suffix(p.name) for p in gt_dir.iterdir() if is_nifti(p))
-    if not cases:
-        raise InputError(gt_dir, "no truth files (.nii.gz)")
-    probs = {p.name[: -len(PROB_SUFFIX)] for p in prob_dir.iterdir() if p.name.endswith(PROB_SUFFIX)}
-    missing = [c for c in cases if c not in probs]
-    if missing:
-        raise InputError(prob_dir / f"{missing[0]}{PROB_SUFFIX}",
-                         f"missing probability file ({len(missing)} case(s) without one)")
-    extra = sorted(probs - set(cases))
-    if extra:
-        raise InputError(prob_dir / f"{extra[0]}{PROB_SUFFIX}", f"no truth file for this case in {gt_dir}")
-    try:
-        patient_of = resolve_patients(cases, patient_of)  # before the work, not after it
-    except ValueError as exc:
-        raise InputError(gt_dir, str(exc)) from None
-
-    per_label = {v: {} for v in labels.values()}
-    for case in tqdm(cases, desc="froc", unit="case", disable=not progress):
-        gt_path = next(p for p in (gt_dir / f"{case}{s}" for s in NIFTI_SUFFIXES) if p.exists())
-        gt, geom = read_mask(gt_path, allowed_labels=None)
-        for value, p in read_probabilities(prob_dir / f"{case}{PROB_SUFFIX}", list(labels.values()), gt.shape).items():
-            per_label[value][case] = case_counts(p, gt, value, geom.spacing_zyx, t, connectivity, match)
-
-    rows, summary_labels = [], {}
-    for name, value in labels.items():
-        counts = pool_cases(per_label[value], patient_of, edges)
-        table = froc_table(counts)
-        for k, thr in enumerate(t):
-            row = {"label": name, "threshold": float(thr), "n_gt": int(counts.n_gt.sum()),
-                   "tp": int(counts.tp[k].sum()), "fp": int(counts.fp[k].sum()),
-                   "n_pred": int(counts.n_pred[k].sum()), "sensitivity": table["sensitivity"][k],
-                   "fp_per_patient": table["fp_per_patient"][k], "precision": table["precision"][k]}
-            for b, bin_name in enumerate(bin_names(edges)):
-                row[f"sensitivity {bin_name}"] = table["sensitivity_bin"][b, k]
-            rows.append(row)
-        summary_labels[name] = {
-            "label": int(value), "n_gt": int(counts.n_gt.sum()),
-            "cpm": cpm(table["fp_per_patient"], table["sensitivity"], rates),
-            "sensitivity_at_fp_rate": float(sensitivity_at(table["fp_per_patient"], table["sensitivity"],
-                                                           fp_rate)[0]),
-        }
-    summary = {"tool": TOOL_TAG, "version": __version__, "n_cases": len(cases), "n_patients": len(counts.patients),
-               "thresholds": [float(x) for x in t], "cpm_rates": [float(r) for r in rates], "fp_rate": float(fp_rate),
-               "match": match, "connectivity": connectivity, "size_bins_ml": edges, "labels": summary_labels}
-    columns = list(rows[0])
-    write_dir_atomically(out_dir, {"froc.csv": _csv_text(rows, columns),
-                                   "summary.json": json.dumps(json_clean(summary), indent=2) + "\n"})
-    return json_clean(summary)
-

@@ -42,6 +42,7 @@ SECTIONS = (
     ("distributions", "Per-case distributions"),
     ("lesion-size", "Sensitivity by lesion size"),
     ("precision-sensitivity", "Precision and sensitivity per label"),
+    ("froc", "Operating points (FROC)"),
     ("training", "Training curves"),
     ("cases", "Best and worst cases"),
     ("notes", "How to read this report"),
@@ -76,6 +77,8 @@ class ReportInputs:
         a second log file).
       overlays: ``[(caption, PNG path), ...]`` for Best and worst cases.
       manifest: optional run manifest (versions, commit, seeds, ...).
+      froc_comparison: content of ``froc_comparison.json`` (``vadice froc-compare``), or None: the FROC
+        section then says that none was given.
     """
 
     title: str
@@ -86,6 +89,7 @@ class ReportInputs:
     training_logs: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)
     overlays: list[tuple[str, Path]] = field(default_factory=list)
     manifest: dict | None = None
+    froc_comparison: dict | None = None
 
 
 def best_and_worst_cases(
@@ -269,6 +273,29 @@ def _table_rows(rows: Sequence[Mapping], runs: Sequence[str]) -> list[dict]:
     return out
 
 
+def froc_rows(froc: Mapping) -> list[dict]:
+    """Table rows of a FROC comparison: per view and set-up, CPM, ΔCPM and the matched operating points."""
+    out = []
+    for view, blocks in (froc.get("views") or {}).items():
+        for name, b in blocks.items():
+            d, own, at = b["delta_cpm"], b["operating_point"], b["at_reference_point"]
+            out.append({
+                "view": "all lesions" if view == "all" else view, "setup": name,
+                "cpm": _fmt_value(b["pooled"]["cpm"]),
+                "cpm_seeds": ", ".join(_fmt_value(s["cpm"]) for s in b["seeds"]),
+                "delta": "reference" if d is None else f"{_fmt_diff(d['diff'])} [{_fmt_diff(d['low'])}, "
+                                                       f"{_fmt_diff(d['high'])}]",
+                "delta_seeds": "" if d is None else ", ".join(_fmt_diff(x) for x in d["seed_diffs"]),
+                "verdict": "" if d is None else d["verdict"],
+                "consistent": d is not None and d["verdict"] == "consistent",
+                "own": f"{_fmt_value(own['sensitivity'])} / {_fmt_value(own['fp_per_patient'])} / "
+                       f"{_fmt_value(own['precision'])}",
+                "at_ref": "" if at is None else f"{_fmt_value(at['sensitivity_at_fp'])} / "
+                                                f"{_fmt_value(at['precision_at_sensitivity'])}",
+            })
+    return out
+
+
 def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
     """Render the self-contained HTML report and write it atomically.
 
@@ -397,6 +424,10 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
             continue
         overlays.append({"caption": caption, "img": _png_uri(data), "problem": None})
 
+    froc = inputs.froc_comparison
+    froc_img = _png_uri(plots.froc_png(froc, setups=runs or None)) if froc else None
+    froc_settings = (froc or {}).get("settings") or {}
+
     n_cases = comparison.get("n_cases")
     if not _is_num(n_cases):
         n_cases = max((len({r["case"] for r in e["cases"]}) for e in all_evals), default=0)
@@ -432,6 +463,11 @@ def write_report(inputs: ReportInputs, out_path: str | os.PathLike) -> Path:
         size_bin_header=size_bin_header,
         ps_img=ps_img,
         ps_table=ps_table,
+        froc=froc,
+        froc_img=froc_img,
+        froc_table=froc_rows(froc) if froc else [],
+        froc_threshold=froc_settings.get("operating_threshold", 0.5),
+        froc_paired=bool(froc_settings.get("paired")),
         training_img=training_img,
         training_table=training_table,
         training_missing=training_missing,
@@ -629,6 +665,30 @@ predicted components. Pooled over all cases and seeds (the large point); one sma
 {% for r in ps_table %}<tr><td>{{ r.label }}</td><td>{{ r.setup }}</td><td class="num">{{ r.sens }}</td>
 <td class="num">{{ r.sens_seeds }}</td><td class="num">{{ r.prec }}</td><td class="num">{{ r.prec_seeds }}</td></tr>
 {% endfor %}</table>
+{% endif %}
+</section>
+
+<section id="froc">
+<h2>Operating points (FROC)</h2>
+{% if froc %}
+<p>Lesion-level FROC of {{ froc.label }} against {{ froc.reference }} ({{ froc.n_patients }} patients): for every
+threshold t the components of p ≥ t are matched to the truth lesions. Thin lines: one seed; thick: seeds and patients
+pooled; shaded: its two-level bootstrap band (patients, then seeds). CPM: mean sensitivity at the ticked FP rates.
+ΔCPM CI and verdict as above ({{ "paired" if froc_paired else "unpaired" }} seeds). A set-up's own point is its
+pooled row at t = {{ froc_threshold }} (sensitivity / FP per patient / precision); <i>at {{ froc.reference }}'s
+point</i>: its sensitivity at {{ froc.reference }}'s FP rate / its best precision at any threshold reaching
+{{ froc.reference }}'s sensitivity. A gain that vanishes there is a change of operating point, not of the model.
+A size view counts only truth lesions in that range; its FP and precision are those of all components.</p>
+<figure><img src="{{ froc_img }}" alt="FROC curves"></figure>
+<table><tr><th>lesions</th><th>set-up</th><th>CPM</th><th>per seed</th><th>ΔCPM vs {{ froc.reference }} [CI]</th>
+<th>Δ of each seed</th><th>verdict</th><th>own point (t = {{ froc_threshold }})</th><th>at {{ froc.reference }}'s point</th></tr>
+{% for r in froc_table %}<tr><td>{{ r.view }}</td><td>{{ r.setup }}</td><td class="num">{{ r.cpm }}</td>
+<td class="num">{{ r.cpm_seeds }}</td><td class="num">{{ r.delta }}</td><td class="num">{{ r.delta_seeds }}</td>
+<td{% if r.consistent %} class="sig"{% endif %}>{{ r.verdict }}</td><td class="num">{{ r.own }}</td><td class="num">{{ r.at_ref }}</td></tr>
+{% endfor %}</table>
+{% else %}
+<p class="muted">No FROC comparison given (run <code>vadice froc</code> per set-up and seed, then
+<code>vadice froc-compare</code>).</p>
 {% endif %}
 </section>
 
