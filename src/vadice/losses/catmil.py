@@ -40,7 +40,7 @@ from vadice.losses.components import (
     num_ids,
     scatter_sum,
 )
-from vadice.losses.va_dice import VolumeAwareDiceCELoss
+from vadice.losses.va_dice_ce import VolumeAwareDiceCELoss
 
 __all__ = ["CATMILLoss"]
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from vadice.lesions import check_connectivity, label_components
 from vadice.losses.components import check_label_set, check_number, component_mean, label_map, scatter_sum
-from vadice.losses.va_dice import VolumeAwareDiceCELoss
+from vadice.losses.va_dice_ce import VolumeAwareDiceCELoss
 
 __all__ = ["CCDiceCELoss", "voronoi_regions"]
 
