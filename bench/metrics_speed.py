@@ -6,7 +6,7 @@ and a distant false positive), writes them as .nii.gz, then per case times:
 
   read     reading the two NIfTI files (nibabel, full decompression) - the floor
   vadice   all metrics for both labels (DSC, volumes, SDS, MSD, HD95, lesion-wise),
-           compute only, and read + compute (vadice.metrics.evaluate.load_pair)
+           compute only, and read + compute (vadice.metrics.pairs.load_pair)
   deepmind surface_distance: surface distances + SDS, MSD, HD95 per label
   panoptica lesion-wise detection (connected components, IoU 0.5 matching)
   monai    surface Dice (use_subvoxels), HD95 and ASD per label (skipped with --no-monai)
@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from vadice.io import Geometry, write_nifti
-from vadice.metrics.evaluate import evaluate_case, load_pair
+from vadice.metrics.evaluate import evaluate_case
+from vadice.metrics.pairs import load_pair
 
 SPACING = (2.0, 0.5, 0.5)  # z, y, x
 LABELS = {"GTVp": 1, "GTVn": 2}

@@ -424,8 +424,8 @@ def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str
     Returns:
       ``{"result": compare_runs output, "seed_spread": {...}, "markdown": str}``.
     """
-    from vadice.metrics.compare import compare_runs
-    from vadice.metrics.evaluate import json_clean
+    from vadice.report.comparison import compare_folders as compare_runs
+    from vadice.io import json_clean
 
     seeds = sorted(next(iter(evaluations.values())))
     groups = [[evaluations[s][seed] for seed in seeds] for s in setups]

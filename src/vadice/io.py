@@ -17,8 +17,11 @@ order and offers ``spacing_zyx`` for array-order work.
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
 import hashlib
+import io as _stdio
+import json
 import math
 import os
 import shutil
@@ -420,6 +423,49 @@ def json_clean(obj):
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     return obj
+
+
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """Rows as CSV text with a header; a NaN float is written as an empty field.
+
+    Raises:
+      ValueError: a row holds a key outside ``columns``.
+    """
+    buf = _stdio.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def check_out_dir(out_dir: str | os.PathLike, marker: str, tag: str, own_files: Sequence[str]) -> Path:
+    """Refuse an output path we must not replace.
+
+    Accepted: a missing path, an empty directory, or an earlier output folder
+    of the same tool (``marker`` file carrying ``"tool": tag`` and only files
+    from ``own_files``), which is then replaced as a whole.
+
+    Raises:
+      InputError: the path is a file, or a non-empty folder that is not ours.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return out_dir
+    if not out_dir.is_dir():
+        raise InputError(out_dir, "output path exists and is a file, not a directory")
+    entries = [p.name for p in out_dir.iterdir()]
+    if not entries:
+        return out_dir
+    ours = False
+    try:
+        ours = json.loads((out_dir / marker).read_text(encoding="utf-8")).get("tool") == tag
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not ours or not set(entries) <= set(own_files):
+        raise InputError(out_dir, f"output folder exists and is not a '{tag}' folder "
+                                  "(refusing to overwrite; choose a new or empty folder)")
+    return out_dir
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

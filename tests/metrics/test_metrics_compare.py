@@ -14,6 +14,7 @@ from metrics_cases import label_pair
 from vadice.cli import main
 from vadice.io import InputError, write_nifti
 from vadice.metrics.compare import compare_runs
+from vadice.report.comparison import compare_folders
 from vadice.metrics.evaluate import CASE_COLUMNS, LESION_COLUMNS, evaluate_folders
 
 
@@ -42,7 +43,7 @@ def _per_case(folder, label, metric):
 def test_table_contents(runs):
     tmp_path, _, _, a, b = runs
     out = tmp_path / "cmp"
-    res = compare_runs([a, b], ["base", "better"], out, n_boot=300, seed=1)
+    res = compare_folders([a, b], ["base", "better"], out, n_boot=300, seed=1)
     assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "comparison.json", "comparison.md"]
     js = json.loads((out / "comparison.json").read_text())
     assert js["runs"] == ["base", "better"] and js["n_cases"] == 6 and js["n_seeds"] == {"base": 1, "better": 1}
@@ -77,14 +78,14 @@ def test_table_contents(runs):
     assert "One seed per run" in md  # the single-seed warning
     with open(out / "comparison.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * len(js["rows"])
-    again = compare_runs([a, b], ["base", "better"], None, n_boot=300, seed=1)
+    again = compare_runs([a, b], ["base", "better"], n_boot=300, seed=1)
     assert again["rows"][-1]["ci_low"] == res["rows"][-1]["ci_low"]
 
 
 def test_delta_is_recomputed_from_the_shown_values(runs):
     # Every row: the values shown and Δ come from one case set, so value(run) - value(first) = Δ.
     _, _, _, a, b = runs
-    res = compare_runs([a, b, a], ["base", "better", "same"], None, n_boot=20)
+    res = compare_runs([a, b, a], ["base", "better", "same"], n_boot=20)
     checked = 0
     for r in res["rows"]:
         for name in ("better", "same"):
@@ -142,8 +143,8 @@ def test_two_seed_folders_pool_to_the_hand_computed_answer(runs, tmp_path):
         lesions = [(c[0], "GTVn", 0.2 if c[0] == "A" else 2.0, (c[0] == "A" and small) or (c[0] == "B" and c[1] > 0))
                    for c in cases]
         folders[(run, seed)] = _write_eval(tmp_path / run / f"seed_{seed}", settings, rows, lesions)
-    res = compare_runs([[folders[("base", 0)], folders[("base", 1)]], [folders[("dual", 0)], folders[("dual", 1)]]],
-                       ["base", "dual"], tmp_path / "cmp", n_boot=200)
+    res = compare_folders([[folders[("base", 0)], folders[("base", 1)]], [folders[("dual", 0)], folders[("dual", 1)]]],
+                          ["base", "dual"], tmp_path / "cmp", n_boot=200)
     row = {(r["label"], r["metric"]): r for r in res["rows"]}
     agg = row[("GTVn", "dscagg")]
     # Pooled over both seeds and cases: base 2(1+0+2+1)/(4+1+4+2) = 8/11, dual 2(2+1+1+0)/(4+2+5+2) = 8/13.
@@ -173,13 +174,13 @@ def test_two_seed_folders_pool_to_the_hand_computed_answer(runs, tmp_path):
 
 def test_case_seed_pairing_is_marked_as_pseudo_replication(runs):
     _, _, _, a, b = runs
-    res = compare_runs([[a, a], [b, b]], ["base", "better"], None, n_boot=50)
-    single = compare_runs([a, b], ["base", "better"], None, n_boot=50)
+    res = compare_runs([[a, a], [b, b]], ["base", "better"], n_boot=50)
+    single = compare_runs([a, b], ["base", "better"], n_boot=50)
     for r1, r2 in zip(res["rows"], single["rows"]):
         for name in ("base", "better"):
             assert r1["values"][name] == pytest.approx(r2["values"][name], nan_ok=True)
     assert not any("pseudo-replication" in w for w in res["warnings"])
-    paired = compare_runs([[a, a], [b, b]], ["base", "better"], None, n_boot=50, pair_key=("case", "seed"))
+    paired = compare_runs([[a, a], [b, b]], ["base", "better"], n_boot=50, pair_key=("case", "seed"))
     assert paired["rows"][0]["n_wilcoxon"]["better"] == 2 * single["rows"][0]["n_wilcoxon"]["better"]
     assert any("pseudo-replication" in w for w in paired["warnings"])
 
@@ -196,7 +197,7 @@ def test_empty_prediction_warning(runs, tmp_path):
     c = tmp_path / "eval_empty"
     evaluate_folders(gt_dir, empty, c, progress=False)
     out = tmp_path / "cmp_empty"
-    res = compare_runs([a, c], ["base", "nolymph"], out, n_boot=20)
+    res = compare_folders([a, c], ["base", "nolymph"], out, n_boot=20)
     assert any(w.startswith("nolymph predicts no GTVn on 6 of 6") for w in res["warnings"])
     assert not any(w.startswith("base predicts") for w in res["warnings"])
     md = (out / "comparison.md").read_text()
@@ -210,7 +211,7 @@ def test_refuses_different_case_sets(runs):
     c = tmp_path / "eval_c"
     evaluate_folders(gt_dir, pred_dir, c, progress=False)
     with pytest.raises(InputError, match="case sets differ: missing 1 case.*case_005"):
-        compare_runs([a, c], ["a", "c"], None)
+        compare_runs([a, c], ["a", "c"])
 
 
 def test_refuses_different_settings(runs, capsys):
@@ -258,7 +259,7 @@ def test_empty_penalty_is_counted_as_penalised_not_excluded(runs, tmp_path):
     ev_dir = tmp_path / "e_penalty_base"
     evaluate_folders(gt_dir, pred_dir, ev_dir, progress=False, empty_distance_penalty=50.0)
     out = tmp_path / "cmp_pen"
-    res = compare_runs([ev_dir, penal], ["base", "nolymph"], out, n_boot=20)
+    res = compare_folders([ev_dir, penal], ["base", "nolymph"], out, n_boot=20)
     hd = next(r for r in res["rows"] if r["label"] == "GTVn" and r["metric"] == "hd95")
     assert hd["n_undefined"]["nolymph"] == 0 and hd["n_pairs"]["nolymph"] == 6
     assert hd["values"]["nolymph"] == pytest.approx(50.0)
@@ -277,14 +278,14 @@ def test_evaluate_cli_names_the_undefined_counts(runs, capsys):
 
 def test_runs_with_different_seed_counts(runs):
     _, _, _, a, b = runs
-    res = compare_runs([[a, a], [b]], ["base", "better"], None, n_boot=50)
+    res = compare_runs([[a, a], [b]], ["base", "better"], n_boot=50)
     assert any("different numbers of seeds" in w for w in res["warnings"])
     verdicts = {r["verdict"]["better"] for r in res["rows"] if np.isfinite(r["diff"]["better"])}
     assert verdicts <= {"CI includes 0", "seeds unpaired"} and all(r["seed_diffs"]["better"] == [] for r in res["rows"])
 
 
 def test_headline_with_other_label_names(runs, tmp_path):
-    from vadice.metrics.compare import headline_rows
+    from vadice.report.comparison import headline_rows
 
     _, gt_dir, pred_dir, _, _ = runs
     evals = []
@@ -327,8 +328,8 @@ def test_paired_seeds_narrow_the_ci_and_count_ties_neither_way(runs, tmp_path):
     settings = json.loads((runs[3] / "summary.json").read_text())["settings"]
     groups = _twin_runs(tmp_path, settings)
     warm = [[f"sha-{k}" for k in range(4)]] * 2  # seed k of both runs continued from warm start k
-    paired = compare_runs(groups, ["base", "dual"], tmp_path / "cmp_paired", n_boot=400, warm_starts=warm)
-    unpaired = compare_runs(groups, ["base", "dual"], None, n_boot=400)
+    paired = compare_folders(groups, ["base", "dual"], tmp_path / "cmp_paired", n_boot=400, warm_starts=warm)
+    unpaired = compare_runs(groups, ["base", "dual"], n_boot=400)
     assert paired["settings"]["seed_pairing"]["paired"] and not unpaired["settings"]["seed_pairing"]["paired"]
     pr = {(r["label"], r["metric"]): r for r in paired["rows"]}
     ur = {(r["label"], r["metric"]): r for r in unpaired["rows"]}
@@ -394,7 +395,7 @@ def test_cli_pairs_seed_folders_on_request(runs, tmp_path, capsys):
 
 def test_post_processed_arms_against_a_plain_baseline_are_flagged(runs):
     _, _, _, a, b = runs
-    flagged = compare_runs([a, b], ["baseline", "dual+pp"], None, n_boot=20)["warnings"]
+    flagged = compare_runs([a, b], ["baseline", "dual+pp"], n_boot=20)["warnings"]
     assert any(w.startswith("dual+pp post-processed, baseline not") for w in flagged)
-    matched = compare_runs([a, b], ["baseline+pp", "dual+pp"], None, n_boot=20)["warnings"]
+    matched = compare_runs([a, b], ["baseline+pp", "dual+pp"], n_boot=20)["warnings"]
     assert not any("post-processed" in w for w in matched)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vadice.io import Geometry, InputError, read_nifti, write_nifti
-from vadice.metrics.evaluate import _read_integer_nifti, read_label_map
+from vadice.metrics.pairs import _read_integer_nifti, read_label_map
 
 OBLIQUE = (0.9848077530122080, -0.1736481776669303, 0.0, 0.1736481776669303, 0.9848077530122080, 0.0, 0.0, 0.0, 1.0)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vadice.io import Geometry, write_nifti
-from vadice.metrics.compare import compare_runs
+from vadice.report.comparison import compare_folders
 from vadice.metrics.evaluate import evaluate_folders
 
 GEOMETRY = Geometry(size=(24, 24, 8), spacing=(0.8, 0.8, 3.0), origin=(0, 0, 0),
@@ -80,7 +80,7 @@ def run_dir(tmp_path):
     """Three set-ups x two seeds, evaluated and compared by vadice, and training logs."""
     setups = ["baseline", "dual", "selective-ln"]
     evaluations = write_cohort(tmp_path, setups)
-    compare_runs([[evaluations[s][seed] for seed in (0, 1)] for s in setups], setups, tmp_path / "cmp", n_boot=100)
+    compare_folders([[evaluations[s][seed] for seed in (0, 1)] for s in setups], setups, tmp_path / "cmp", n_boot=100)
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     logs = {}
     for setup in setups:

@@ -9,7 +9,8 @@ import pytest
 
 from vadice.io import InputError
 from vadice.metrics.compare import compare_runs
-from vadice.metrics.evaluate import json_clean
+from vadice.report.comparison import compare_folders
+from vadice.io import json_clean
 from vadice.report import SECTIONS, ReportInputs, best_and_worst_cases, overlay_png, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -156,7 +157,7 @@ def test_comparison_table_shows_undefined_counts_and_seed_diffs(run_dir):
 
 def test_empty_predictions_warn_at_the_top(tmp_path, fakes):
     evals = fakes.write_cohort(tmp_path, ("baseline", "dual"), seeds=(0,), drop_nodes=lambda s, seed, c: s == "dual")
-    comparison = compare_runs([evals["baseline"][0], evals["dual"][0]], ["baseline", "dual"], None, n_boot=20)
+    comparison = compare_runs([evals["baseline"][0], evals["dual"][0]], ["baseline", "dual"], n_boot=20)
     out = write_report(ReportInputs(title="t", comparison=json_clean(comparison), evaluations=evals),
                        tmp_path / "report.html")
     html = out.read_text()
@@ -244,7 +245,7 @@ def test_report_says_how_seeds_were_paired_and_warns_of_mixed_code(run_dir, tmp_
 
     setups, ev = run_dir["setups"], run_dir["evaluations"]
     groups = [[ev[s][seed] for seed in (0, 1)] for s in setups]
-    compare_runs(groups, setups, tmp_path / "cmp_paired", n_boot=50, paired=True)
+    compare_folders(groups, setups, tmp_path / "cmp_paired", n_boot=50, paired=True)
     paired = json.loads((tmp_path / "cmp_paired" / "comparison.json").read_text())
     mixed = {"unit_code_versions": {"aaaa": ["baseline__fold0__seed0"], "bbbb (dirty)": ["dual__fold0__seed0"]}}
     html = write_report(_inputs(run_dir, comparison=paired, manifest=mixed), tmp_path / "p.html").read_text()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from vadice.io import Geometry, write_nifti
-from vadice.metrics import compare, evaluate
+from vadice.metrics import evaluate
+from vadice.report.comparison import compare_folders
 from vadice.report import ReportInputs, best_and_worst_cases, write_report
 
 
@@ -44,8 +45,8 @@ def _cohort(root: Path) -> dict[str, Path]:
 
 def test_report_on_real_evaluation_and_comparison(tmp_path):
     evals = _cohort(tmp_path)
-    compare.compare_runs([evals["baseline"], evals["dual"]], names=["baseline", "dual"],
-                         out_dir=tmp_path / "cmp", n_boot=50)
+    compare_folders([evals["baseline"], evals["dual"]], names=["baseline", "dual"], out_dir=tmp_path / "cmp",
+                    n_boot=50)
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     out = write_report(ReportInputs(title="real", comparison=comparison,
                                     evaluations={k: {0: v} for k, v in evals.items()}),

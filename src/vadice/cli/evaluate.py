@@ -169,7 +169,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from vadice.experiment import evaluation_warm_start
-    from vadice.metrics.compare import compare_runs, headline_rows, seed_pairing
+    from vadice.metrics.compare import seed_pairing
+    from vadice.report.comparison import compare_folders, headline_rows
 
     if len(args.runs) < 2:
         raise _usage("compare needs at least two evaluation folders")
@@ -186,8 +187,8 @@ def run_compare(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _usage(f"--paired: {exc}") from None
     warm = None if args.paired is not None else [[evaluation_warm_start(f) for f in g] for g in groups]
-    result = compare_runs(groups, names=names, out_dir=args.out, n_boot=args.n_boot, seed=args.seed,
-                          zero_method=args.zero_method, paired=args.paired, warm_starts=warm)
+    result = compare_folders(groups, names=names, out_dir=args.out, n_boot=args.n_boot, seed=args.seed,
+                             zero_method=args.zero_method, paired=args.paired, warm_starts=warm)
     base = result["runs"][0]
     print(f"{result['n_cases']} cases, reference {base} -> {args.out}")
     for w in result["warnings"]:

@@ -1,7 +1,7 @@
 """Paired comparison of evaluation folders (``vadice evaluate`` outputs) on the same patients.
 
-(Over 500 lines: reading the folders, the statistics of every row and the three
-output formats share one row layout; a split would pass that layout between modules.)
+Computation only: :mod:`vadice.report.comparison` writes the result
+(``comparison.md/.csv/.json``) and picks its headline rows.
 
 A *run* is one configuration: one evaluation folder, or several (one per
 training seed). Every number is compared against the first run.
@@ -44,18 +44,14 @@ marked as such in every output.
 from __future__ import annotations
 
 import csv
-import io as _stdio
 import json
-import math
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from vadice import registry
 from vadice.io import InputError
-from vadice.metrics.evaluate import check_out_dir, json_clean, write_dir_atomically
 from vadice.metrics.lesionwise import DEFAULT_SIZE_BINS_ML, bin_names, check_bins, pooled_rate, size_bin_index
 from vadice.metrics.overlap import pooled_dscagg
 from vadice.stats import VERDICTS, holm, seed_verdict, two_level_bootstrap_ci, wilcoxon_paired
@@ -259,7 +255,6 @@ def seed_pairing(n_seeds: Sequence[int], warm_starts: Sequence[Sequence[str | No
 def compare_runs(
     run_dirs: Sequence[str | os.PathLike | Sequence[str | os.PathLike]],
     names: Sequence[str] | None = None,
-    out_dir: str | os.PathLike | None = None,
     n_boot: int = 2000,
     seed: int = 0,
     zero_method: str = "wilcox",
@@ -274,8 +269,6 @@ def compare_runs(
       run_dirs: one entry per run: an evaluation folder, or a list of folders
         (one per seed) of the same configuration.
       names: display names (default: folder names).
-      out_dir: where to write comparison.md/.csv/.json (atomically); None
-        writes nothing.
       n_boot, seed, confidence: the two-level bootstrap of every Δ.
       zero_method: Wilcoxon treatment of zero differences.
       pair_key: ``("case",)`` or ``("case", "seed")`` (pseudo-replication; see
@@ -314,8 +307,6 @@ def compare_runs(
         raise ValueError("pairing by (case, seed) needs the same number of seed folders in every run")
     is_paired, pairing_reason = seed_pairing([len(g) for g in groups], warm_starts, paired)
     ties = "neutral" if is_paired else "against"
-    if out_dir is not None:
-        check_out_dir(out_dir, marker="comparison.json", tag=TOOL_TAG, own_files=OUTPUT_FILES)
 
     loaded = [[load_evaluation(f) for f in g] for g in groups]
     ref_summary, ref_rows, _ = loaded[0][0]
@@ -427,12 +418,6 @@ def compare_runs(
         "warnings": _warnings(names, labels, cols, rows, pair_key, n_seeds, inputs),
         "rows": rows,
     }
-    if out_dir is not None:
-        write_dir_atomically(out_dir, {
-            "comparison.json": json.dumps(json_clean(result), indent=2, ensure_ascii=False) + "\n",
-            "comparison.csv": _csv(result),
-            "comparison.md": markdown(result),
-        })
     return result
 
 
@@ -511,156 +496,3 @@ def _row(label: str, metric: str, kind: str, names: Sequence[str]) -> dict:
             row[key] = {name: (None if name == first else float("nan")) for name in names}
         row["n_wilcoxon"] = {name: (None if name == first else 0) for name in names}
     return row
-
-
-def _fmt(x, digits=4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.{digits}g}"
-
-
-def _csv(result: dict) -> str:
-    buf = _stdio.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["label", "metric", "kind", "run", "value", "n_undefined", "n_values", "diff", "ci_low", "ci_high",
-                "n_boot_valid", "seed_diffs", "n_seeds_agree", "verdict", "p", "p_holm", "n_pairs", "n_wilcoxon",
-                "median_diff", "effect_size", "seed_pairing"])
-    pairing = "paired" if (result["settings"].get("seed_pairing") or {}).get("paired") else "unpaired"
-    for r in result["rows"]:
-        for name in result["runs"]:
-            sd = r["seed_diffs"].get(name)
-            w.writerow([r["label"], r["metric"], r["kind"], name, _num(r["values"].get(name)),
-                        _num(r.get("n_undefined", {}).get(name)), _num(r.get("n_values", {}).get(name))]
-                       + [_num(r[k].get(name)) for k in ("diff", "ci_low", "ci_high", "n_boot_valid")]
-                       + [";".join(_num(x) for x in sd) if sd else "", _num(r["n_seeds_agree"].get(name)),
-                          r["verdict"].get(name) or ""]
-                       + [_num(r[k].get(name)) for k in ("p", "p_holm", "n_pairs", "n_wilcoxon", "median_diff",
-                                                          "effect_size")] + [pairing])
-    return buf.getvalue()
-
-
-def _num(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
-    return repr(float(x)) if isinstance(x, float) else str(x)
-
-
-_N, _T = registry.NODE_LABEL, registry.TUMOUR_LABEL
-HEADLINE = ((_N, "lesion_sensitivity"), (_N, "lesion_sensitivity SMALL"), (_T, "lesion_precision"),
-            (_N, "lesion_precision"), (_T, "dscagg"), (_N, "dscagg"))
-
-
-def headline_rows(result: dict) -> list[dict]:
-    """The rows the study is about, in HEADLINE order: GTVn lesion sensitivity (all, smallest size bin),
-    lesion precision and DSCagg per label; rows whose label the evaluation lacks are skipped.
-
-    An evaluation with other label names (no GTVp and no GTVn) gets the same rows for each of its labels,
-    in label order, rather than an empty headline.
-    """
-    bins = result["settings"].get("size_bins_ml") or DEFAULT_SIZE_BINS_ML
-    small = f"lesion_sensitivity {bin_names(bins)[0]}"
-    by_key = {(r["label"], r["metric"]): r for r in result["rows"]}
-    labels = list(dict.fromkeys(r["label"] for r in result["rows"] if r["label"] != "mean"))
-    wanted = HEADLINE
-    if not set(registry.LABELS) & set(labels):
-        wanted = [(lab, m) for lab in labels
-                  for m in ("lesion_sensitivity", "lesion_sensitivity SMALL", "lesion_precision", "dscagg")]
-    out = []
-    for lab, metric in wanted:
-        row = by_key.get((lab, small if metric.endswith("SMALL") else metric))
-        if row is not None:
-            out.append(row)
-    return out
-
-
-def _value_text(r: dict, name: str) -> str:
-    text = _fmt(r["values"][name])
-    if r["kind"] == "cohort" and r.get("counts", {}).get(name):
-        text += " ({}/{})".format(*r["counts"][name])
-    if r["kind"] == "per_case":
-        text += f" (undef. {r['n_undefined'][name]}/{r['n_values'][name]})"
-    return text
-
-
-def _diff_text(r: dict, name: str) -> str:
-    sd = r["seed_diffs"][name]
-    seeds = f"; seeds {', '.join(_fmt(x, 3) for x in sd)}" if sd else ""
-    return (f"{_fmt(r['diff'][name])} [{_fmt(r['ci_low'][name])}, {_fmt(r['ci_high'][name])}]{seeds}; "
-            f"{r['n_seeds_agree'][name]}/{len(sd)} seeds agree: **{r['verdict'][name]}**")
-
-
-def markdown(result: dict) -> str:
-    """comparison.md: warnings, the headline rows, then every row."""
-    names = result["runs"]
-    base = names[0]
-    st = result["settings"]
-    seeds = ", ".join(f"{k} {v}" for k, v in result["n_seeds"].items())
-    lines = [f"# Paired comparison against {base}", ""]
-    if result["warnings"]:
-        lines += ["## Warnings", ""] + [f"- **{w}**" for w in result["warnings"]] + [""]
-    n_tests = sum(1 for r in result["rows"] if r["kind"] == "per_case") * (len(names) - 1)
-    pairing = st.get("seed_pairing") or {"paired": False}
-    if pairing["paired"]:
-        rule = (f"**Rule.** Δ = run − {base}. CI: {st['confidence']:.0%} two-level bootstrap (resample patients, "
-                f"shared by both runs, then seeds, one draw shared by both runs because seed k of each run are "
-                f"twins; {st['n_boot']} resamples, seed {st['seed']}). Per-seed Δ: seed k of a run against seed k "
-                f"of {base}. A Δ is **consistent** only when its CI excludes 0, no seed's Δ has the other sign "
-                "and more than half of the seeds have the pooled Δ's sign (a seed with Δ = 0 counts neither "
-                "way); otherwise *seeds disagree*, *seeds tied* (too many seeds with Δ = 0), *CI includes 0* or "
-                "*one seed* (CI excludes 0 but training noise is not assessed).")
-    else:
-        rule = (f"**Rule.** Δ = run − {base}. CI: {st['confidence']:.0%} two-level bootstrap (resample patients, "
-                f"shared by both runs, then seeds, per run; {st['n_boot']} resamples, seed {st['seed']}). Per-seed "
-                f"Δ: seed k of a run against seed k of {base}. A Δ is **consistent** only when its CI excludes 0 "
-                "*and* every seed's Δ has the sign of the pooled Δ; otherwise *seeds disagree*, *CI includes 0*, "
-                "*one seed* (CI excludes 0 but training noise is not assessed) or *seeds unpaired* (different "
-                "numbers of seeds).")
-    lines += [
-        f"{result['n_cases']} cases; seeds per run: {seeds}.",
-        "",
-        rule,
-        "",
-        f"**Seeds.** {pairing.get('reason', 'unpaired seeds')}.",
-        "",
-        "**Values.** Cohort metrics pool every case and seed (DSCagg = 2·Σ|A∩B| / Σ(|A|+|B|); lesion "
-        "sensitivity/precision = pooled counts, shown in brackets). Per-case metrics: mean over the cases "
-        "defined in every run and seed (n), so value − value(" + base + ") = Δ; undef. = undefined (case, seed) "
-        "values of that run, left out. p: Wilcoxon signed-rank on per-case values averaged over seeds "
-        f"(zero_method={st['zero_method']}), Holm-adjusted over all {n_tests} tests."
-        + (" Empty-side HD95/MSD are set to the penalty "
-           f"{st['empty_distance_penalty']:g} mm and included." if st.get("empty_distance_penalty") is not None
-           else ""),
-        "",
-        "## Headline",
-        "",
-        "| label | metric | " + " | ".join(names) + " | " + " | ".join(f"Δ vs {base}: {n} [CI]; per seed; verdict"
-                                                                for n in names[1:]) + " |",
-        "|" + "---|" * (2 + 2 * len(names) - 1),
-    ]
-    for r in headline_rows(result):
-        lines.append(f"| {r['label']} | {r['metric']} | " + " | ".join(_value_text(r, n) for n in names) + " | "
-                     + " | ".join(_diff_text(r, n) for n in names[1:]) + " |")
-    lines += ["", "## All metrics", "",
-              "| label | metric | " + " | ".join(names) + " | "
-              + " | ".join(f"Δ vs {base}: {n} [CI]; per seed; verdict | p (Holm), n {n}" for n in names[1:])
-              + " |",
-              "|" + "---|" * (2 + len(names) + 2 * (len(names) - 1))]
-    for r in result["rows"]:
-        extra = []
-        for n in names[1:]:
-            extra.append(_diff_text(r, n))
-            extra.append("" if r["kind"] == "cohort" else
-                         f"p={_fmt(r['p'][n], 3)} ({_fmt(r['p_holm'][n], 3)}), n={r['n_wilcoxon'][n]}")
-        flag = " ⚠ undefined counts differ" if r.get("undefined_differ") else ""
-        lines.append(f"| {r['label']} | {r['metric']}{flag} | " + " | ".join(_value_text(r, n) for n in names)
-                     + " | " + " | ".join(extra) + " |")
-    lines += ["", "## Inputs", ""]
-    for name, info in result["inputs"].items():
-        ex = "; ".join(f"{lab}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items())
-                       for lab, d in info["excluded"].items())
-        lines.append(f"- {name}: missing predictions {info['missing_predictions']}, resampled "
-                     f"{info['resampled_predictions']}; excluded (case, seed) values: {ex or 'none recorded'}"
-                     + (f"; {'; '.join(info['dscagg_notes'])}" if info["dscagg_notes"] else ""))
-    return "\n".join(lines) + "\n"

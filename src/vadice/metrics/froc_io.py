@@ -21,7 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from vadice import __version__
-from vadice.io import NIFTI_SUFFIXES, InputError, atomic_dir, is_nifti, json_clean, strip_nifti_suffix
+from vadice.io import (NIFTI_SUFFIXES, InputError, atomic_dir, check_out_dir, csv_text, is_nifti, json_clean,
+                       strip_nifti_suffix)
 from vadice.metrics.froc import (CPM_RATES, DEFAULT_THRESHOLDS, FrocCounts, case_counts, check_rates,
                                  check_thresholds, cpm, froc_table, pool_cases, resolve_patients, sensitivity_at)
 from vadice.metrics.lesionwise import DEFAULT_SIZE_BINS_ML, bin_names, check_bins, parse_match
@@ -114,7 +115,6 @@ def froc_folders(
     from tqdm.auto import tqdm
 
     from vadice.io import read_mask
-    from vadice.metrics.evaluate import _csv_text, check_out_dir
 
     t = check_thresholds(thresholds)
     check_rates([fp_rate])
@@ -122,7 +122,7 @@ def froc_folders(
     parse_match(match)
     edges = check_bins(bins_ml)
     gt_dir, prob_dir = Path(gt_dir), Path(prob_dir)
-    out_dir = check_out_dir(out_dir, tag=TOOL_TAG, own_files=OUTPUT_FILES)
+    out_dir = check_out_dir(out_dir, "summary.json", TOOL_TAG, OUTPUT_FILES)
     for folder in (gt_dir, prob_dir):
         if not folder.is_dir():
             raise InputError(folder, "not a folder")
@@ -172,7 +172,7 @@ def froc_folders(
                "match": match, "connectivity": connectivity, "size_bins_ml": edges, "labels": summary_labels}
     columns = list(rows[0])
     with atomic_dir(out_dir, replace=True) as tmp:
-        (tmp / "froc.csv").write_text(_csv_text(rows, columns), encoding="utf-8")
+        (tmp / "froc.csv").write_text(csv_text(rows, columns), encoding="utf-8")
         (tmp / "summary.json").write_text(json.dumps(json_clean(summary), indent=2) + "\n", encoding="utf-8")
         save_froc_counts(tmp / "counts.npz", pooled)
     return json_clean(summary)

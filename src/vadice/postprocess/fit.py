@@ -186,7 +186,7 @@ def score_cases(pairs: Sequence[tuple[str, Path, Path]], labels: Mapping[str, in
     """Read every (truth, prediction) pair once and count lesions for each candidate.
 
     Files are read and checked as ``vadice evaluate`` reads them
-    (:func:`vadice.metrics.evaluate.load_pair`: labels, spacing, resampling onto
+    (:func:`vadice.metrics.pairs.load_pair`: labels, spacing, resampling onto
     the truth grid).
 
     Raises:
@@ -194,7 +194,7 @@ def score_cases(pairs: Sequence[tuple[str, Path, Path]], labels: Mapping[str, in
     """
     from tqdm.auto import tqdm
 
-    from vadice.metrics.evaluate import load_pair
+    from vadice.metrics.pairs import load_pair
 
     grid = check_grid(grid)
     counts = np.zeros((len(pairs), len(labels), len(grid), 4), np.int64)
@@ -346,7 +346,7 @@ def validation_folds(source: str | os.PathLike) -> dict[str, dict[str, Path]]:
     Raises:
       InputError: missing folder, no predictions, or a fold folder without validation predictions.
     """
-    from vadice.metrics.evaluate import list_cases
+    from vadice.metrics.pairs import list_cases
 
     source = Path(source)
     if not source.is_dir():

@@ -31,8 +31,9 @@ import jinja2
 import vadice
 from vadice import registry
 from vadice.io import InputError, write_text
-from vadice.metrics.compare import headline_rows, load_evaluation
+from vadice.metrics.compare import load_evaluation
 from vadice.report import plots
+from vadice.report.comparison import headline_rows
 from vadice.report.template import TEMPLATE
 
 # (id, heading) of every section, in order; tests and docs rely on these.
