@@ -226,3 +226,14 @@ def test_report_renders_the_froc_section_only_when_given(tmp_path):
     without = write_report(ReportInputs(title="t"), tmp_path / "b.html").read_text()
     section = without[without.index('<section id="froc">'):without.index('<section id="training">')]
     assert "No FROC comparison given" in section and "<img" not in section
+
+
+def test_froc_figure_draws_a_panel_per_view_and_says_when_empty():
+    from vadice.report.plots import froc_png, no_data_png
+
+    png = froc_png(compare_froc({"A": [A], "B": [B]}, "A", "GTVn", n_boot=50))
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width = int.from_bytes(png[16:20], "big")
+    one_view = froc_png(compare_froc({"A": [A], "B": [B]}, "A", "GTVn", n_boot=50, size_bin=None))
+    assert width > int.from_bytes(one_view[16:20], "big")  # two panels are wider than one
+    assert froc_png({}) == no_data_png("FROC", "no FROC comparison")

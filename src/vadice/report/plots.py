@@ -282,13 +282,14 @@ def froc_png(comparison: Mapping, setups: Sequence[str] | None = None) -> bytes:
     """FROC curves of a FROC comparison (:func:`vadice.metrics.froc_compare.compare_froc`), one panel per view.
 
     Per set-up: each seed's curve (thin), the pooled curve (thick) and its bootstrap band (shaded); the x axis
-    is logarithmic, ticked at the CPM's FP rates, and ends there (a curve's part below the lowest rate is not
-    read by the CPM).
+    is logarithmic, ticked at the CPM's FP rates, from half the lowest to 1.5 times the highest. Curves are
+    drawn as the CPM reads them (:func:`vadice.metrics.froc.sensitivity_at`: linear in FP between points,
+    flat past the last), sampled on that axis, so a straight segment shows bent on the log scale.
 
     Returns:
       PNG bytes; a "no data" figure when the comparison holds no view.
     """
-    from vadice.metrics.froc import froc_curve
+    from vadice.metrics.froc import sensitivity_at
 
     title = "FROC"
     views = dict(comparison.get("views") or {})
@@ -297,6 +298,7 @@ def froc_png(comparison: Mapping, setups: Sequence[str] | None = None) -> bytes:
     rates = [float(r) for r in (comparison.get("settings") or {}).get("cpm_rates") or (0.125, 8.0)]
     setups = list(setups or comparison.get("runs") or next(iter(views.values())))
     colors = setup_colors(setups)
+    xs = np.geomspace(rates[0] / 2, rates[-1] * 1.5, 200)
     fig = _new_figure(4.6 * len(views), 3.9)
     for i, (view, blocks) in enumerate(views.items()):
         ax = fig.add_subplot(1, len(views), i + 1)
@@ -306,17 +308,17 @@ def froc_png(comparison: Mapping, setups: Sequence[str] | None = None) -> bytes:
                 continue
             for seed in b["seeds"]:
                 if all(_finite(v) for v in seed["sensitivity"]):
-                    x, y = froc_curve(seed["fp_per_patient"], seed["sensitivity"])
-                    ax.plot(np.maximum(x, rates[0] / 2), y, color=colors[name], lw=0.7, alpha=0.45)
+                    ax.plot(xs, sensitivity_at(seed["fp_per_patient"], seed["sensitivity"], xs), color=colors[name],
+                            lw=0.7, alpha=0.45)
             band = b["pooled"]["band"]
             low, high = np.asarray(band["low"], float), np.asarray(band["high"], float)
             if np.isfinite(low).any():
                 ax.fill_between(band["rates"], low, high, color=colors[name], alpha=0.18, lw=0)
             pooled = b["pooled"]
             if all(_finite(v) for v in pooled["sensitivity"]):
-                x, y = froc_curve(pooled["fp_per_patient"], pooled["sensitivity"])
                 cpm = pooled["cpm"]
-                ax.plot(np.maximum(x, rates[0] / 2), y, color=colors[name], lw=2.0,
+                ax.plot(xs, sensitivity_at(pooled["fp_per_patient"], pooled["sensitivity"], xs), color=colors[name],
+                        lw=2.0,
                         label=f"{name} (CPM {cpm:.3f}, {len(b['seeds'])} seed{'s' if len(b['seeds']) != 1 else ''})"
                         if _finite(cpm) else name)
         ax.set_xscale("log", base=2)
