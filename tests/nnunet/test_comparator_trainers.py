@@ -67,7 +67,7 @@ def test_train_step_on_a_real_batch(nnunet_env, lesions, monkeypatch, loss):
 
 
 def test_cc_regions_are_computed_once_and_ride_with_the_ids(nnunet_env, lesions, monkeypatch):
-    from vadice.nnunet.instances import REGION_SUFFIX
+    from vadice.nnunet.lesion_cache import REGION_SUFFIX
 
     monkeypatch.setenv("VADICE_SEED", "5")
     tr = _trainer(nnunet_env, "nnUNetTrainerCCDiceCE", patch=(12, 24, 24))

@@ -75,7 +75,7 @@ def nnunet_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lesions(nnunet_env):
-    from vadice.nnunet.instances import preprocess_instances
+    from vadice.nnunet.lesion_cache import preprocess_instances
 
     folder = preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
     return folder
@@ -93,7 +93,10 @@ def _preprocessed_seg(pre: Path, case: str) -> np.ndarray:
 def test_lesion_table_matches_independent_labelling(nnunet_env, lesions):
     import blosc2
 
+    from vadice.nnunet.lesion_cache import load_lesion_table
+
     table = json.loads((lesions / "lesions.json").read_text())
+    loaded = load_lesion_table(lesions)
     plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
     spacing = plans["configurations"]["3d_fullres"]["spacing"]
     assert table["connectivity"] == 26 and table["labels"] == [1, 2]
@@ -104,6 +107,7 @@ def test_lesion_table_matches_independent_labelling(nnunet_env, lesions):
         inst = np.asarray(blosc2.open(str(lesions / f"{case}_inst.b2nd"))[:])[0]
         assert inst.shape == seg.shape and inst.dtype == np.int16
         assert entry["spacing_mm"] == pytest.approx(spacing)
+        assert loaded.spacing[case] == pytest.approx(spacing)
         # scipy, full 3x3x3 structure, one label at a time
         want = []
         for label in (1, 2):
@@ -114,16 +118,18 @@ def test_lesion_table_matches_independent_labelling(nnunet_env, lesions):
                 assert len(ids) == 1 and ids[0] > 0  # one lesion, one id
                 les = entry["lesions"][str(ids[0])]
                 assert les["label"] == label and les["voxels"] == (comps == k).sum()
+                assert loaded.voxels[case][ids[0]] == (comps == k).sum() and loaded.lesion_labels[case][ids[0]] == label
                 assert les["volume_mm3"] == pytest.approx((comps == k).sum() * np.prod(spacing))
                 all_vols[label].append(les["volume_mm3"])
         assert len(want) == len(entry["lesions"])
+        assert int((loaded.voxels[case] > 0).sum()) == len(want) and loaded.voxels[case][0] == 0
         assert ((inst > 0) == (seg > 0)).all()
     for label in (1, 2):
         assert table["median_volume_mm3"][str(label)] == pytest.approx(np.median(all_vols[label]))
 
 
 def test_preprocess_instances_is_resumable(nnunet_env, lesions):
-    from vadice.nnunet.instances import preprocess_instances
+    from vadice.nnunet.lesion_cache import preprocess_instances
 
     files = {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")}
     preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
@@ -157,7 +163,7 @@ def test_changed_segmentation_is_refused_at_trainer_start_then_relabelled(nnunet
     """Same shape, new content: the trainer must not train on the old ids (a node would get the tumour's id)."""
     import shutil
 
-    from vadice.nnunet.instances import preprocess_instances
+    from vadice.nnunet.lesion_cache import preprocess_instances
 
     seg_file = nnunet_env["pre"] / "nnUNetPlans_3d_fullres" / "case03_seg.b2nd"
     backup = tmp_path / "case03_seg.b2nd"
@@ -180,7 +186,7 @@ def test_changed_segmentation_is_refused_at_trainer_start_then_relabelled(nnunet
 
 
 def test_preprocess_instances_errors(nnunet_env, tmp_path):
-    from vadice.nnunet.instances import preprocess_instances
+    from vadice.nnunet.lesion_cache import preprocess_instances
 
     with pytest.raises(InputError, match="plans file not found"):
         preprocess_instances(nnunet_env["pre"], "3d_fullres", "NoSuchPlans", progress=False)
@@ -255,7 +261,7 @@ def test_preset_trainers_build_va_loss(nnunet_env, lesions, name, labels):
 
 
 def test_generic_trainer_reads_options_file_and_absolute_reference(nnunet_env, lesions, tmp_path, monkeypatch):
-    from vadice.nnunet.instances import load_lesion_table
+    from vadice.nnunet.lesion_cache import load_lesion_table
 
     cfg = tmp_path / "va.json"
     cfg.write_text(json.dumps({"preset": "selective-ln", "mode": "absolute", "gamma": 0.5, "r_max": 4}))
@@ -402,7 +408,7 @@ def test_va_trainer_composes_with_nnunet_variants(nnunet_env, lesions, monkeypat
         nnUNetTrainer_5epochs,
     )
 
-    from vadice.nnunet.instances import LesionSpatialTransform
+    from vadice.nnunet.augmentation import LesionSpatialTransform
     from vadice.nnunet.trainers import nnUNetTrainerVADual
 
     class VADualSegOrd5(nnUNetTrainerVADual, nnUNetTrainer_DASegOrd0, nnUNetTrainer_5epochs):
@@ -529,13 +535,8 @@ def test_numpy_dataset_variant_carries_the_same_ids(nnunet_env, lesions, tmp_pat
     import blosc2
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
-    from vadice.nnunet.instances import (
-        LesionDatasetNumpy,
-        SegWithInstances,
-        lesion_dataset_class,
-        load_lesion_table,
-        preprocess_instances,
-    )
+    from vadice.nnunet.datasets import LesionDatasetNumpy, SegWithInstances, lesion_dataset_class
+    from vadice.nnunet.lesion_cache import load_lesion_table, preprocess_instances
 
     src = nnunet_env["pre"]
     base = tmp_path / src.name
@@ -584,7 +585,7 @@ def test_2d_configuration_trains_and_predicts_with_a_va_trainer(nnunet_env, tmp_
 
     from vadice.io import read_mask
     from vadice.nnunet import trainer_dir
-    from vadice.nnunet.instances import load_lesion_table, preprocess_instances
+    from vadice.nnunet.lesion_cache import load_lesion_table, preprocess_instances
 
     plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
     assert "2d" in plans["configurations"]

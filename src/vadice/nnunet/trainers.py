@@ -4,7 +4,8 @@ comparators (blob, CC-DiceCE, CATMIL) and a budget baseline.
 Plain nnU-Net finds these classes through ``nnUNet_extTrainer`` (set it to
 ``vadice nnunet-path``). nnU-Net imports this file by path as a top-level
 module, so everything here uses absolute ``vadice`` imports, and classes that
-must pickle into data-loader workers live in :mod:`vadice.nnunet.instances`.
+must pickle into data-loader workers live in :mod:`vadice.nnunet.datasets` and
+:mod:`vadice.nnunet.augmentation`.
 
 - ``nnUNetTrainerBudget``: nnU-Net's nnUNetTrainer, loss untouched; only the
   schedule and seed can be set (environment variables below). For short
@@ -50,13 +51,9 @@ from vadice.losses import (
 )
 from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
 from vadice.nnunet import THREADS_ENV
-from vadice.nnunet.instances import (
-    lesion_dataset_class,
-    lesion_folder,
-    lesion_training_transforms,
-    load_lesion_table,
-    preprocess_regions,
-)
+from vadice.nnunet.augmentation import lesion_training_transforms
+from vadice.nnunet.datasets import lesion_dataset_class
+from vadice.nnunet.lesion_cache import lesion_folder, load_lesion_table, preprocess_regions
 
 ENV_EPOCHS = "VADICE_EPOCHS"
 ENV_ITERS = "VADICE_ITERS_PER_EPOCH"
@@ -211,10 +208,10 @@ def read_va_options(path: str | os.PathLike | None) -> dict:
 class nnUNetTrainerLesions(nnUNetTrainerBudget):
     """Base of every trainer whose loss needs whole-case lesion ids (VA, blob, CC-DiceCE, CATMIL).
 
-    Carries the lesion-id map of :func:`vadice.nnunet.instances.preprocess_instances`
+    Carries the lesion-id map of :func:`vadice.nnunet.lesion_cache.preprocess_instances`
     through nnU-Net's data loader and augmentation as a second target channel
     (with ``region_maps``, the per-label Voronoi cells of
-    :func:`~vadice.nnunet.instances.preprocess_regions` as further channels),
+    :func:`~vadice.nnunet.lesion_cache.preprocess_regions` as further channels),
     verifies the ids against nnU-Net's segmentations (SHA-256), wraps the loss
     for deep supervision and binds each batch's maps to it, so nnU-Net's own
     train/validation steps run unchanged. A subclass provides
@@ -376,7 +373,7 @@ class nnUNetTrainerLesions(nnUNetTrainerBudget):
 class nnUNetTrainerVA(nnUNetTrainerLesions):
     """nnU-Net trainer with the volume-aware Dice + CE loss on whole-case lesion volumes.
 
-    Requires :func:`vadice.nnunet.instances.preprocess_instances` to have run
+    Requires :func:`vadice.nnunet.lesion_cache.preprocess_instances` to have run
     for the plans and configuration. Options: see :func:`read_va_options`.
     """
 
@@ -542,7 +539,7 @@ class nnUNetTrainerBlob(_ComparatorTrainer):
 class nnUNetTrainerCCDiceCE(_ComparatorTrainer):
     """CC-DiceCE (arXiv 2511.17146): Dice+CE plus mean Dice+CE inside each lesion's Voronoi cell.
 
-    The cells are computed once per case (:func:`vadice.nnunet.instances.preprocess_regions`,
+    The cells are computed once per case (:func:`vadice.nnunet.lesion_cache.preprocess_regions`,
     cached and keyed on the id map's hash) and ride through augmentation as extra target
     channels after the ids, one per label.
     """
@@ -584,12 +581,8 @@ class nnUNetTrainerCATMIL(_ComparatorTrainer):
 
     def _load_lesion_table(self):
         table = super()._load_lesion_table()
-        cases = json.loads((Path(self._lesion_folder) / "lesions.json").read_text())["cases"]
-        sizes = torch.zeros(self._lesion_volumes.shape, dtype=torch.float32)
-        for case, row in self._lesion_rows.items():
-            for k, lesion in cases[case]["lesions"].items():
-                sizes[row, int(k)] = float(lesion["voxels"])
-        self._lesion_sizes = sizes.to(self.device)
+        sizes, _ = table.padded(list(self._lesion_rows), "voxels")  # rows in the order of the volume table
+        self._lesion_sizes = torch.from_numpy(sizes).to(self.device)
         return table
 
     def _lesion_loss(self, table):
