@@ -46,7 +46,7 @@ def test_every_loss_is_an_experiment_setup_with_a_report_label():
 @pytest.mark.parametrize("loss", sorted(COMPARATORS))
 def test_train_step_on_a_real_batch(nnunet_env, lesions, monkeypatch, loss):
     from vadice.losses import BlobDiceCELoss, CATMILLoss, CCDiceCELoss
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     monkeypatch.setenv("VADICE_SEED", "4")
     tr = _trainer(nnunet_env, COMPARATORS[loss], patch=(12, 24, 24))
@@ -130,7 +130,7 @@ def test_resuming_with_other_comparator_options_is_refused(nnunet_env, lesions):
 
 def test_deep_supervision_wrapper_checks_every_list_length():
     from vadice.losses import BlobDiceCELoss
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     loss = DeepSupervisionLesionLoss(BlobDiceCELoss(), [0.5, 0.5])
     outs = [torch.randn(1, 3, 4, 4, 4), torch.randn(1, 3, 2, 2, 2)]

@@ -243,7 +243,7 @@ def test_budget_trainer_keeps_nnunet_loss(nnunet_env, lesions):
 
 @pytest.mark.parametrize("name, labels", [("nnUNetTrainerVADual", (1, 2)), ("nnUNetTrainerVASelectiveLN", (2,))])
 def test_preset_trainers_build_va_loss(nnunet_env, lesions, name, labels):
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     tr = _trainer(nnunet_env, name)
     tr.initialize()
@@ -297,7 +297,7 @@ def test_resuming_with_changed_va_options_is_refused(nnunet_env, lesions, tmp_pa
 
 def test_deep_supervision_loss_checks_every_list_length():
     from vadice.losses import VolumeAwareDiceCELoss
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     loss = DeepSupervisionLesionLoss(VolumeAwareDiceCELoss(), [0.5, 0.5])
     outs = [torch.randn(1, 3, 4, 4, 4), torch.randn(1, 3, 2, 2, 2)]
@@ -305,6 +305,36 @@ def test_deep_supervision_loss_checks_every_list_length():
     ids = [torch.zeros(1, 1, 4, 4, 4)]
     with pytest.raises(ValueError, match="2 outputs, 2 targets, 1 instances, 2 weights"):
         loss(outs, targets, instances=ids, volumes=torch.zeros(1, 1))
+
+
+def test_lesion_loss_takes_the_bound_batch_and_refuses_none():
+    """nnU-Net calls loss(output, target): the maps come from batch_inputs, never from nowhere or a stale batch."""
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss, LesionLoss
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, o, t, instances):
+            seen.append(instances)
+            return o.sum()
+
+    for loss, out, ids in ((LesionLoss(Spy()), torch.ones(2), torch.tensor([7])),
+                           (DeepSupervisionLesionLoss(Spy(), [1.0, 0.5]), [torch.ones(2), torch.ones(1)],
+                            [torch.tensor([7]), torch.tensor([8])])):
+        target = [None] * len(out) if isinstance(out, list) else None
+        with pytest.raises(RuntimeError, match="needs the batch's lesion maps"):
+            loss(out, target)
+        seen.clear()
+        with loss.batch_inputs(instances=ids):
+            loss(out, target)
+            loss(out, target)  # a second call in the same step sees the same batch
+            with pytest.raises(RuntimeError, match="another batch"):
+                with loss.batch_inputs(instances=ids):
+                    pass
+        expected = ids if isinstance(ids, list) else [ids]
+        assert [t.item() for t in seen] == [t.item() for t in expected] * 2
+        with pytest.raises(RuntimeError, match="needs the batch's lesion maps"):
+            loss(out, target)  # unbound again after the block
 
 
 def test_va_baseline_path_equals_nnunet_loss(nnunet_env, lesions, tmp_path, monkeypatch):
@@ -363,11 +393,21 @@ def test_batches_carry_whole_case_volumes(nnunet_env, lesions, monkeypatch):
             for k in torch.unique(inst[inst > 0]).tolist():
                 v = max(table[case]["lesions"][str(k)]["volume_mm3"], 1.0)
                 torch.testing.assert_close(w[b, 0][inst == k], torch.full(((inst == k).sum().item(),), 1000.0 / v))
+        loss, during = tr.loss, []
+        hook = tr.network.register_forward_hook(lambda *_: during.append(tr.loss))
         out = tr.train_step(batch)
-        assert np.isfinite(out["loss"])
+        hook.remove()
+        # nnU-Net's attribute is the one loss object, also while the step runs (no per-step swap)
+        assert np.isfinite(out["loss"]) and tr.loss is loss and during and all(d is loss for d in during)
     assert cut_seen > 0, "no lesion was cut by the patch border in 6 batches"
-    val = tr.validation_step(next(tr.get_dataloaders()[1]))
+    val_batch = next(tr.get_dataloaders()[1])
+    val = tr.validation_step(val_batch)
     assert np.isfinite(val["loss"]) and val["tp_hard"].shape == (2,)
+    # the validation loss is the loss of this batch's own lesion maps (no optimiser step in between)
+    labels, inputs = tr.loss_inputs(val_batch)
+    with torch.no_grad():
+        expected = tr.loss(tr.network(val_batch["data"]), labels, **inputs)
+    assert float(val["loss"]) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_missing_lesion_table_is_a_clear_error(nnunet_env, lesions, tmp_path):

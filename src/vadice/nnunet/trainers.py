@@ -29,11 +29,9 @@ training starts from; read in ``initialize``), ``VADICE_CATMIL_WARMUP_EPOCHS``
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +52,7 @@ from vadice.nnunet import THREADS_ENV
 from vadice.nnunet.augmentation import lesion_training_transforms
 from vadice.nnunet.datasets import lesion_dataset_class
 from vadice.nnunet.lesion_cache import lesion_folder, load_lesion_table, preprocess_regions
+from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss, LesionLoss
 
 ENV_EPOCHS = "VADICE_EPOCHS"
 ENV_ITERS = "VADICE_ITERS_PER_EPOCH"
@@ -213,8 +212,8 @@ class nnUNetTrainerLesions(nnUNetTrainerBudget):
     (with ``region_maps``, the per-label Voronoi cells of
     :func:`~vadice.nnunet.lesion_cache.preprocess_regions` as further channels),
     verifies the ids against nnU-Net's segmentations (SHA-256), wraps the loss
-    for deep supervision and binds each batch's maps to it, so nnU-Net's own
-    train/validation steps run unchanged. A subclass provides
+    for deep supervision (:mod:`vadice.nnunet.lesion_loss`) and hands it each
+    batch's maps around nnU-Net's own train/validation steps, which run unchanged. A subclass provides
     :meth:`_lesion_loss` (the loss of one scale), :meth:`loss_inputs` (which
     maps the loss takes) and the record written to ``provenance_file``.
     """
@@ -269,6 +268,8 @@ class nnUNetTrainerLesions(nnUNetTrainerBudget):
         loss = self._lesion_loss(table)
         if self.enable_deep_supervision:
             loss = DeepSupervisionLesionLoss(loss, self._deep_supervision_weights())
+        else:
+            loss = LesionLoss(loss)
         self._write_provenance(table)
         return loss
 
@@ -349,25 +350,18 @@ class nnUNetTrainerLesions(nnUNetTrainerBudget):
             return [v.to(self.device, non_blocking=True) for v in value]
         return value.to(self.device, non_blocking=True)
 
-    @contextmanager
-    def _lesions_bound(self, batch: dict):
-        # nnU-Net's own train/validation step then runs unchanged (AMP, grad scaler, clipping, pseudo Dice)
-        # on a 1-channel target, with this batch's lesion maps bound to the loss.
+    def _step_with_lesion_maps(self, step, batch: dict) -> dict:
+        # nnU-Net's own step runs unchanged (AMP, grad scaler, clipping, pseudo Dice) on the 1-channel
+        # labels; the loss object, the same one all training, gets the batch's maps for its duration.
         labels, inputs = self.loss_inputs(batch)
-        loss = self.loss
-        self.loss = functools.partial(loss, **{k: self._to_device(v) for k, v in inputs.items()})
-        try:
-            yield {**batch, "target": labels}
-        finally:
-            self.loss = loss
+        with self.loss.batch_inputs(**{k: self._to_device(v) for k, v in inputs.items()}):
+            return step({**batch, "target": labels})
 
     def train_step(self, batch: dict) -> dict:
-        with self._lesions_bound(batch) as plain:
-            return super().train_step(plain)
+        return self._step_with_lesion_maps(super().train_step, batch)
 
     def validation_step(self, batch: dict) -> dict:
-        with self._lesions_bound(batch) as plain:
-            return super().validation_step(plain)
+        return self._step_with_lesion_maps(super().validation_step, batch)
 
 
 class nnUNetTrainerVA(nnUNetTrainerLesions):
@@ -442,36 +436,6 @@ class nnUNetTrainerVA(nnUNetTrainerLesions):
             "lesion_folder": str(self._lesion_folder),
             "connectivity": table.connectivity,
         }
-
-
-class DeepSupervisionLesionLoss(torch.nn.Module):
-    """nnU-Net's DeepSupervisionWrapper for a loss that takes lesion maps too.
-
-    ``forward(outputs, targets, **inputs)``: an input given as a list holds one
-    map per scale (ids, Voronoi cells); any other input (a per-case table) is
-    passed to every scale. Scales of weight 0 are skipped, as nnU-Net does.
-    ``set_epoch`` reaches the wrapped loss (CATMIL's warm-up).
-    """
-
-    def __init__(self, loss: torch.nn.Module, weights):
-        super().__init__()
-        self.loss = loss
-        self.weights = tuple(float(w) for w in weights)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loss.set_epoch(epoch)
-
-    def forward(self, net_output, target, **inputs):
-        lengths = {k: len(v) for k, v in inputs.items() if isinstance(v, (list, tuple))}
-        # zip would silently drop the scales past the shortest list
-        if any(n != len(self.weights) for n in (len(net_output), len(target), *lengths.values())):
-            raise ValueError(f"deep supervision: {len(net_output)} outputs, {len(target)} targets, "
-                             + "".join(f"{n} {k}, " for k, n in lengths.items()) + f"{len(self.weights)} weights")
-        total = 0
-        for i, (w, o, t) in enumerate(zip(self.weights, net_output, target)):
-            if w != 0:
-                total = total + w * self.loss(o, t, **{k: (v[i] if k in lengths else v) for k, v in inputs.items()})
-        return total
 
 
 class nnUNetTrainerVADual(nnUNetTrainerVA):
