@@ -200,10 +200,14 @@ def test_preprocess_instances_errors(nnunet_env, tmp_path):
 
 
 def _trainer(nnunet_env, cls_name, patch=None, continuing: bool = False):
-    """A trainer of ``cls_name`` (a name in vadice.nnunet.trainers, or a class) on the tiny planned dataset."""
-    from vadice.nnunet import trainers
+    """A trainer of ``cls_name`` (a name in vadice.nnunet.trainers or .comparator_trainers, or a class)
+    on the tiny planned dataset."""
+    from vadice.nnunet import comparator_trainers, trainers
 
-    cls = getattr(trainers, cls_name) if isinstance(cls_name, str) else cls_name
+    if isinstance(cls_name, str):
+        cls = getattr(trainers, cls_name, None) or getattr(comparator_trainers, cls_name)
+    else:
+        cls = cls_name
     plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
     plans["continue_training"] = continuing  # what nnUNetv2_train --c sets
     if patch is not None:
@@ -430,13 +434,14 @@ def test_nnunet_finds_vadice_classes_themselves_in_the_trainer_dir(monkeypatch):
 
     from vadice.nnunet import VA_TRAINERS, trainer_dir
     from vadice.registry import BUDGET_TRAINER, SETUPS
-    from vadice.nnunet import trainers
+    from vadice.nnunet import comparator_trainers, trainers
 
     # the folder holds the trainer module only: nnU-Net imports every module there as a top-level module
     assert [m.name for m in pkgutil.iter_modules([str(trainer_dir())])] == ["vadice_trainers"]
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
     for name in (*VA_TRAINERS, BUDGET_TRAINER, *(s.trainer for s in SETUPS.values())):
-        assert recursive_find_trainer_class_by_name(name) is getattr(trainers, name)
+        ours = getattr(trainers, name, None) or getattr(comparator_trainers, name)
+        assert recursive_find_trainer_class_by_name(name) is ours
 
 
 def test_va_trainer_composes_with_nnunet_variants(nnunet_env, lesions, monkeypatch):

@@ -9,7 +9,8 @@ for importing torch/nnunetv2. The submodules, by job:
 - :mod:`~vadice.nnunet.inference`: :class:`~vadice.nnunet.inference.Predictor`, a model loaded once;
 - :mod:`~vadice.nnunet.lesion_cache`: whole-case lesion ids labelled once per case, and the
   :class:`~vadice.nnunet.lesion_cache.LesionTable` every reader of ``lesions.json`` goes through;
-- :mod:`~vadice.nnunet.planners`, :mod:`~vadice.nnunet.trainers`, :mod:`~vadice.nnunet.datasets`,
+- :mod:`~vadice.nnunet.planners`, :mod:`~vadice.nnunet.trainers`, :mod:`~vadice.nnunet.comparator_trainers`,
+  :mod:`~vadice.nnunet.lesion_loss`, :mod:`~vadice.nnunet.datasets`,
   :mod:`~vadice.nnunet.augmentation`: the classes nnU-Net runs (plan presets, trainers found via
   ``nnUNet_extTrainer``, datasets and the spatial transform that carry the lesion ids).
 """

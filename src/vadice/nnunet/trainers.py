@@ -14,9 +14,9 @@ must pickle into data-loader workers live in :mod:`vadice.nnunet.datasets` and
   (VA on label 2 only): fixed presets of :mod:`vadice.losses`.
 - ``nnUNetTrainerVA``: options from a JSON file named by ``VADICE_VA_CONFIG``,
   else ``vadice_va.json`` next to the plans; defaults to the dual preset.
-- ``nnUNetTrainerBlob``, ``nnUNetTrainerCCDiceCE``, ``nnUNetTrainerCATMIL``:
-  the comparator losses of docs/losses.md on the same lesion-id plumbing
-  (all built on ``nnUNetTrainerLesions``).
+- ``nnUNetTrainerLesions``: the base of every trainer whose loss needs lesion ids;
+  the comparator trainers built on it (blob, CC-DiceCE, CATMIL) live in
+  :mod:`vadice.nnunet.comparator_trainers`.
 
 Environment (read in ``__init__``; unset means nnU-Net's default):
 ``VADICE_EPOCHS``, ``VADICE_ITERS_PER_EPOCH``, ``VADICE_VAL_ITERS``,
@@ -38,15 +38,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from vadice.losses import (
-    PRESETS,
-    WEIGHTINGS,
-    BlobDiceCELoss,
-    CATMILLoss,
-    CCDiceCELoss,
-    VolumeAwareDiceCELoss,
-    median_lesion_volumes,
-)
+from vadice.losses import PRESETS, WEIGHTINGS, VolumeAwareDiceCELoss, median_lesion_volumes
 from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
 from vadice.nnunet import THREADS_ENV
 from vadice.nnunet.augmentation import lesion_training_transforms
@@ -69,7 +61,7 @@ VA_RECORD_FILE = "vadice_va.json"   # output: what a VA trainer trained with, in
 VA_OPTION_KEYS = ("preset", "weighting", "va_labels", "gamma", "mode", "v_ref", "v_min_mm3", "r_min", "r_max")
 
 
-def _env_int(name: str, minimum: int) -> int | None:
+def env_int(name: str, minimum: int) -> int | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
@@ -100,8 +92,8 @@ class nnUNetTrainerBudget(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        epochs, iters, val_iters = _env_int(ENV_EPOCHS, 1), _env_int(ENV_ITERS, 1), _env_int(ENV_VAL_ITERS, 1)
-        seed = _env_int(ENV_SEED, 0)
+        epochs, iters, val_iters = env_int(ENV_EPOCHS, 1), env_int(ENV_ITERS, 1), env_int(ENV_VAL_ITERS, 1)
+        seed = env_int(ENV_SEED, 0)
         if epochs is not None:
             self.num_epochs = epochs
         if iters is not None:
@@ -111,14 +103,14 @@ class nnUNetTrainerBudget(nnUNetTrainer):
         if seed is not None:
             seed_everything(seed + self.local_rank)
         self.vadice_seed = seed
-        threads = _env_int(THREADS_ENV, 1)
+        threads = env_int(THREADS_ENV, 1)
         if threads is not None and self.device.type == "cpu":
             # nnUNetv2_train sets one torch thread per core on CPU before building the trainer; on a
             # machine shared with other jobs that oversubscribes the cores, so the trainer may lower it.
             torch.set_num_threads(threads)
         # Test-time mirroring multiplies the final validation's inference by up to 8; short
         # budgets (CPU demo, GPU smoke run) switch it off for every set-up alike.
-        self.vadice_val_mirroring = _env_int(ENV_VAL_MIRRORING, 0) != 0
+        self.vadice_val_mirroring = env_int(ENV_VAL_MIRRORING, 0) != 0
         self.print_to_log_file(
             f"vadice schedule: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, "
             f"{self.num_val_iterations_per_epoch} validation iterations, seed {seed}"
@@ -448,117 +440,6 @@ class nnUNetTrainerVASelectiveLN(nnUNetTrainerVA):
     """VA Dice on lymph nodes only (label 2): the "selective LN mask" set-up."""
 
     va_preset = "selective-ln"
-
-
-# ------------------------------------------------------------------------------------------
-# comparator losses of the small-lesion bench (docs/losses.md)
-
-
-class _ComparatorTrainer(nnUNetTrainerLesions):
-    """A lesion-id trainer whose loss is one of :mod:`vadice.losses`'s comparators.
-
-    Options are the class attribute ``loss_options`` (subclass to change them, e.g.
-    restrict the component term to GTVn); they are recorded in ``vadice_loss.json``
-    and a resumed run must have the same.
-    """
-
-    loss_name: str = ""
-    loss_options: dict = {}
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_ignore_label:
-            raise NotImplementedError(f"{type(self).__name__} does not support an ignore label")
-        self.print_to_log_file(f"vadice {self.loss_name} loss options: {self.loss_options}")
-
-    def _common_options(self) -> dict:
-        return {"batch_dice": bool(self.configuration_manager.batch_dice), "ddp": self.is_ddp}
-
-    def _provenance_record(self, table) -> dict:
-        return {
-            "trainer": type(self).__name__,
-            "loss": self.loss_name,
-            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loss_options.items()},
-            "batch_dice": bool(self.configuration_manager.batch_dice),
-            "lesion_folder": str(self._lesion_folder),
-            "connectivity": table.connectivity,
-        }
-
-
-class nnUNetTrainerBlob(_ComparatorTrainer):
-    """blob loss (Kofler et al. 2022): 2 · nnU-Net's Dice+CE + 1 · mean per-lesion Dice+CE, other lesions masked."""
-
-    loss_name = "blob"
-    loss_options = {"alpha": 2.0, "beta": 1.0, "blob_labels": None}
-
-    def _lesion_loss(self, table):
-        return BlobDiceCELoss(**self.loss_options, **self._common_options())
-
-    def loss_inputs(self, batch: dict) -> tuple:
-        labels, ids, _ = self.lesion_maps(batch)
-        return labels, {"instances": ids}
-
-
-class nnUNetTrainerCCDiceCE(_ComparatorTrainer):
-    """CC-DiceCE (arXiv 2511.17146): Dice+CE plus mean Dice+CE inside each lesion's Voronoi cell.
-
-    The cells are computed once per case (:func:`vadice.nnunet.lesion_cache.preprocess_regions`,
-    cached and keyed on the id map's hash) and ride through augmentation as extra target
-    channels after the ids, one per label.
-    """
-
-    loss_name = "cc-dicece"
-    region_maps = True
-    loss_options = {"lambda_cc": 1.0, "cc_labels": None}
-
-    def _lesion_loss(self, table):
-        labels = tuple(int(l) for l in self.label_manager.foreground_labels)
-        if tuple(table.labels) != labels:
-            raise ValueError(f"lesion table labels {table.labels} differ from the dataset's foreground labels "
-                             f"{labels}: rerun preprocess_instances")
-        return CCDiceCELoss(region_labels=labels, **self.loss_options, **self._common_options())
-
-    def loss_inputs(self, batch: dict) -> tuple:
-        labels, _, regions = self.lesion_maps(batch)
-        return labels, {"regions": regions}
-
-
-class nnUNetTrainerCATMIL(_ComparatorTrainer):
-    """Component-adaptive Tversky + MIL (arXiv 2604.08015) on top of nnU-Net's Dice+CE.
-
-    Lesion weights use whole-case voxel counts from the lesion table. The Tversky weight
-    warms up linearly over ``warmup_epochs`` (paper: 50; ``VADICE_CATMIL_WARMUP_EPOCHS``
-    overrides it, e.g. for short budgets); the trainer sets the epoch at each epoch start.
-    """
-
-    loss_name = "catmil"
-    loss_options = {"lambda_cat": 0.1, "lambda_mil": 0.2, "warmup_epochs": 50, "catmil_labels": None}
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        warmup = _env_int(ENV_CATMIL_WARMUP, 0)
-        if warmup is not None:
-            self.loss_options = {**self.loss_options, "warmup_epochs": warmup}
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._lesion_sizes = None
-
-    def _load_lesion_table(self):
-        table = super()._load_lesion_table()
-        sizes, _ = table.padded(list(self._lesion_rows), "voxels")  # rows in the order of the volume table
-        self._lesion_sizes = torch.from_numpy(sizes).to(self.device)
-        return table
-
-    def _lesion_loss(self, table):
-        return CATMILLoss(**self.loss_options, **self._common_options())
-
-    def loss_inputs(self, batch: dict) -> tuple:
-        labels, ids, _ = self.lesion_maps(batch)
-        return labels, {"instances": ids, "sizes": self._batch_rows(self._lesion_sizes, batch)}
-
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        self.loss.set_epoch(int(self.current_epoch))
 
 
 # ------------------------------------------------------------------------------------------
