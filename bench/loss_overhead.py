@@ -110,7 +110,7 @@ def bench_step(args):
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     from vadice.losses import loss_from_preset
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -23,14 +23,14 @@ COMPARATORS = {"blob": "nnUNetTrainerBlob", "cc-dicece": "nnUNetTrainerCCDiceCE"
 def test_registered_for_the_cli_and_found_by_nnunet(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from vadice.nnunet import trainer_dir, trainers
+    from vadice.nnunet import comparator_trainers, trainer_dir, trainers
     from vadice.registry import SETUPS
 
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
     for loss, name in COMPARATORS.items():
         assert SETUPS[loss].trainer == name and SETUPS[loss].needs_lesion_ids
-        assert recursive_find_trainer_class_by_name(name) is getattr(trainers, name)
-        assert issubclass(getattr(trainers, name), trainers.nnUNetTrainerLesions)
+        assert recursive_find_trainer_class_by_name(name) is getattr(comparator_trainers, name)
+        assert issubclass(getattr(comparator_trainers, name), trainers.nnUNetTrainerLesions)
     assert issubclass(trainers.nnUNetTrainerVA, trainers.nnUNetTrainerLesions)
 
 
@@ -46,7 +46,7 @@ def test_every_loss_is_an_experiment_setup_with_a_report_label():
 @pytest.mark.parametrize("loss", sorted(COMPARATORS))
 def test_train_step_on_a_real_batch(nnunet_env, lesions, monkeypatch, loss):
     from vadice.losses import BlobDiceCELoss, CATMILLoss, CCDiceCELoss
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     monkeypatch.setenv("VADICE_SEED", "4")
     tr = _trainer(nnunet_env, COMPARATORS[loss], patch=(12, 24, 24))
@@ -67,7 +67,7 @@ def test_train_step_on_a_real_batch(nnunet_env, lesions, monkeypatch, loss):
 
 
 def test_cc_regions_are_computed_once_and_ride_with_the_ids(nnunet_env, lesions, monkeypatch):
-    from vadice.nnunet.instances import REGION_SUFFIX
+    from vadice.nnunet.lesion_cache import REGION_SUFFIX
 
     monkeypatch.setenv("VADICE_SEED", "5")
     tr = _trainer(nnunet_env, "nnUNetTrainerCCDiceCE", patch=(12, 24, 24))
@@ -116,12 +116,12 @@ def test_catmil_warm_up_follows_the_epoch_and_uses_case_sizes(nnunet_env, lesion
 
 
 def test_resuming_with_other_comparator_options_is_refused(nnunet_env, lesions):
-    from vadice.nnunet import trainers
+    from vadice.nnunet import comparator_trainers
 
     _trainer(nnunet_env, "nnUNetTrainerBlob").initialize()
 
-    class nnUNetTrainerBlob(trainers.nnUNetTrainerBlob):  # same name, same output folder, nodes only
-        loss_options = {**trainers.nnUNetTrainerBlob.loss_options, "blob_labels": (2,)}
+    class nnUNetTrainerBlob(comparator_trainers.nnUNetTrainerBlob):  # same name, same output folder, nodes only
+        loss_options = {**comparator_trainers.nnUNetTrainerBlob.loss_options, "blob_labels": (2,)}
 
     tr = _trainer(nnunet_env, nnUNetTrainerBlob, continuing=True)
     with pytest.raises(RuntimeError, match=r"resuming with different loss settings \(options\)"):
@@ -130,7 +130,7 @@ def test_resuming_with_other_comparator_options_is_refused(nnunet_env, lesions):
 
 def test_deep_supervision_wrapper_checks_every_list_length():
     from vadice.losses import BlobDiceCELoss
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     loss = DeepSupervisionLesionLoss(BlobDiceCELoss(), [0.5, 0.5])
     outs = [torch.randn(1, 3, 4, 4, 4), torch.randn(1, 3, 2, 2, 2)]

@@ -35,7 +35,7 @@ def test_registered_and_found_by_nnunet(monkeypatch):
 def test_loss_is_va_dual_plus_the_term_at_every_scale(nnunet_env, lesions, monkeypatch):
     from vadice.losses import VolumeAwareDiceCELoss
     from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     monkeypatch.setenv("VADICE_SEED", "3")
     tr = _trainer(nnunet_env, TRAINER, patch=(12, 24, 24))

@@ -15,12 +15,12 @@ from hypothesis import strategies as st  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 
 from vadice.lesions import label_components  # noqa: E402
-from vadice.nnunet.instances import (  # noqa: E402
+from vadice.nnunet.augmentation import (  # noqa: E402
     LesionSpatialTransform,
     _fill_from_neighbours,
-    SegWithInstances,
     lesion_training_transforms,
 )
+from vadice.nnunet.datasets import SegWithInstances  # noqa: E402
 
 
 def _blob(shape, center, radii):
@@ -243,7 +243,8 @@ def _reference_lesion_spatial(t, segmentation, params):
     """The full-patch formulation: nearest-neighbour ids over the whole patch, then the consistency rule."""
     from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 
-    from vadice.nnunet.instances import MAX_LESIONS_PER_CASE, _mode_seg
+    from vadice.nnunet.augmentation import _mode_seg
+    from vadice.nnunet.lesion_cache import MAX_LESIONS_PER_CASE
 
     per = segmentation.shape[0] // 2
     labels_in, ids_in = segmentation[:per], segmentation[per:]
@@ -315,3 +316,27 @@ def test_instance_crop_reads_only_the_foreground_box(tmp_path):
         bbox = [[int(a), int(max(a + rng.integers(1, s), 1))] for s in lab.shape for a in [rng.integers(-4, s - 1)]]
         np.testing.assert_array_equal(crop_and_pad_nd(lazy, bbox, -1, cast_cropped_to=np.int16),
                                       crop_and_pad_nd(stacked, bbox, -1, cast_cropped_to=np.int16))
+
+
+def test_case_loop_keeps_finished_cases_when_one_fails():
+    """A run that fails part-way has saved every case finished before the failure, so a rerun resumes there."""
+    from vadice.nnunet.lesion_cache import _run_cases
+
+    def work(case):
+        if case == "c2":
+            raise RuntimeError("unreadable case")
+        return case, {"done": True}
+
+    class Bar:
+        n = 0
+
+        def update(self):
+            self.n += 1
+
+    record, saved = {"c0": {"done": "earlier run"}}, []
+    with pytest.raises(RuntimeError, match="unreadable"):
+        _run_cases(work, ["c1", "c2", "c3"], record, lambda: saved.append(dict(record)), 1, Bar())
+    assert saved and saved[-1] == {"c0": {"done": "earlier run"}, "c1": {"done": True}}
+    saved.clear()
+    _run_cases(work, [], record, lambda: saved.append(dict(record)), 1, Bar())
+    assert saved == []  # nothing to do: the record is not rewritten

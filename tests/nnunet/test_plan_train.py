@@ -353,7 +353,7 @@ def test_cpu_small_plan(planned):
     import hashlib
     assert result.plans_sha256 == hashlib.sha256(plans_file.read_bytes()).hexdigest()
     # lesion preprocessing for the VA trainers ran on every case
-    from vadice.nnunet.instances import lesion_folder
+    from vadice.nnunet.lesion_cache import lesion_folder
 
     lesions = lesion_folder(result.preprocessed_folder, conf["data_identifier"])
     table = json.loads((lesions / "lesions.json").read_text())

@@ -75,7 +75,7 @@ def nnunet_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lesions(nnunet_env):
-    from vadice.nnunet.instances import preprocess_instances
+    from vadice.nnunet.lesion_cache import preprocess_instances
 
     folder = preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
     return folder
@@ -93,7 +93,10 @@ def _preprocessed_seg(pre: Path, case: str) -> np.ndarray:
 def test_lesion_table_matches_independent_labelling(nnunet_env, lesions):
     import blosc2
 
+    from vadice.nnunet.lesion_cache import load_lesion_table
+
     table = json.loads((lesions / "lesions.json").read_text())
+    loaded = load_lesion_table(lesions)
     plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
     spacing = plans["configurations"]["3d_fullres"]["spacing"]
     assert table["connectivity"] == 26 and table["labels"] == [1, 2]
@@ -104,6 +107,7 @@ def test_lesion_table_matches_independent_labelling(nnunet_env, lesions):
         inst = np.asarray(blosc2.open(str(lesions / f"{case}_inst.b2nd"))[:])[0]
         assert inst.shape == seg.shape and inst.dtype == np.int16
         assert entry["spacing_mm"] == pytest.approx(spacing)
+        assert loaded.spacing[case] == pytest.approx(spacing)
         # scipy, full 3x3x3 structure, one label at a time
         want = []
         for label in (1, 2):
@@ -114,16 +118,18 @@ def test_lesion_table_matches_independent_labelling(nnunet_env, lesions):
                 assert len(ids) == 1 and ids[0] > 0  # one lesion, one id
                 les = entry["lesions"][str(ids[0])]
                 assert les["label"] == label and les["voxels"] == (comps == k).sum()
+                assert loaded.voxels[case][ids[0]] == (comps == k).sum() and loaded.lesion_labels[case][ids[0]] == label
                 assert les["volume_mm3"] == pytest.approx((comps == k).sum() * np.prod(spacing))
                 all_vols[label].append(les["volume_mm3"])
         assert len(want) == len(entry["lesions"])
+        assert int((loaded.voxels[case] > 0).sum()) == len(want) and loaded.voxels[case][0] == 0
         assert ((inst > 0) == (seg > 0)).all()
     for label in (1, 2):
         assert table["median_volume_mm3"][str(label)] == pytest.approx(np.median(all_vols[label]))
 
 
 def test_preprocess_instances_is_resumable(nnunet_env, lesions):
-    from vadice.nnunet.instances import preprocess_instances
+    from vadice.nnunet.lesion_cache import preprocess_instances
 
     files = {p.name: p.stat().st_mtime_ns for p in lesions.glob("*_inst.b2nd")}
     preprocess_instances(nnunet_env["pre"], "3d_fullres", nnunet_env["plans_id"], progress=False)
@@ -157,7 +163,7 @@ def test_changed_segmentation_is_refused_at_trainer_start_then_relabelled(nnunet
     """Same shape, new content: the trainer must not train on the old ids (a node would get the tumour's id)."""
     import shutil
 
-    from vadice.nnunet.instances import preprocess_instances
+    from vadice.nnunet.lesion_cache import preprocess_instances
 
     seg_file = nnunet_env["pre"] / "nnUNetPlans_3d_fullres" / "case03_seg.b2nd"
     backup = tmp_path / "case03_seg.b2nd"
@@ -180,7 +186,7 @@ def test_changed_segmentation_is_refused_at_trainer_start_then_relabelled(nnunet
 
 
 def test_preprocess_instances_errors(nnunet_env, tmp_path):
-    from vadice.nnunet.instances import preprocess_instances
+    from vadice.nnunet.lesion_cache import preprocess_instances
 
     with pytest.raises(InputError, match="plans file not found"):
         preprocess_instances(nnunet_env["pre"], "3d_fullres", "NoSuchPlans", progress=False)
@@ -194,10 +200,14 @@ def test_preprocess_instances_errors(nnunet_env, tmp_path):
 
 
 def _trainer(nnunet_env, cls_name, patch=None, continuing: bool = False):
-    """A trainer of ``cls_name`` (a name in vadice.nnunet.trainers, or a class) on the tiny planned dataset."""
-    from vadice.nnunet import trainers
+    """A trainer of ``cls_name`` (a name in vadice.nnunet.trainers or .comparator_trainers, or a class)
+    on the tiny planned dataset."""
+    from vadice.nnunet import comparator_trainers, trainers
 
-    cls = getattr(trainers, cls_name) if isinstance(cls_name, str) else cls_name
+    if isinstance(cls_name, str):
+        cls = getattr(trainers, cls_name, None) or getattr(comparator_trainers, cls_name)
+    else:
+        cls = cls_name
     plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
     plans["continue_training"] = continuing  # what nnUNetv2_train --c sets
     if patch is not None:
@@ -237,7 +247,7 @@ def test_budget_trainer_keeps_nnunet_loss(nnunet_env, lesions):
 
 @pytest.mark.parametrize("name, labels", [("nnUNetTrainerVADual", (1, 2)), ("nnUNetTrainerVASelectiveLN", (2,))])
 def test_preset_trainers_build_va_loss(nnunet_env, lesions, name, labels):
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     tr = _trainer(nnunet_env, name)
     tr.initialize()
@@ -255,7 +265,7 @@ def test_preset_trainers_build_va_loss(nnunet_env, lesions, name, labels):
 
 
 def test_generic_trainer_reads_options_file_and_absolute_reference(nnunet_env, lesions, tmp_path, monkeypatch):
-    from vadice.nnunet.instances import load_lesion_table
+    from vadice.nnunet.lesion_cache import load_lesion_table
 
     cfg = tmp_path / "va.json"
     cfg.write_text(json.dumps({"preset": "selective-ln", "mode": "absolute", "gamma": 0.5, "r_max": 4}))
@@ -291,7 +301,7 @@ def test_resuming_with_changed_va_options_is_refused(nnunet_env, lesions, tmp_pa
 
 def test_deep_supervision_loss_checks_every_list_length():
     from vadice.losses import VolumeAwareDiceCELoss
-    from vadice.nnunet.trainers import DeepSupervisionLesionLoss
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
     loss = DeepSupervisionLesionLoss(VolumeAwareDiceCELoss(), [0.5, 0.5])
     outs = [torch.randn(1, 3, 4, 4, 4), torch.randn(1, 3, 2, 2, 2)]
@@ -299,6 +309,36 @@ def test_deep_supervision_loss_checks_every_list_length():
     ids = [torch.zeros(1, 1, 4, 4, 4)]
     with pytest.raises(ValueError, match="2 outputs, 2 targets, 1 instances, 2 weights"):
         loss(outs, targets, instances=ids, volumes=torch.zeros(1, 1))
+
+
+def test_lesion_loss_takes_the_bound_batch_and_refuses_none():
+    """nnU-Net calls loss(output, target): the maps come from batch_inputs, never from nowhere or a stale batch."""
+    from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss, LesionLoss
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, o, t, instances):
+            seen.append(instances)
+            return o.sum()
+
+    for loss, out, ids in ((LesionLoss(Spy()), torch.ones(2), torch.tensor([7])),
+                           (DeepSupervisionLesionLoss(Spy(), [1.0, 0.5]), [torch.ones(2), torch.ones(1)],
+                            [torch.tensor([7]), torch.tensor([8])])):
+        target = [None] * len(out) if isinstance(out, list) else None
+        with pytest.raises(RuntimeError, match="needs the batch's lesion maps"):
+            loss(out, target)
+        seen.clear()
+        with loss.batch_inputs(instances=ids):
+            loss(out, target)
+            loss(out, target)  # a second call in the same step sees the same batch
+            with pytest.raises(RuntimeError, match="another batch"):
+                with loss.batch_inputs(instances=ids):
+                    pass
+        expected = ids if isinstance(ids, list) else [ids]
+        assert [t.item() for t in seen] == [t.item() for t in expected] * 2
+        with pytest.raises(RuntimeError, match="needs the batch's lesion maps"):
+            loss(out, target)  # unbound again after the block
 
 
 def test_va_baseline_path_equals_nnunet_loss(nnunet_env, lesions, tmp_path, monkeypatch):
@@ -357,11 +397,21 @@ def test_batches_carry_whole_case_volumes(nnunet_env, lesions, monkeypatch):
             for k in torch.unique(inst[inst > 0]).tolist():
                 v = max(table[case]["lesions"][str(k)]["volume_mm3"], 1.0)
                 torch.testing.assert_close(w[b, 0][inst == k], torch.full(((inst == k).sum().item(),), 1000.0 / v))
+        loss, during = tr.loss, []
+        hook = tr.network.register_forward_hook(lambda *_: during.append(tr.loss))
         out = tr.train_step(batch)
-        assert np.isfinite(out["loss"])
+        hook.remove()
+        # nnU-Net's attribute is the one loss object, also while the step runs (no per-step swap)
+        assert np.isfinite(out["loss"]) and tr.loss is loss and during and all(d is loss for d in during)
     assert cut_seen > 0, "no lesion was cut by the patch border in 6 batches"
-    val = tr.validation_step(next(tr.get_dataloaders()[1]))
+    val_batch = next(tr.get_dataloaders()[1])
+    val = tr.validation_step(val_batch)
     assert np.isfinite(val["loss"]) and val["tp_hard"].shape == (2,)
+    # the validation loss is the loss of this batch's own lesion maps (no optimiser step in between)
+    labels, inputs = tr.loss_inputs(val_batch)
+    with torch.no_grad():
+        expected = tr.loss(tr.network(val_batch["data"]), labels, **inputs)
+    assert float(val["loss"]) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_missing_lesion_table_is_a_clear_error(nnunet_env, lesions, tmp_path):
@@ -384,13 +434,14 @@ def test_nnunet_finds_vadice_classes_themselves_in_the_trainer_dir(monkeypatch):
 
     from vadice.nnunet import VA_TRAINERS, trainer_dir
     from vadice.registry import BUDGET_TRAINER, SETUPS
-    from vadice.nnunet import trainers
+    from vadice.nnunet import comparator_trainers, trainers
 
     # the folder holds the trainer module only: nnU-Net imports every module there as a top-level module
     assert [m.name for m in pkgutil.iter_modules([str(trainer_dir())])] == ["vadice_trainers"]
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_dir()))
     for name in (*VA_TRAINERS, BUDGET_TRAINER, *(s.trainer for s in SETUPS.values())):
-        assert recursive_find_trainer_class_by_name(name) is getattr(trainers, name)
+        ours = getattr(trainers, name, None) or getattr(comparator_trainers, name)
+        assert recursive_find_trainer_class_by_name(name) is ours
 
 
 def test_va_trainer_composes_with_nnunet_variants(nnunet_env, lesions, monkeypatch):
@@ -402,7 +453,7 @@ def test_va_trainer_composes_with_nnunet_variants(nnunet_env, lesions, monkeypat
         nnUNetTrainer_5epochs,
     )
 
-    from vadice.nnunet.instances import LesionSpatialTransform
+    from vadice.nnunet.augmentation import LesionSpatialTransform
     from vadice.nnunet.trainers import nnUNetTrainerVADual
 
     class VADualSegOrd5(nnUNetTrainerVADual, nnUNetTrainer_DASegOrd0, nnUNetTrainer_5epochs):
@@ -529,13 +580,8 @@ def test_numpy_dataset_variant_carries_the_same_ids(nnunet_env, lesions, tmp_pat
     import blosc2
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
-    from vadice.nnunet.instances import (
-        LesionDatasetNumpy,
-        SegWithInstances,
-        lesion_dataset_class,
-        load_lesion_table,
-        preprocess_instances,
-    )
+    from vadice.nnunet.datasets import LesionDatasetNumpy, SegWithInstances, lesion_dataset_class
+    from vadice.nnunet.lesion_cache import load_lesion_table, preprocess_instances
 
     src = nnunet_env["pre"]
     base = tmp_path / src.name
@@ -584,7 +630,7 @@ def test_2d_configuration_trains_and_predicts_with_a_va_trainer(nnunet_env, tmp_
 
     from vadice.io import read_mask
     from vadice.nnunet import trainer_dir
-    from vadice.nnunet.instances import load_lesion_table, preprocess_instances
+    from vadice.nnunet.lesion_cache import load_lesion_table, preprocess_instances
 
     plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
     assert "2d" in plans["configurations"]

@@ -7,8 +7,12 @@ for importing torch/nnunetv2. The submodules, by job:
 - :mod:`~vadice.nnunet.plan`: planning and preprocessing (resumable);
 - :mod:`~vadice.nnunet.train`: training in a subprocess (budget, log, resume checks);
 - :mod:`~vadice.nnunet.inference`: :class:`~vadice.nnunet.inference.Predictor`, a model loaded once;
-- :mod:`~vadice.nnunet.planners`, :mod:`~vadice.nnunet.trainers`, :mod:`~vadice.nnunet.instances`:
-  the classes nnU-Net runs (plan presets, trainers found via ``nnUNet_extTrainer``, lesion maps).
+- :mod:`~vadice.nnunet.lesion_cache`: whole-case lesion ids labelled once per case, and the
+  :class:`~vadice.nnunet.lesion_cache.LesionTable` every reader of ``lesions.json`` goes through;
+- :mod:`~vadice.nnunet.planners`, :mod:`~vadice.nnunet.trainers`, :mod:`~vadice.nnunet.comparator_trainers`,
+  :mod:`~vadice.nnunet.lesion_loss`, :mod:`~vadice.nnunet.datasets`,
+  :mod:`~vadice.nnunet.augmentation`: the classes nnU-Net runs (plan presets, trainers found via
+  ``nnUNet_extTrainer``, datasets and the spatial transform that carry the lesion ids).
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def plan(dataset, preset: str = "resenc-m", num_processes: int = 2, verify: bool
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset, preprocess_dataset
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
-    from vadice.nnunet.instances import preprocess_instances
+    from vadice.nnunet.lesion_cache import preprocess_instances
     from vadice.nnunet.planners import planner_class
 
     state = load_state(pre_dir)

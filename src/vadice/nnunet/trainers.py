@@ -4,7 +4,8 @@ comparators (blob, CC-DiceCE, CATMIL) and a budget baseline.
 Plain nnU-Net finds these classes through ``nnUNet_extTrainer`` (set it to
 ``vadice nnunet-path``). nnU-Net imports this file by path as a top-level
 module, so everything here uses absolute ``vadice`` imports, and classes that
-must pickle into data-loader workers live in :mod:`vadice.nnunet.instances`.
+must pickle into data-loader workers live in :mod:`vadice.nnunet.datasets` and
+:mod:`vadice.nnunet.augmentation`.
 
 - ``nnUNetTrainerBudget``: nnU-Net's nnUNetTrainer, loss untouched; only the
   schedule and seed can be set (environment variables below). For short
@@ -13,9 +14,9 @@ must pickle into data-loader workers live in :mod:`vadice.nnunet.instances`.
   (VA on label 2 only): fixed presets of :mod:`vadice.losses`.
 - ``nnUNetTrainerVA``: options from a JSON file named by ``VADICE_VA_CONFIG``,
   else ``vadice_va.json`` next to the plans; defaults to the dual preset.
-- ``nnUNetTrainerBlob``, ``nnUNetTrainerCCDiceCE``, ``nnUNetTrainerCATMIL``:
-  the comparator losses of docs/losses.md on the same lesion-id plumbing
-  (all built on ``nnUNetTrainerLesions``).
+- ``nnUNetTrainerLesions``: the base of every trainer whose loss needs lesion ids;
+  the comparator trainers built on it (blob, CC-DiceCE, CATMIL) live in
+  :mod:`vadice.nnunet.comparator_trainers`.
 
 Environment (read in ``__init__``; unset means nnU-Net's default):
 ``VADICE_EPOCHS``, ``VADICE_ITERS_PER_EPOCH``, ``VADICE_VAL_ITERS``,
@@ -28,35 +29,22 @@ training starts from; read in ``initialize``), ``VADICE_CATMIL_WARMUP_EPOCHS``
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from vadice.losses import (
-    PRESETS,
-    WEIGHTINGS,
-    BlobDiceCELoss,
-    CATMILLoss,
-    CCDiceCELoss,
-    VolumeAwareDiceCELoss,
-    median_lesion_volumes,
-)
+from vadice.losses import PRESETS, WEIGHTINGS, VolumeAwareDiceCELoss, median_lesion_volumes
 from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
 from vadice.nnunet import THREADS_ENV
-from vadice.nnunet.instances import (
-    lesion_dataset_class,
-    lesion_folder,
-    lesion_training_transforms,
-    load_lesion_table,
-    preprocess_regions,
-)
+from vadice.nnunet.augmentation import lesion_training_transforms
+from vadice.nnunet.datasets import lesion_dataset_class
+from vadice.nnunet.lesion_cache import lesion_folder, load_lesion_table, preprocess_regions
+from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss, LesionLoss
 
 ENV_EPOCHS = "VADICE_EPOCHS"
 ENV_ITERS = "VADICE_ITERS_PER_EPOCH"
@@ -73,7 +61,7 @@ VA_RECORD_FILE = "vadice_va.json"   # output: what a VA trainer trained with, in
 VA_OPTION_KEYS = ("preset", "weighting", "va_labels", "gamma", "mode", "v_ref", "v_min_mm3", "r_min", "r_max")
 
 
-def _env_int(name: str, minimum: int) -> int | None:
+def env_int(name: str, minimum: int) -> int | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
@@ -104,8 +92,8 @@ class nnUNetTrainerBudget(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        epochs, iters, val_iters = _env_int(ENV_EPOCHS, 1), _env_int(ENV_ITERS, 1), _env_int(ENV_VAL_ITERS, 1)
-        seed = _env_int(ENV_SEED, 0)
+        epochs, iters, val_iters = env_int(ENV_EPOCHS, 1), env_int(ENV_ITERS, 1), env_int(ENV_VAL_ITERS, 1)
+        seed = env_int(ENV_SEED, 0)
         if epochs is not None:
             self.num_epochs = epochs
         if iters is not None:
@@ -115,14 +103,14 @@ class nnUNetTrainerBudget(nnUNetTrainer):
         if seed is not None:
             seed_everything(seed + self.local_rank)
         self.vadice_seed = seed
-        threads = _env_int(THREADS_ENV, 1)
+        threads = env_int(THREADS_ENV, 1)
         if threads is not None and self.device.type == "cpu":
             # nnUNetv2_train sets one torch thread per core on CPU before building the trainer; on a
             # machine shared with other jobs that oversubscribes the cores, so the trainer may lower it.
             torch.set_num_threads(threads)
         # Test-time mirroring multiplies the final validation's inference by up to 8; short
         # budgets (CPU demo, GPU smoke run) switch it off for every set-up alike.
-        self.vadice_val_mirroring = _env_int(ENV_VAL_MIRRORING, 0) != 0
+        self.vadice_val_mirroring = env_int(ENV_VAL_MIRRORING, 0) != 0
         self.print_to_log_file(
             f"vadice schedule: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, "
             f"{self.num_val_iterations_per_epoch} validation iterations, seed {seed}"
@@ -211,13 +199,13 @@ def read_va_options(path: str | os.PathLike | None) -> dict:
 class nnUNetTrainerLesions(nnUNetTrainerBudget):
     """Base of every trainer whose loss needs whole-case lesion ids (VA, blob, CC-DiceCE, CATMIL).
 
-    Carries the lesion-id map of :func:`vadice.nnunet.instances.preprocess_instances`
+    Carries the lesion-id map of :func:`vadice.nnunet.lesion_cache.preprocess_instances`
     through nnU-Net's data loader and augmentation as a second target channel
     (with ``region_maps``, the per-label Voronoi cells of
-    :func:`~vadice.nnunet.instances.preprocess_regions` as further channels),
+    :func:`~vadice.nnunet.lesion_cache.preprocess_regions` as further channels),
     verifies the ids against nnU-Net's segmentations (SHA-256), wraps the loss
-    for deep supervision and binds each batch's maps to it, so nnU-Net's own
-    train/validation steps run unchanged. A subclass provides
+    for deep supervision (:mod:`vadice.nnunet.lesion_loss`) and hands it each
+    batch's maps around nnU-Net's own train/validation steps, which run unchanged. A subclass provides
     :meth:`_lesion_loss` (the loss of one scale), :meth:`loss_inputs` (which
     maps the loss takes) and the record written to ``provenance_file``.
     """
@@ -272,6 +260,8 @@ class nnUNetTrainerLesions(nnUNetTrainerBudget):
         loss = self._lesion_loss(table)
         if self.enable_deep_supervision:
             loss = DeepSupervisionLesionLoss(loss, self._deep_supervision_weights())
+        else:
+            loss = LesionLoss(loss)
         self._write_provenance(table)
         return loss
 
@@ -352,31 +342,24 @@ class nnUNetTrainerLesions(nnUNetTrainerBudget):
             return [v.to(self.device, non_blocking=True) for v in value]
         return value.to(self.device, non_blocking=True)
 
-    @contextmanager
-    def _lesions_bound(self, batch: dict):
-        # nnU-Net's own train/validation step then runs unchanged (AMP, grad scaler, clipping, pseudo Dice)
-        # on a 1-channel target, with this batch's lesion maps bound to the loss.
+    def _step_with_lesion_maps(self, step, batch: dict) -> dict:
+        # nnU-Net's own step runs unchanged (AMP, grad scaler, clipping, pseudo Dice) on the 1-channel
+        # labels; the loss object, the same one all training, gets the batch's maps for its duration.
         labels, inputs = self.loss_inputs(batch)
-        loss = self.loss
-        self.loss = functools.partial(loss, **{k: self._to_device(v) for k, v in inputs.items()})
-        try:
-            yield {**batch, "target": labels}
-        finally:
-            self.loss = loss
+        with self.loss.batch_inputs(**{k: self._to_device(v) for k, v in inputs.items()}):
+            return step({**batch, "target": labels})
 
     def train_step(self, batch: dict) -> dict:
-        with self._lesions_bound(batch) as plain:
-            return super().train_step(plain)
+        return self._step_with_lesion_maps(super().train_step, batch)
 
     def validation_step(self, batch: dict) -> dict:
-        with self._lesions_bound(batch) as plain:
-            return super().validation_step(plain)
+        return self._step_with_lesion_maps(super().validation_step, batch)
 
 
 class nnUNetTrainerVA(nnUNetTrainerLesions):
     """nnU-Net trainer with the volume-aware Dice + CE loss on whole-case lesion volumes.
 
-    Requires :func:`vadice.nnunet.instances.preprocess_instances` to have run
+    Requires :func:`vadice.nnunet.lesion_cache.preprocess_instances` to have run
     for the plans and configuration. Options: see :func:`read_va_options`.
     """
 
@@ -447,36 +430,6 @@ class nnUNetTrainerVA(nnUNetTrainerLesions):
         }
 
 
-class DeepSupervisionLesionLoss(torch.nn.Module):
-    """nnU-Net's DeepSupervisionWrapper for a loss that takes lesion maps too.
-
-    ``forward(outputs, targets, **inputs)``: an input given as a list holds one
-    map per scale (ids, Voronoi cells); any other input (a per-case table) is
-    passed to every scale. Scales of weight 0 are skipped, as nnU-Net does.
-    ``set_epoch`` reaches the wrapped loss (CATMIL's warm-up).
-    """
-
-    def __init__(self, loss: torch.nn.Module, weights):
-        super().__init__()
-        self.loss = loss
-        self.weights = tuple(float(w) for w in weights)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loss.set_epoch(epoch)
-
-    def forward(self, net_output, target, **inputs):
-        lengths = {k: len(v) for k, v in inputs.items() if isinstance(v, (list, tuple))}
-        # zip would silently drop the scales past the shortest list
-        if any(n != len(self.weights) for n in (len(net_output), len(target), *lengths.values())):
-            raise ValueError(f"deep supervision: {len(net_output)} outputs, {len(target)} targets, "
-                             + "".join(f"{n} {k}, " for k, n in lengths.items()) + f"{len(self.weights)} weights")
-        total = 0
-        for i, (w, o, t) in enumerate(zip(self.weights, net_output, target)):
-            if w != 0:
-                total = total + w * self.loss(o, t, **{k: (v[i] if k in lengths else v) for k, v in inputs.items()})
-        return total
-
-
 class nnUNetTrainerVADual(nnUNetTrainerVA):
     """VA Dice on both labels (GTVp 1 and GTVn 2), mass mode, gamma 1: the "dual mask" set-up."""
 
@@ -487,121 +440,6 @@ class nnUNetTrainerVASelectiveLN(nnUNetTrainerVA):
     """VA Dice on lymph nodes only (label 2): the "selective LN mask" set-up."""
 
     va_preset = "selective-ln"
-
-
-# ------------------------------------------------------------------------------------------
-# comparator losses of the small-lesion bench (docs/losses.md)
-
-
-class _ComparatorTrainer(nnUNetTrainerLesions):
-    """A lesion-id trainer whose loss is one of :mod:`vadice.losses`'s comparators.
-
-    Options are the class attribute ``loss_options`` (subclass to change them, e.g.
-    restrict the component term to GTVn); they are recorded in ``vadice_loss.json``
-    and a resumed run must have the same.
-    """
-
-    loss_name: str = ""
-    loss_options: dict = {}
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_ignore_label:
-            raise NotImplementedError(f"{type(self).__name__} does not support an ignore label")
-        self.print_to_log_file(f"vadice {self.loss_name} loss options: {self.loss_options}")
-
-    def _common_options(self) -> dict:
-        return {"batch_dice": bool(self.configuration_manager.batch_dice), "ddp": self.is_ddp}
-
-    def _provenance_record(self, table) -> dict:
-        return {
-            "trainer": type(self).__name__,
-            "loss": self.loss_name,
-            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.loss_options.items()},
-            "batch_dice": bool(self.configuration_manager.batch_dice),
-            "lesion_folder": str(self._lesion_folder),
-            "connectivity": table.connectivity,
-        }
-
-
-class nnUNetTrainerBlob(_ComparatorTrainer):
-    """blob loss (Kofler et al. 2022): 2 · nnU-Net's Dice+CE + 1 · mean per-lesion Dice+CE, other lesions masked."""
-
-    loss_name = "blob"
-    loss_options = {"alpha": 2.0, "beta": 1.0, "blob_labels": None}
-
-    def _lesion_loss(self, table):
-        return BlobDiceCELoss(**self.loss_options, **self._common_options())
-
-    def loss_inputs(self, batch: dict) -> tuple:
-        labels, ids, _ = self.lesion_maps(batch)
-        return labels, {"instances": ids}
-
-
-class nnUNetTrainerCCDiceCE(_ComparatorTrainer):
-    """CC-DiceCE (arXiv 2511.17146): Dice+CE plus mean Dice+CE inside each lesion's Voronoi cell.
-
-    The cells are computed once per case (:func:`vadice.nnunet.instances.preprocess_regions`,
-    cached and keyed on the id map's hash) and ride through augmentation as extra target
-    channels after the ids, one per label.
-    """
-
-    loss_name = "cc-dicece"
-    region_maps = True
-    loss_options = {"lambda_cc": 1.0, "cc_labels": None}
-
-    def _lesion_loss(self, table):
-        labels = tuple(int(l) for l in self.label_manager.foreground_labels)
-        if tuple(table.labels) != labels:
-            raise ValueError(f"lesion table labels {table.labels} differ from the dataset's foreground labels "
-                             f"{labels}: rerun preprocess_instances")
-        return CCDiceCELoss(region_labels=labels, **self.loss_options, **self._common_options())
-
-    def loss_inputs(self, batch: dict) -> tuple:
-        labels, _, regions = self.lesion_maps(batch)
-        return labels, {"regions": regions}
-
-
-class nnUNetTrainerCATMIL(_ComparatorTrainer):
-    """Component-adaptive Tversky + MIL (arXiv 2604.08015) on top of nnU-Net's Dice+CE.
-
-    Lesion weights use whole-case voxel counts from the lesion table. The Tversky weight
-    warms up linearly over ``warmup_epochs`` (paper: 50; ``VADICE_CATMIL_WARMUP_EPOCHS``
-    overrides it, e.g. for short budgets); the trainer sets the epoch at each epoch start.
-    """
-
-    loss_name = "catmil"
-    loss_options = {"lambda_cat": 0.1, "lambda_mil": 0.2, "warmup_epochs": 50, "catmil_labels": None}
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        warmup = _env_int(ENV_CATMIL_WARMUP, 0)
-        if warmup is not None:
-            self.loss_options = {**self.loss_options, "warmup_epochs": warmup}
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._lesion_sizes = None
-
-    def _load_lesion_table(self):
-        table = super()._load_lesion_table()
-        cases = json.loads((Path(self._lesion_folder) / "lesions.json").read_text())["cases"]
-        sizes = torch.zeros(self._lesion_volumes.shape, dtype=torch.float32)
-        for case, row in self._lesion_rows.items():
-            for k, lesion in cases[case]["lesions"].items():
-                sizes[row, int(k)] = float(lesion["voxels"])
-        self._lesion_sizes = sizes.to(self.device)
-        return table
-
-    def _lesion_loss(self, table):
-        return CATMILLoss(**self.loss_options, **self._common_options())
-
-    def loss_inputs(self, batch: dict) -> tuple:
-        labels, ids, _ = self.lesion_maps(batch)
-        return labels, {"instances": ids, "sizes": self._batch_rows(self._lesion_sizes, batch)}
-
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        self.loss.set_epoch(int(self.current_epoch))
 
 
 # ------------------------------------------------------------------------------------------
