@@ -295,7 +295,7 @@ def _predict_case(predictor, item: CaseInput, inputs: list[str], output_dir: Pat
 
             labels = apply_to_file(postprocessing, produced, produced)
         if overlays:
-            from vadice.report.overlay import overlay_png
+            from vadice.overlay import overlay_png
 
             overlay_png(image, labels, ref.spacing_zyx, ready / names[1], title=item.case)
         if probabilities:

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from vadice.report.overlay import figure_to_png
+from vadice.overlay import figure_to_png
 
 # Set-up colours: the same set-up gets the same colour in every figure (order of first appearance).
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vadice.report.overlay import overlay_figure, overlay_png, pick_slice
+from vadice.overlay import overlay_figure, overlay_png, pick_slice
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,6 +7,9 @@ middle slice of a head-and-neck MRI often holds no tumour at all.
 Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas
 directly, so nothing here touches pyplot's global state or the backend choice of
 the calling program.
+
+Floor 1 (imports ``io`` and ``lesions`` only): ``vadice.predict`` draws a case's overlay as it writes the label
+map, and the report shows the same pictures.
 """
 
 from __future__ import annotations
