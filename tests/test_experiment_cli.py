@@ -127,7 +127,7 @@ def _fake_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr("vadice.nnunet.paths.resolve_dataset", lambda d: DatasetRef(1, "Dataset001_X", NNUNetPaths()))
 
-    def train(self, loss, fold, seed, iterations, epochs, results_dir, log_name, warm_start=None):
+    def train(self, loss, fold, seed, iterations, epochs, results_dir, log_name, warm_start=None, probabilities=False):
         fold_dir = results_dir / log_name
         (fold_dir / "validation").mkdir(parents=True, exist_ok=True)
         (fold_dir / "validation" / "c1.nii.gz").write_bytes(b"x")
@@ -164,11 +164,11 @@ def test_a_run_keeps_one_code_version_unless_allowed(tmp_path, monkeypatch, caps
         _open(run, settings, v2, monkeypatch)
     monkeypatch.setattr("vadice.experiment.code_version", lambda: dict(v2))
     assert main(["experiment", "1", "--out", str(run), "--setups", "baseline,dual", "--folds", "0",
-                 "--collect"]) == 2
+                 "--collect", "--no-probabilities"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--allow-code-change" in err
     assert main(["experiment", "1", "--out", str(run), "--setups", "baseline,dual", "--folds", "0",
-                 "--collect", "--allow-code-change"]) == 2
+                 "--collect", "--allow-code-change", "--no-probabilities"]) == 2
     assert "unit(s) not finished" in capsys.readouterr().err  # past the code check
 
     _open(run, settings, v2, monkeypatch, allow_code_change=True).run_units()

@@ -1,7 +1,8 @@
 """The study: three loss set-ups x folds x seeds, trained, predicted, evaluated, compared.
 
 (Over 500 lines: the run folder's life cycle — settings, units, evaluation,
-provenance, report inputs — is one object; code versions live in :mod:`vadice.provenance`.)
+provenance — is one object; code versions live in :mod:`vadice.provenance`, the test set and probabilities
+in :mod:`vadice.testset`, the report in :mod:`vadice.experiment_report`.)
 
 A *unit* is one set-up on one fold with one seed. Each unit trains through
 nnU-Net (resuming an interrupted run with ``--c``), and its out-of-fold
@@ -21,7 +22,10 @@ Run folder::
     RUN_DIR/evaluation/<setup>/seed_<S>/   cases.csv, lesions.csv, summary.json
     RUN_DIR/comparison/                comparison.{json,md,csv} (pairs by case; seeds pooled)
     RUN_DIR/seed_spread.json           per-seed values and differences of every metric
-    RUN_DIR/report.html
+    RUN_DIR/report.html                out-of-fold: title "… — out-of-fold (N patients)"
+    RUN_DIR/froc/<setup>/seed_<S>/     FROC per set-up and seed (with probabilities: <case>.npz beside predictions)
+    RUN_DIR/test_set/, predictions_test/, evaluation_test/, comparison_test/, froc_test/, report_test.html
+                                       the test set (--test-set; see :mod:`vadice.testset`)
 
 One code version per run: the manifest records the git commit and whether
 tracked files were changed (``code_version``) when the run starts, every unit
@@ -43,12 +47,20 @@ from typing import Iterable, Sequence
 from vadice import __version__, registry
 from vadice.io import InputError, check_output_dir, copy_file, sha256_file, strip_nifti_suffix, write_text
 from vadice.provenance import code_change, code_version, unit_code_versions
+from vadice.experiment_report import build_report  # vadice.experiment.build_report, as before
+from vadice.testset import TestSetMixin, n_patients, set_dir, set_label
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Experiment", "ExperimentSettings", "Unit", "build_report", "compare_seeded", "evaluation_warm_start",
+           "model_dir_from", "package_versions", "parse_unit"]
+
 # Settings that must not change between invocations on one run folder: they define the study.
 _FIXED_SETTINGS = ("dataset", "preset", "iterations", "epochs", "val_iterations", "val_mirroring", "folds", "seeds",
-                   "setups", "warm_start_iterations", "warm_start_epochs", "warm_start_weights")
+                   "setups", "warm_start_iterations", "warm_start_epochs", "warm_start_weights", "test_set",
+                   "test_tta", "probabilities")
+# What a run folder begun before a setting existed ran with.
+_ABSENT = {"test_set": None, "test_tta": None, "probabilities": False}
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,10 @@ class ExperimentSettings:
     # Or a common warm start from a checkpoint made beforehand (single fold only: the checkpoint must not
     # have seen that fold's held-out cases; recorded in the manifest by SHA-256, not by path).
     warm_start_weights: str | None = None
+    # A second cohort in HNTS-MRG layout, predicted by every set-up and seed and evaluated apart (vadice.testset).
+    test_set: str | None = None
+    # Keep class probabilities (<case>.npz) of every prediction and compute FROC per set-up and seed.
+    probabilities: bool = False
 
     def units(self) -> list[Unit]:
         return [Unit(s, f, seed) for seed in self.seeds for f in self.folds for s in self.setups]
@@ -93,6 +109,10 @@ class ExperimentSettings:
         d = asdict(self)
         if d["warm_start_weights"] is not None:
             d["warm_start_weights"] = "sha256:" + sha256_file(d["warm_start_weights"])
+        if d["test_set"] is not None:
+            d["test_set"] = str(Path(d["test_set"]).resolve())
+        # test-time mirroring of the test set (vadice.testset): fixed, so that one folder never mixes both
+        d["test_tta"] = None if self.test_set is None else bool(self.val_mirroring and self.device != "cpu")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k in _FIXED_SETTINGS}
 
 
@@ -120,7 +140,7 @@ def _int(text: str, what: str) -> int:
         raise InputError(None, f"{what} must be an integer, got {text!r}") from None
 
 
-class Experiment:
+class Experiment(TestSetMixin):
     """One run folder. Create with :meth:`open`, then :meth:`run_units` and :meth:`collect`."""
 
     def __init__(self, run_dir: Path, settings: ExperimentSettings, progress: bool = True,
@@ -174,10 +194,17 @@ class Experiment:
             recorded = json.loads(manifest.read_text())
             old = recorded.get("settings", {})
             new = settings.fixed()
-            diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+            diffs = [f"{k}: {old.get(k, _ABSENT.get(k))!r} -> {new[k]!r}" for k in new
+                     if old.get(k, _ABSENT.get(k)) != new[k]]
             if diffs:
+                hint = (" (or --no-probabilities: it began without them)"
+                        if old.get("probabilities", False) is False and new["probabilities"] else "")
                 raise InputError(manifest, "run folder was started with other settings (" + "; ".join(diffs)
-                                 + "); use a new --out folder")
+                                 + f"); use a new --out folder{hint}")
+        if settings.test_set is not None:
+            from vadice.data.hntsmrg import discover
+
+            discover(settings.test_set)  # the layout, before anything is written (the files: at prepare)
         from vadice.nnunet.paths import resolve_dataset
         from vadice.nnunet.train import check_folds
 
@@ -195,6 +222,7 @@ class Experiment:
         """
         from vadice.nnunet.plan import plan
 
+        self.prepare_test_set()  # an invalid test cohort fails before planning and training
         self.plan = plan(self.settings.dataset, preset=self.settings.preset, progress=self.progress,
                                 fingerprint_samples=fingerprint_samples)
         self.write_manifest()
@@ -249,22 +277,28 @@ class Experiment:
             start = time.time()
             warm = self.warm_start(unit.fold, unit.seed)
             result = self._train(unit.setup, unit.fold, unit.seed, self.settings.iterations, self.settings.epochs,
-                                 self.results_root(unit.seed), unit.key, warm_start=warm)
+                                 self.results_root(unit.seed), unit.key, warm_start=warm,
+                                 probabilities=self.settings.probabilities)
             validation = Path(result.fold_dir) / "validation"
             preds = sorted(validation.glob("*.nii.gz"))
             if not preds:
                 raise InputError(validation, f"{unit}: nnU-Net wrote no validation predictions")
             for path in preds:
                 copy_file(path, self.prediction_dir(unit.setup, unit.seed) / path.name)
+            cases = [strip_nifti_suffix(p.name) for p in preds]
+            if self.settings.probabilities:
+                self.copy_probabilities(validation, cases, self.prediction_dir(unit.setup, unit.seed), unit)
             info = {
                 "unit": asdict(unit), "seconds": round(time.time() - start, 1),
                 "model_dir": str(result.model_dir), "fold_dir": str(result.fold_dir),
                 "checkpoint": str(result.checkpoint), "checkpoint_sha256": sha256_file(result.checkpoint),
-                "cases": [strip_nifti_suffix(p.name) for p in preds], "command": result.command,
+                "cases": cases, "command": result.command,
                 "warm_start_sha256": result.settings.get("warm_start_sha256"),
                 "code_version": code,
             }
             write_text(self.marker(unit), json.dumps(info, indent=2))
+            if self.settings.probabilities:  # converted above; nnU-Net's float32 copies go once the unit is done
+                self.drop_validation_probabilities(validation, cases)
             done_now.append(unit)
         self.write_manifest()
         return done_now
@@ -285,8 +319,9 @@ class Experiment:
         return Path(result.checkpoint)
 
     def _train(self, loss: str, fold, seed: int, iterations, epochs, results_dir: Path, log_name: str,
-               warm_start: Path | None = None):
-        """One resumable nnU-Net training with the run's fixed settings (a unit or a warm-start phase)."""
+               warm_start: Path | None = None, probabilities: bool = False):
+        """One resumable nnU-Net training with the run's fixed settings (a unit or a warm-start phase);
+        ``probabilities``: its final validation also exports them (nnU-Net's ``--npz``)."""
         from vadice.nnunet.train import train
 
         return train(
@@ -294,35 +329,56 @@ class Experiment:
             iterations=iterations, epochs=epochs, val_iterations=self.settings.val_iterations,
             val_mirroring=self.settings.val_mirroring, seed=seed, resume=True, num_gpus=self.settings.num_gpus,
             results_dir=results_dir, log_file=self.run_dir / "logs" / f"{log_name}.log", progress=self.progress,
-            warm_start=warm_start,
+            warm_start=warm_start, save_probabilities=probabilities,
         )
 
     def missing(self, units: Iterable[Unit] | None = None) -> list[Unit]:
         return [u for u in (units or self.settings.units()) if not self.is_done(u)]
 
     # ---- evaluation ---------------------------------------------------------------------
-    def collect(self, tolerances=(2.0,), connectivity: int = 26, workers: int = 1, pair_by: str = "case") -> dict:
-        """Evaluate every set-up and seed on the pooled out-of-fold predictions, compare, report."""
+    def collect(self, tolerances=(2.0,), connectivity: int = 26, workers: int = 1, pair_by: str = "case",
+                which: str | None = None) -> dict:
+        """Evaluate every set-up and seed, compare, for each set of predictions: ``which`` is ``"oof"``
+        (the pooled out-of-fold predictions), ``"test"`` (the test set, predicted here first; resumable)
+        or ``"both"``; ``None``: both with a test set, else out-of-fold. With probabilities, also the FROC
+        of every set-up and seed (:meth:`froc_dirs`).
+
+        Returns:
+          ``{"sets": {which: {"evaluations", "comparison", "label"}}}`` plus the first set's
+          ``evaluations`` and ``comparison`` at the top (out-of-fold when it is among them).
+        """
         missing = self.missing()
         if missing:
             raise InputError(self.run_dir, f"{len(missing)} unit(s) unfinished: "
                              + ", ".join(str(u) for u in missing[:10]) + (" …" if len(missing) > 10 else ""))
-        evaluations = self.evaluate(self.settings.setups, tolerances=tolerances, connectivity=connectivity,
-                                    workers=workers)
-        comparison = compare_seeded(evaluations, self.settings.setups, self.run_dir / "comparison",
-                                    pair_by=pair_by)
+        sets = self.sets(which)
+        per_set = {}
+        for name in sets:
+            if name == "test":
+                self.predict_test_set()
+            evaluations = self.evaluate(self.settings.setups, tolerances=tolerances, connectivity=connectivity,
+                                        workers=workers, which=name)
+            if self.settings.probabilities:
+                self.compute_froc(name, self.set_gt_dir(name), connectivity=connectivity)
+            comparison = compare_seeded(evaluations, self.settings.setups, self.run_dir / set_dir(name, "comparison"),
+                                        pair_by=pair_by, spread_file=self.run_dir / set_dir(name, "spread"))
+            n = n_patients(self.test_cases() if name == "test" else self._pooled_cases())
+            per_set[name] = {"evaluations": evaluations, "comparison": comparison, "label": set_label(name, n)}
         self.write_manifest()
-        return {"evaluations": evaluations, "comparison": comparison}
+        return {**per_set[sets[0]], "sets": per_set}
 
     def evaluate(self, names: Sequence[str], tolerances=(2.0,), connectivity: int = 26, workers: int = 1,
-                 size_bins_ml: Sequence[float] | None = None, reuse: bool = False) -> dict[str, dict[int, Path]]:
-        """Evaluate ``predictions/<name>/seed_<s>`` for every name and seed against the pooled ground truth.
+                 size_bins_ml: Sequence[float] | None = None, reuse: bool = False,
+                 which: str = "oof") -> dict[str, dict[int, Path]]:
+        """Evaluate ``predictions/<name>/seed_<s>`` for every name and seed against the pooled ground truth
+        (``which="test"``: ``predictions_test/`` against the test set's truth, into ``evaluation_test/``).
 
         Args:
           names: set-ups, or any other folder names under ``predictions/`` (e.g. post-processed copies).
           size_bins_ml: lesion size-bin edges for the size-stratified rows; ``None`` keeps evaluate's default.
           reuse: keep an evaluation folder that already has its ``summary.json`` (a resumed bench);
             ``collect`` re-evaluates so that changed metric settings always take effect.
+          which: ``"oof"`` or ``"test"``.
 
         Returns:
           ``{name: {seed: evaluation folder}}``, ready for :func:`compare_seeded`.
@@ -332,17 +388,24 @@ class Experiment:
         """
         from vadice.metrics.evaluate import evaluate_folders
 
-        gt_dir = self._link_ground_truth(self._pooled_cases())
+        gt_dir = self.set_gt_dir(which)
         extra = {} if size_bins_ml is None else {"size_bins_ml": tuple(size_bins_ml)}
         evaluations: dict[str, dict[int, Path]] = {}
         for name in names:
             for seed in self.settings.seeds:
-                out = self.run_dir / "evaluation" / name / f"seed_{seed}"
+                out = self.set_evaluation_dir(which, name, seed)
                 if not (reuse and (out / "summary.json").is_file()):
-                    evaluate_folders(gt_dir, self.prediction_dir(name, seed), out, tolerances=tuple(tolerances),
-                                     connectivity=connectivity, workers=workers, progress=self.progress, **extra)
+                    evaluate_folders(gt_dir, self.set_prediction_dir(which, name, seed), out,
+                                     tolerances=tuple(tolerances), connectivity=connectivity, workers=workers,
+                                     progress=self.progress, **extra)
                 evaluations.setdefault(name, {})[seed] = out
         return evaluations
+
+    def set_gt_dir(self, which: str) -> Path:
+        """Truth of a set: ``gt/`` (linked from labelsTr for the pooled out-of-fold cases) or the test set's."""
+        if self.sets(which) == ("test",):
+            return self.test_gt_dir()
+        return self._link_ground_truth(self._pooled_cases())
 
     def _pooled_cases(self) -> list[str]:
         per_setup = {}
@@ -394,6 +457,8 @@ class Experiment:
             },
             "units": units,
             "cpu_preset": self.settings.preset != "resenc-m",
+            # read by post-processing fits, which refuse these cases (vadice.postprocess.fit.refuse_test_set)
+            "test_set": self.test_set_record(),
         }
         path = self.run_dir / "manifest.json"
         if path.exists():  # keep what an earlier invocation recorded (e.g. plans of a --unit run)
@@ -408,7 +473,7 @@ class Experiment:
 
 
 def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str], out_dir: Path,
-                   pair_by: str = "case", paired: bool | None = None) -> dict:
+                   pair_by: str = "case", paired: bool | None = None, spread_file: Path | None = None) -> dict:
     """Compare set-ups against the first, pooling seeds (see :mod:`vadice.metrics.compare`).
 
     ``pair_by="case"`` (default) averages each case's per-case metric over
@@ -419,7 +484,8 @@ def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str
     verdict rule. ``seed_spread.json`` lists, per label and metric, each
     set-up's per-seed values and per-seed Δs to the first set-up. Seeds are
     paired when the unit markers record one warm start for seed k of every
-    set-up (:func:`evaluation_warm_start`), unless ``paired`` decides.
+    set-up (:func:`evaluation_warm_start`), unless ``paired`` decides. ``spread_file``: where
+    ``seed_spread.json`` goes (default: beside ``out_dir``).
 
     Returns:
       ``{"result": compare_runs output, "seed_spread": {...}, "markdown": str}``.
@@ -440,7 +506,7 @@ def compare_seeded(evaluations: dict[str, dict[int, Path]], setups: Sequence[str
             entry[setup] = {"seeds": seeds, "values": row["seed_values"][setup],
                             "diffs": row["seed_diffs"][setup], "verdict": row["verdict"][setup]}
     # Beside, not inside, the comparison folder: compare_runs only replaces folders holding its own files.
-    write_text(out_dir.parent / "seed_spread.json", json.dumps(json_clean(spread), indent=2))
+    write_text(spread_file or out_dir.parent / "seed_spread.json", json.dumps(json_clean(spread), indent=2))
     markdown = (out_dir / "comparison.md").read_text()
     return {"result": result, "seed_spread": spread, "markdown": markdown}
 
@@ -461,72 +527,6 @@ def model_dir_from(path: str | os.PathLike, setup: str | None = None, seed: int 
     return path
 
 
-def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
-                 notes: Sequence[str] = (), overlays_per_setup: int = 1) -> Path:
-    """Write ``report.html`` for a collected run folder."""
-    from vadice.io import read_mask, read_nifti
-    from vadice.report import ReportInputs, best_and_worst_cases, overlay_png, write_report
-
-    run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.json"
-    comparison_path = run_dir / "comparison" / "comparison.json"
-    if not manifest_path.is_file():
-        raise InputError(run_dir, "not an experiment run folder (no manifest.json)")
-    if not comparison_path.is_file():
-        raise InputError(comparison_path, "missing: collect the run first (vadice experiment … --collect)")
-    manifest = json.loads(manifest_path.read_text())
-    comparison = json.loads(comparison_path.read_text())
-    if "verdicts" not in comparison:
-        raise InputError(comparison_path, "written by an older vadice (no per-seed verdicts); "
-                                          "run 'vadice experiment … --collect' again")
-    settings = manifest["settings"]
-    setups, seeds = settings["setups"], settings["seeds"]
-    evaluations = {s: {seed: run_dir / "evaluation" / s / f"seed_{seed}" for seed in seeds} for s in setups}
-    logs: dict[str, list] = {}
-    for marker in sorted((run_dir / "units").glob("*.json")):
-        info = json.loads(marker.read_text())
-        unit = info["unit"]
-        for log_file in sorted(Path(info["fold_dir"]).glob("training_log_*.txt")):
-            logs.setdefault(unit["setup"], []).append((f"fold {unit['fold']}, seed {unit['seed']}", log_file))
-
-    from vadice.nnunet.paths import resolve_dataset
-
-    images = resolve_dataset(settings["dataset"]).raw_dir / "imagesTr"
-    overlays = []
-    seed = seeds[0]
-    for setup in setups:
-        best, worst = best_and_worst_cases(evaluations[setup][seed], label=registry.NODE_LABEL, k=overlays_per_setup)
-        for kind, picks in (("best", best), ("worst", worst)):
-            for case, dsc in picks:
-                png = run_dir / "overlays" / f"{setup}_seed{seed}_{kind}_{case}.png"
-                if not png.is_file():
-                    image, geom = read_nifti(images / f"{case}_0000.nii.gz")
-                    pred, _ = read_mask(run_dir / "predictions" / setup / f"seed_{seed}" / f"{case}.nii.gz")
-                    gt, _ = read_mask(run_dir / "gt" / f"{case}.nii.gz")
-                    overlay_png(image, pred, geom.spacing_zyx, png, gt=gt,
-                                title=f"{setup}, {kind} {registry.NODE_LABEL} case {case} (DSC {dsc:.3f})")
-                overlays.append((f"{setup} — {kind} {registry.NODE_LABEL} case {case}, seed {seed}, DSC {dsc:.3f} "
-                                 "(solid: prediction, dashed: truth)", png))
-    all_notes = list(notes)
-    if manifest.get("cpu_preset"):
-        all_notes.append(f"Preset {settings['preset']!r} is a width-reduced CPU network, not ResEnc M: "
-                         "numbers illustrate the pipeline, not the method.")
-    if settings.get("warm_start_iterations"):
-        all_notes.append(f"Fine-tuned from a common baseline: every set-up started from one baseline phase of "
-                         f"{settings['warm_start_iterations']} iterations (per fold and seed) and then trained "
-                         f"{settings.get('iterations')} iterations with its own loss.")
-    elif settings.get("warm_start_weights"):
-        all_notes.append(f"Fine-tuned from a common baseline: every set-up started from one baseline checkpoint "
-                         f"({settings['warm_start_weights'][:19]}…) and then trained {settings.get('iterations')} "
-                         "iterations with its own loss.")
-    inputs = ReportInputs(
-        title=f"vadice experiment — {Path(settings['dataset']).name}", settings=settings, notes=all_notes,
-        comparison=comparison, evaluations=evaluations, training_logs=logs,
-        overlays=overlays, manifest=manifest,
-    )
-    return write_report(inputs, Path(out) if out else run_dir / "report.html")
-
-
 def evaluation_warm_start(folder: str | os.PathLike) -> str | None:
     """The warm start behind an experiment's evaluation folder ``RUN_DIR/evaluation/<name>/seed_<S>``.
 
@@ -540,7 +540,7 @@ def evaluation_warm_start(folder: str | os.PathLike) -> str | None:
     """
     folder = Path(folder).resolve()
     run_dir, name, seed = folder.parent.parent.parent, folder.parent.name, folder.name
-    if folder.parent.parent.name != "evaluation" or not seed.startswith("seed_") or not (run_dir / "units").is_dir():
+    if folder.parent.parent.name not in ("evaluation", set_dir("test", "evaluation")) or not seed.startswith("seed_") or not (run_dir / "units").is_dir():
         return None
     markers = sorted((run_dir / "units").glob(f"{name}__fold*__seed{seed[5:]}.json"))
     markers = markers or sorted((run_dir / "units").glob(f"*__fold*__seed{seed[5:]}.json"))

@@ -192,6 +192,7 @@ def predict(
     overwrite: bool = False,
     postprocessing: str | os.PathLike | None = None,
     save_probabilities: bool = False,
+    progress_bar: str | None = None,
 ) -> PredictResult:
     """Segment every case of ``input_dir`` with a trained model, one case at a time.
 
@@ -221,6 +222,8 @@ def predict(
       save_probabilities: also write ``<case>.npz`` (key ``probabilities``: the softmax,
         C×Z×Y×X float16, background first; the layout of ``nnUNetv2_predict
         --save_probabilities``, docs/nnunet.md). Probabilities are never post-processed.
+      progress_bar: with ``progress``, a tqdm bar with this description over the cases to predict
+        instead of the "case k of n" log lines (the experiment's test set).
 
     Returns:
       PredictResult: label maps written now, and those skipped as already done.
@@ -261,13 +264,22 @@ def predict(
         # one model for every case: nnU-Net's predictor and each fold's checkpoint are loaded once
         predictor = inference.Predictor(model_dir, model.folds, device, tta, checkpoint) if todo else None
         start = time.monotonic()
+        bar = None
+        if progress and progress_bar is not None and todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc=progress_bar, unit="case")
         for k, (item, inputs) in enumerate(todo, 1):
-            if progress:
+            if progress and bar is None:
                 eta = ("" if k == 1 else
                        f", about {_duration((time.monotonic() - start) / (k - 1) * (len(todo) - k + 1))} left")
                 log.info("case %d of %d: %s%s", k, len(todo), item.case, eta)
             written.append(_predict_case(predictor, item, inputs, output_dir, manifest, overlays=overlays,
                                          postprocessing=pp, probabilities=save_probabilities))
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            bar.close()
     except BaseException:
         if created and not written:  # nothing finished: leave no folder behind
             shutil.rmtree(output_dir, ignore_errors=True)

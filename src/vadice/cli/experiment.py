@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "keeps the code version it started on (see --allow-code-change).",
         epilog="examples:\n  vadice experiment 101 --out runs/task1 --folds 0,1,2,3,4 --seeds 0,1,2\n"
         "  vadice experiment 101 --out runs/task1 --unit dual:3      # one unit (e.g. a SLURM array task)\n"
-        "  vadice experiment 101 --out runs/task1 --collect          # evaluate + compare + report\n",
+        "  vadice experiment 101 --out runs/task1 --collect          # evaluate + compare + report\n"
+        "  vadice synth test_cohort --cases 20 --seed 7 --size neck  # a second cohort, then:\n"
+        "  vadice experiment 101 --out runs/task1 --test-set test_cohort   # + test set: report_test.html\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dataset", metavar="DATASET", help="nnU-Net dataset id, name (Dataset101_X) or raw folder")
@@ -67,6 +69,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue a run that started on another code version (git commit or uncommitted "
                         "changes to tracked files); refused by default, since its units would differ in code, "
                         "and the report lists the versions the units ran on")
+    p.add_argument("--test-set", metavar="DIR",
+                   help="a second cohort in HNTS-MRG layout (e.g. vadice synth … --seed <other>) that no training "
+                        "or fitting sees: converted into RUN_DIR/test_set, predicted by every set-up and seed "
+                        "(the ensemble of its fold models) at collect time, evaluated and compared apart "
+                        "(evaluation_test/, comparison_test/, report_test.html); part of the run's settings")
+    p.add_argument("--on", choices=("oof", "test", "both"), default=None,
+                   help="which predictions to evaluate, compare and report: the pooled out-of-fold ones, the "
+                        "test set's, or both (default: both with --test-set, else oof)")
+    p.add_argument("--no-probabilities", action="store_true",
+                   help="keep no class probabilities (<case>.npz beside every prediction, nnU-Net's --npz for the "
+                        "held-out ones) and compute no FROC; saves disk (docs/experiment.md: the cost)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.set_defaults(func=run_experiment)
 
@@ -79,7 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "  vadice report demo_out/run --out demo.html",
                        formatter_class=ExamplesFormatter)
     r.add_argument("run_dir", metavar="RUN_DIR")
-    r.add_argument("--out", metavar="HTML", help="output file (default RUN_DIR/report.html)")
+    r.add_argument("--out", metavar="HTML", help="output file (default RUN_DIR/report.html, report_test.html)")
+    r.add_argument("--on", choices=("oof", "test"), default="oof",
+                   help="the out-of-fold predictions (default) or the test set (--test-set)")
     r.set_defaults(func=run_report)
 
     d = sub.add_parser("demo", help="the whole pipeline on a small synthetic cohort, on the CPU (about 5 min on 2 cores)",
@@ -125,6 +140,7 @@ def _settings(args):
         iterations=args.iterations, epochs=args.epochs, val_iterations=args.val_iterations,
         val_mirroring=not args.no_val_mirroring, num_gpus=args.num_gpus,
         warm_start_iterations=args.warm_start_iterations, warm_start_epochs=args.warm_start_epochs,
+        test_set=args.test_set, probabilities=not args.no_probabilities,
     )
 
 
@@ -133,6 +149,8 @@ def run_experiment(args) -> int:
 
     if args.unit and args.collect:
         raise UsageError("--unit and --collect exclude each other")
+    if args.on in ("test", "both") and args.test_set is None:
+        raise UsageError(f"--on {args.on} needs --test-set DIR")
     settings = _settings(args)
     # every argument is checked before the run folder is touched: a refused start leaves nothing behind
     units = [u for text in args.unit for u in parse_unit(text, settings)] if args.unit else None
@@ -148,13 +166,15 @@ def run_experiment(args) -> int:
         if args.unit:
             print(f"unit(s) done: {', '.join(args.unit)}; when all are done: vadice experiment … --collect")
             return 0
-    result = exp.collect(tolerances=(args.tolerance,), workers=args.workers, pair_by=args.pair_by)
-    print(result["comparison"]["markdown"])
+    result = exp.collect(tolerances=(args.tolerance,), workers=args.workers, pair_by=args.pair_by, which=args.on)
+    for which, one in result["sets"].items():
+        print(f"## {one['label']}\n")
+        print(one["comparison"]["markdown"])
     if not args.no_report:
         from vadice.experiment import build_report
 
-        path = build_report(exp.run_dir)
-        print(f"report: {path}")
+        for which in result["sets"]:
+            print(f"report: {build_report(exp.run_dir, which=which)}")
     return 0
 
 
@@ -165,7 +185,7 @@ def run_report(args) -> int:
 
     if not Path(args.run_dir).is_dir():
         raise InputError(args.run_dir, "folder does not exist")
-    path = build_report(args.run_dir, out=args.out)
+    path = build_report(args.run_dir, out=args.out, which=args.on)
     print(f"report: {path}")
     return 0
 

@@ -202,7 +202,8 @@ def _started(fold_dir: Path) -> bool:
 
 
 def plain_command(ref: DatasetRef, trainer: str, plans_identifier: str, fold, device: str, num_gpus: int,
-                  resume: bool, env: dict[str, str], configuration: str = CONFIGURATION) -> str:
+                  resume: bool, env: dict[str, str], configuration: str = CONFIGURATION,
+                  save_probabilities: bool = False) -> str:
     """The ``nnUNetv2_train`` command line (with its environment) equivalent to a :func:`train` call."""
     names = ["nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"]
     if trainer != BASELINE_TRAINER:
@@ -217,6 +218,8 @@ def plain_command(ref: DatasetRef, trainer: str, plans_identifier: str, fold, de
         words += ["-num_gpus", str(num_gpus)]
     if resume:
         words.append("--c")
+    if save_probabilities:
+        words.append("--npz")
     return " ".join(words)
 
 
@@ -225,7 +228,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
           seed: int | None = None, resume: bool = False, num_gpus: int = 1, results_dir=None,
           log_file=None, progress: bool = True, echo: bool = False, *, raw=None,
           preprocessed=None, threads: int | None = None, val_mirroring: bool = True,
-          warm_start=None) -> TrainResult:
+          warm_start=None, save_probabilities: bool = False) -> TrainResult:
     """Train one set-up and fold through nnU-Net's own ``nnUNetv2_train`` entry point.
 
     The trainer is nnU-Net's ``nnUNetTrainer`` for the baseline without a budget,
@@ -264,6 +267,9 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
             a new training starts from, with a fresh optimiser and schedule (our trainers'
             ``VADICE_WARM_START``; the baseline then runs as nnUNetTrainerBudget). Recorded by
             SHA-256 in ``vadice_train.json``; a resumed run continues from its own checkpoint.
+        save_probabilities: nnU-Net's ``--npz``: the final validation also writes ``<case>.npz`` (key
+            ``probabilities``, float32 C×Z×Y×X) and ``<case>.pkl`` beside each held-out label map. Not a
+            training setting (the model is the same), so not recorded in ``vadice_train.json``.
 
     Returns:
         TrainResult.
@@ -323,7 +329,8 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     env.pop(THREADS_ENV, None)
     if threads is not None:
         env[THREADS_ENV] = str(threads)
-    command = plain_command(ref, trainer, spec.plans_identifier, fold, device, num_gpus, resume, env)
+    command = plain_command(ref, trainer, spec.plans_identifier, fold, device, num_gpus, resume, env,
+                            save_probabilities=save_probabilities)
 
     recorded_path = fold_dir / TRAIN_SETTINGS_FILE
     recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else None
@@ -350,6 +357,8 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
         argv += ["-num_gpus", str(num_gpus)]
     if resume:
         argv.append("--c")
+    if save_probabilities:
+        argv.append("--npz")
     total_epochs = int(budget.get("VADICE_EPOCHS", 1000))  # nnU-Net's default schedule: 1000 epochs
     log.info("training %s fold %s with %s; nnU-Net's output: %s", ref.name, fold, trainer, log_path)
     log.debug("equivalent plain nnU-Net command:\n  %s", command)  # the caller prints it with the result

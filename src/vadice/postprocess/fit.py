@@ -26,6 +26,7 @@ and records every case id it saw.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from vadice.io import InputError
+from vadice.io import InputError, sha256_file
 from vadice.lesions import check_connectivity
 from vadice.metrics.lesionwise import check_label_maps, match_lesions, parse_match
 from vadice.metrics.surface import bounding_box
@@ -273,7 +274,8 @@ def fit_postprocessing(
       per-candidate scores and (with two or more folds) the cross-validation.
 
     Raises:
-      InputError: no cases, a case in two folds, a missing truth file, bad files.
+      InputError: no cases, a case in two folds, a missing truth file, bad files; test-set cases of an
+        experiment run (:func:`refuse_test_set`).
       ValueError: bad labels, grid, objective, connectivity or match rule.
     """
     from vadice.metrics.evaluate import check_labels
@@ -299,6 +301,7 @@ def fit_postprocessing(
     for case in sorted(owner):
         gt = _truth_file(gt_dir, case)
         pairs.append((case, gt, folds[_key(folds, owner[case])][case]))
+    refuse_test_set(gt_dir, pairs)
     table = score_cases(pairs, labels, grid, connectivity, match, progress)
     fold_cases = {str(f): sorted(cs) for f, cs in folds.items()}
     picks = _fit_labels(table, table.cases, objective)
@@ -317,6 +320,62 @@ def fit_postprocessing(
     return PostProcessing(labels=labels, min_volume_mm3={v: grid[picks[v]] for v in labels.values()},
                           connectivity=connectivity, cases=table.cases, grid_mm3=grid, objective=objective,
                           match=match, source=src, details=details)
+
+
+# What ``vadice experiment --test-set`` records in RUN_DIR/manifest.json (vadice.testset): the run's test-set
+# folders (relative to the run folder), its case names and the SHA-256 of each case's truth label map.
+RUN_MANIFEST = "manifest.json"
+TEST_SET_KEY = "test_set"
+
+
+def _run_test_set(path: Path, cache: dict) -> tuple[Path, dict] | None:
+    """The experiment run folder enclosing ``path`` whose manifest records a test set, with that record."""
+    for folder in [path, *path.parents]:
+        if folder not in cache:
+            record = None
+            try:
+                manifest = json.loads((folder / RUN_MANIFEST).read_text())
+                record = manifest.get(TEST_SET_KEY) if isinstance(manifest, dict) else None
+            except (OSError, ValueError, UnicodeDecodeError):
+                pass
+            cache[folder] = record if isinstance(record, dict) else None
+        if cache[folder] is not None:
+            return folder, cache[folder]
+    return None
+
+
+def refuse_test_set(gt_dir: str | os.PathLike, pairs: Sequence[tuple[str, Path, Path]]) -> None:
+    """Refuse to fit on an experiment's test set (``vadice experiment --test-set``).
+
+    Looks for an experiment run folder above the truth folder and above every prediction (its
+    ``manifest.json`` records the test set). Refused: a truth folder or prediction inside the run's
+    test-set folders (``test_set/``, ``predictions_test/``), and a case whose truth label map is,
+    by name and content (SHA-256), one of the run's test-set truths (a copy elsewhere in the run).
+    Names alone do not decide: a second synthetic cohort reuses the first one's case ids.
+
+    Raises:
+      InputError: naming the offending file and the run.
+    """
+    cache: dict = {}
+    hashes: dict[Path, str] = {}
+    places = [Path(gt_dir)] + [Path(pred).parent for _, _, pred in pairs]
+    for place in dict.fromkeys(p.resolve() for p in places):
+        found = _run_test_set(place, cache)
+        if found is None:
+            continue
+        run_dir, record = found
+        for rel in record.get("folders", ()):
+            if place == run_dir / rel or (run_dir / rel) in place.parents:
+                raise InputError(place, f"is part of the test set of experiment run {run_dir}: the test set is "
+                                 "for the final evaluation only, never for fitting post-processing")
+        truths = record.get("truth_sha256", {})
+        for case, gt, _ in pairs:
+            if case in truths:
+                digest = hashes.setdefault(gt, sha256_file(gt))
+                if digest == truths[case]:
+                    raise InputError(gt, f"is the truth of test-set case {case!r} of experiment run {run_dir}: "
+                                     "the test set is for the final evaluation only, never for fitting "
+                                     "post-processing")
 
 
 def _key(folds: Mapping, name: str):
