@@ -67,6 +67,7 @@ def test_report_says_fine_tuned_from_a_common_baseline(demo_run):
     html = report.read_text()
     assert "Fine-tuned from a common baseline" in html
     assert "not ResEnc M" in html
+    assert "Operating points (FROC)" in html  # probabilities kept: set-ups compared at matched operating points
 
 
 def test_the_shipped_checkpoint_fits_todays_demo_plans(tmp_path):

@@ -145,6 +145,11 @@ def test_test_set_predicted_once_per_unit_evaluated_apart_and_resumable(study):
             froc = json.loads((run / which / setup / "seed_0" / "summary.json").read_text())
             assert froc["n_cases"] == n and set(froc["labels"]) == {"GTVp", "GTVn"}
     assert exp.froc_dirs("test") == {s: {0: run / "froc_test" / s / "seed_0"} for s in ("baseline", "dual")}
+    # the node FROC of dual against the baseline, per set, paired like the set's comparison
+    for which, n in (("froc_comparison", 3), ("froc_comparison_test", 2)):
+        cmp = json.loads((run / which / "froc_comparison.json").read_text())
+        assert cmp["reference"] == "baseline" and cmp["label"] == "GTVn" and cmp["n_patients"] == n
+        assert set(cmp["views"]["all"]) == {"baseline", "dual"} and cmp["views"]["all"]["dual"]["delta_cpm"]
     assert (run / "comparison_test" / "comparison.json").is_file() and (run / "seed_spread_test.json").is_file()
     manifest = json.loads((run / "manifest.json").read_text())
     record = manifest["test_set"]
@@ -161,6 +166,7 @@ def test_test_set_predicted_once_per_unit_evaluated_apart_and_resumable(study):
 
     html = build_report(run, which="test").read_text()
     assert html.count("test set (2 patients)") >= 1 and "out-of-fold (" not in html
+    assert "Operating points (FROC)" in html
     assert "out-of-fold (3 patients)" in build_report(run).read_text()
 
 

@@ -21,7 +21,7 @@ FLOORS = (
     ("data", "losses", "dicom", "overlay", "metrics"),
     ("nnunet", "postprocess"),
     ("predict", "report"),
-    ("experiment",),
+    ("experiment", "testset", "experiment_report"),
     ("models", "demo", "sharing"),
     ("cli",),
 )

@@ -143,7 +143,8 @@ def run_demo(out: str | os.PathLike = "demo_out", cases: int | None = None, iter
                       progress=progress)
     common = dict(dataset=str(dataset), preset="cpu-small", folds=(0,), seeds=(seed,), device="cpu",
                   iterations=iterations, epochs=_epochs(iterations, DEMO_EPOCHS),
-                  val_iterations=DEMO_VAL_ITERATIONS, val_mirroring=False)
+                  val_iterations=DEMO_VAL_ITERATIONS, val_mirroring=False,
+                  probabilities=True)  # the report's FROC section: set-ups at matched operating points
     if weights is not None:
         settings = ExperimentSettings(**common, warm_start_weights=str(weights))
         warm_text = "fine-tuned from the shipped common baseline checkpoint (vadice/demo_weights)"

@@ -358,10 +358,11 @@ class Experiment(TestSetMixin):
                 self.predict_test_set()
             evaluations = self.evaluate(self.settings.setups, tolerances=tolerances, connectivity=connectivity,
                                         workers=workers, which=name)
-            if self.settings.probabilities:
-                self.compute_froc(name, self.set_gt_dir(name), connectivity=connectivity)
             comparison = compare_seeded(evaluations, self.settings.setups, self.run_dir / set_dir(name, "comparison"),
                                         pair_by=pair_by, spread_file=self.run_dir / set_dir(name, "spread"))
+            if self.settings.probabilities:
+                self.compute_froc(name, self.set_gt_dir(name), connectivity=connectivity)
+                self.compare_froc(name, paired=comparison["result"]["settings"]["seed_pairing"]["paired"])
             n = n_patients(self.test_cases() if name == "test" else self._pooled_cases())
             per_set[name] = {"evaluations": evaluations, "comparison": comparison, "label": set_label(name, n)}
         self.write_manifest()

@@ -88,9 +88,11 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         all_notes.append(f"Fine-tuned from a common baseline: every set-up started from one baseline checkpoint "
                          f"({settings['warm_start_weights'][:19]}…) and then trained {settings.get('iterations')} "
                          "iterations with its own loss.")
+    froc_path = run_dir / set_dir(which, "froc_comparison") / "froc_comparison.json"
+    froc = json.loads(froc_path.read_text()) if froc_path.is_file() else None
     inputs = ReportInputs(
         title=f"vadice experiment — {Path(settings['dataset']).name} — {label}", settings=settings, notes=all_notes,
         comparison=comparison, evaluations=evaluations, training_logs=logs,
-        overlays=overlays, manifest=manifest,
+        overlays=overlays, manifest=manifest, froc_comparison=froc,
     )
     return write_report(inputs, Path(out) if out else run_dir / set_dir(which, "report"))

@@ -46,9 +46,11 @@ _PATIENT = re.compile(r"^HNTS_(\d+)_(preRT|midRT)$")
 PROBABILITIES_DTYPE = np.float16  # as vadice.predict (docs/nnunet.md)
 _DIRS = {
     "oof": {"predictions": "predictions", "evaluation": "evaluation", "comparison": "comparison",
-            "froc": "froc", "spread": "seed_spread.json", "report": "report.html"},
+            "froc": "froc", "froc_comparison": "froc_comparison", "spread": "seed_spread.json",
+            "report": "report.html"},
     "test": {"predictions": "predictions_test", "evaluation": "evaluation_test", "comparison": "comparison_test",
-             "froc": "froc_test", "spread": "seed_spread_test.json", "report": "report_test.html"},
+             "froc": "froc_test", "froc_comparison": "froc_comparison_test", "spread": "seed_spread_test.json",
+             "report": "report_test.html"},
 }
 # Folders holding test-set material; recorded in the manifest so that post-processing fits refuse them.
 TEST_FOLDERS = (TEST_DIR, _DIRS["test"]["predictions"])
@@ -61,7 +63,8 @@ def check_set(which: str) -> str:
 
 
 def set_dir(which: str, kind: str) -> str:
-    """The run-folder entry of ``kind`` (predictions, evaluation, comparison, froc, spread, report) for a set."""
+    """The run-folder entry of ``kind`` (predictions, evaluation, comparison, froc, froc_comparison, spread,
+    report) for a set."""
     return _DIRS[check_set(which)][kind]
 
 
@@ -280,7 +283,7 @@ class TestSetMixin:
 
     def compute_froc(self, which: str, gt_dir: Path, connectivity: int = 26) -> dict[str, dict[int, Path]]:
         """FROC of every set-up and seed of a set against ``gt_dir`` (:func:`vadice.metrics.froc.froc_folders`)."""
-        from vadice.metrics.froc import froc_folders
+        from vadice.metrics.froc_io import froc_folders
 
         folders = self.froc_dirs(which)
         for setup, seeds in folders.items():
@@ -288,6 +291,27 @@ class TestSetMixin:
                 froc_folders(gt_dir, self.set_prediction_dir(which, setup, seed), out, labels=dict(registry.LABELS),
                              connectivity=connectivity, progress=self.progress)
         return folders
+
+    def compare_froc(self, which: str, paired: bool) -> dict | None:
+        """The node FROC of every set-up against the first at matched operating points
+        (:func:`vadice.metrics.froc_compare.compare_froc`, all nodes and nodes < 1 ml), written to
+        ``froc_comparison[_test]/``; None with a single set-up.
+
+        Args:
+          which: ``"oof"`` or ``"test"`` (after :meth:`compute_froc`).
+          paired: as the set's comparison decided (a shared per-seed warm start), so that both analyses pair alike.
+        """
+        from vadice.metrics.froc_compare import compare_froc
+        from vadice.report.comparison import write_froc_comparison
+
+        setups = list(self.settings.setups)
+        if len(setups) < 2:
+            return None
+        folders = self.froc_dirs(which)
+        runs = {setup: [folders[setup][seed] for seed in self.settings.seeds] for setup in setups}
+        result = compare_froc(runs, reference=setups[0], label=registry.NODE_LABEL, paired=paired)
+        write_froc_comparison(result, self.run_dir / set_dir(which, "froc_comparison"))
+        return result
 
 
 def _unit(setup: str, fold, seed: int):
