@@ -134,7 +134,7 @@ def test_collect_lists_the_units_still_missing_on_stderr(roots, tmp_path, capsys
     (run / "manifest.json").write_text(json.dumps({"settings": settings.fixed()}))
     before = sorted(p.name for p in run.iterdir())
     assert main(["experiment", "42", "--out", str(run), "--preset", "cpu-small", "--device", "cpu", "--folds", "0",
-                 "--setups", "baseline,dual", "--collect"]) == 2
+                 "--setups", "baseline,dual", "--collect", "--no-probabilities"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     line = captured.err.strip()

@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  vadice experiment 101 --out runs/task1 --folds 0,1,2,3,4 --seeds 0,1,2\n"
         "  vadice experiment 101 --out runs/task1 --unit dual:3      # one unit (e.g. a SLURM array task)\n"
         "  vadice experiment 101 --out runs/task1 --collect          # evaluate + compare + report\n"
-        "  vadice synth test_cohort --cases 20 --seed 7 --size neck  # a second cohort, then:\n"
-        "  vadice experiment 101 --out runs/task1 --test-set test_cohort   # + test set: report_test.html\n",
+        "  vadice experiment 101 --out runs/task1 --test-set test_cohort   # + a second cohort (vadice synth "
+        "... --seed 7) that no training sees: report_test.html\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dataset", metavar="DATASET", help="nnU-Net dataset id, name (Dataset101_X) or raw folder")
