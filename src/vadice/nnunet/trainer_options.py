@@ -163,6 +163,14 @@ class TrainerOptions:
         return {name: getattr(self, name) for name in self.given()}
 
 
+def _load_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON in ``path``; an unreadable file is a one-line ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read {what} ({' '.join(str(exc).split())})") from None
+
+
 def read(path: str | os.PathLike) -> TrainerOptions:
     """The options in ``path``.
 
@@ -170,10 +178,7 @@ def read(path: str | os.PathLike) -> TrainerOptions:
       ValueError: an unreadable file, not a JSON object, an unknown key, or a bad value; one line naming the file
         and the key.
     """
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read trainer options ({' '.join(str(exc).split())})") from None
+    raw = _load_json(path, "trainer options")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: trainer options must be a JSON object, got {type(raw).__name__}")
     known = [f.name for f in fields(TrainerOptions)]
@@ -194,10 +199,7 @@ def read_va(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
       ValueError: one line naming the file and the key.
     """
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read VA options ({' '.join(str(exc).split())})") from None
+    raw = _load_json(path, "VA options")
     try:
         check_va(raw, prefix="")
     except _Invalid as exc:
