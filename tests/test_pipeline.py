@@ -1,4 +1,4 @@
-"""The study end to end on a tiny synthetic dataset: experiment (kill + resume), predict, report.
+"""The study end to end on a tiny dataset: experiment (kill + resume), predict, report.
 
 One module so that pytest-xdist (--dist loadfile) keeps the shared trained run in
 one worker. Every training goes through nnU-Net's own ``nnUNetv2_train`` with the
@@ -18,37 +18,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tiny_nnunet import nnunet_roots, write_tiny_dataset  # tests/ is on sys.path under pytest (its conftest.py)
+
 from vadice.io import Geometry, read_mask, read_nifti, write_nifti
 
 pytestmark = pytest.mark.slow
 
-NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
 EXPERIMENT_ARGS = ["--folds", "0", "--setups", "baseline,dual", "--preset", "cpu-small", "--device", "cpu",
                    "--iterations", "2", "--val-iterations", "1", "--no-val-mirroring"]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """Six small synthetic cases converted to Task 1 and planned with cpu-small."""
-    from vadice.data.hntsmrg import convert
-    from vadice.data.synth import generate_cohort
+    """Six tiny cases (one sliding-window tile each, so that every unit's final validation takes seconds),
+    planned with cpu-small. The synthetic cohort and its conversion run end to end in test_demo.py."""
     from vadice.nnunet.plan import plan
 
     root = tmp_path_factory.mktemp("study")
-    saved = {k: os.environ.pop(k) for k in NNUNET_VARS if k in os.environ}
+    folder = write_tiny_dataset(root / "nnUNet_raw", dataset_id=977, n_cases=6, seed=7)
     env = {"nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
            "nnUNet_results": str(root / "nnUNet_results")}
-    os.environ.update(env)
-    try:
-        generate_cohort(root / "cohort", 6, seed=7, size="small", progress=False)
-        folder = convert(root / "cohort", task=1, dataset_id=977, out=root / "nnUNet_raw", name="Pipeline",
-                         progress=False)
+    with nnunet_roots(env):
         plan(folder, preset="cpu-small", num_processes=1, progress=False)
         yield root, folder, env
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
-        os.environ.update(saved)
 
 
 def _cli(args, env):
@@ -78,7 +70,7 @@ def test_experiment_writes_every_stage(uninterrupted):
     assert manifest["plans"]["identifier"] == "vadiceCPUSmallPlans" and manifest["cpu_preset"] is True
     assert manifest["versions"]["nnunetv2"].startswith("2.8")
     # out-of-fold predictions: fold 0's validation cases, nothing else
-    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / "Dataset977_Pipeline" / "splits_final.json")
+    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / "Dataset977_Tiny" / "splits_final.json")
                         .read_text())
     expected = sorted(splits[0]["val"])
     for setup in ("baseline", "dual"):
@@ -109,7 +101,7 @@ def test_killed_experiment_resumes_without_redoing_work(dataset, uninterrupted):
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     first = run / "units" / "baseline__fold0__seed0.json"
-    second_fold = (run / "nnUNet_results" / "seed_0" / "Dataset977_Pipeline" /
+    second_fold = (run / "nnUNet_results" / "seed_0" / "Dataset977_Tiny" /
                    "nnUNetTrainerVADual__vadiceCPUSmallPlans__3d_fullres" / "fold_0")
     deadline = time.time() + 600
     try:

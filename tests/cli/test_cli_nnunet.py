@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tiny_nnunet import NNUNET_VARS  # tests/ is on sys.path under pytest (its conftest.py)
 
 from vadice.cli import main
 from vadice import registry
@@ -16,7 +17,6 @@ from vadice.nnunet import train as nntrain
 from vadice.nnunet import trainer_dir
 from vadice.nnunet.paths import NNUNetError
 
-NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,8 @@ from vadice.io import InputError
 from vadice.nnunet import train as nnunet_train
 from vadice.registry import PRESETS
 
-NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+from tiny_nnunet import NNUNET_VARS  # tests/ is on sys.path under pytest (its conftest.py)
+
 DATA_ID = "vadice_data"
 
 

@@ -8,7 +8,6 @@ nnU-Net's own trainer class (seconds, not the minutes a training takes).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from test_plan_train import NNUNET_VARS, write_tiny_dataset  # tests/nnunet is on sys.path under pytest
+from tiny_nnunet import nnunet_roots, write_tiny_dataset  # tests/ is on sys.path under pytest (its conftest.py)
 
 from vadice.io import InputError
 from vadice.nnunet import inference
@@ -99,11 +98,8 @@ def model(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("predictor")
     folder = write_tiny_dataset(root / "nnUNet_raw", dataset_id=985, n_cases=2)
-    saved = {k: os.environ.pop(k) for k in NNUNET_VARS if k in os.environ}
-    try:
+    with nnunet_roots():
         result = plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=10_000)
-    finally:
-        os.environ.update(saved)
     model = root / "nnUNetTrainer__vadiceCPUSmallPlans__3d_fullres"
     model.mkdir()
     shutil.copyfile(result.preprocessed_folder / f"{result.plans_identifier}.json", model / "plans.json")

@@ -6,7 +6,6 @@ Slow: plans and trains a cpu-small model for 2 iterations on the tiny dataset of
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from test_plan_train import NNUNET_VARS, write_tiny_dataset  # tests/nnunet is on sys.path under pytest
+from tiny_nnunet import nnunet_roots, write_tiny_dataset  # tests/ is on sys.path under pytest (its conftest.py)
 
 from vadice.nnunet.plan import plan
 from vadice.nnunet.train import train
@@ -29,13 +28,10 @@ pytestmark = pytest.mark.slow
 def model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("interrupt")
     folder = write_tiny_dataset(root / "nnUNet_raw", dataset_id=986)
-    saved = {k: os.environ.pop(k) for k in NNUNET_VARS if k in os.environ}
-    try:
+    with nnunet_roots():
         plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=100_000)
         result = train(folder, loss="baseline", fold=0, preset="cpu-small", device="cpu", iterations=2,
                        val_iterations=1, val_mirroring=False, progress=False, threads=1)
-    finally:
-        os.environ.update(saved)
     return result.model_dir
 
 
