@@ -9,10 +9,14 @@ The recipe (what the shipped files were made with; `vadice demo --from-scratch` 
     vadice train 990 --loss baseline --fold 0 --preset cpu-small --device cpu \
         --iterations 1500 --epochs 30 --val-iterations 5 --no-val-mirroring --seed 0 --threads 2
     # then nnU-Net's own continuation (--c) to 60, then to 100 epochs of 50 iterations (two runs of this):
-    nnUNet_extTrainer=$(vadice nnunet-path) nnUNet_compile=f nnUNet_n_proc_DA=0 VADICE_EPOCHS=60 \
-        VADICE_ITERS_PER_EPOCH=50 VADICE_VAL_ITERS=5 VADICE_SEED=0 VADICE_VAL_MIRRORING=0 \
-        VADICE_TORCH_THREADS=2 nnUNetv2_train 990 3d_fullres 0 -tr nnUNetTrainerBudget -p vadiceCPUSmallPlans \
+    echo '{"epochs": 60, "iterations_per_epoch": 50, "val_iterations": 5, "seed": 0, "val_mirroring": false,
+           "torch_threads": 2}' > options_60.json
+    VADICE_TRAINER_OPTIONS=options_60.json nnUNet_extTrainer=$(vadice nnunet-path) nnUNet_compile=f \
+        nnUNet_n_proc_DA=0 nnUNetv2_train 990 3d_fullres 0 -tr nnUNetTrainerBudget -p vadiceCPUSmallPlans \
         -device cpu --c
+
+(The shipped files were made before the trainer options file existed, with the same values in the
+environment variables VADICE_EPOCHS, ...; their baseline_fold0.json records those commands as run.)
 
 Why stages: after 1500 iterations (30 epochs, learning rate decayed to 0) the network ranked the tumour
 highest but still gave it probabilities below 0.1 (no voxel predicted); continuing with nnU-Net's --c
@@ -50,6 +54,7 @@ def train(work: Path) -> None:
     from vadice.nnunet import trainer_dir
     from vadice.nnunet.plan import plan
     from vadice.nnunet.train import train as train_fold
+    from vadice.nnunet.trainer_options import OPTIONS_ENV, TrainerOptions, write
 
     roots = set_nnunet_roots(work)
     generate_cohort(work / "cohort", DEMO_CASES, DEMO_SEED, size=DEMO_SIZE)
@@ -60,10 +65,11 @@ def train(work: Path) -> None:
                val_mirroring=False, seed=RECIPE["seed"], threads=RECIPE["threads"])
     per_epoch = RECIPE["iterations"] // RECIPE["epochs"]
     for epochs in RECIPE["continued_to_epochs"]:
+        options = write(work / f"options_{epochs}.json", TrainerOptions(
+            epochs=epochs, iterations_per_epoch=per_epoch, val_iterations=RECIPE["val_iterations"],
+            seed=RECIPE["seed"], val_mirroring=False, torch_threads=RECIPE["threads"]))
         env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "nnUNet_compile": "f",
-               "nnUNet_n_proc_DA": "0", "VADICE_EPOCHS": str(epochs), "VADICE_ITERS_PER_EPOCH": str(per_epoch),
-               "VADICE_VAL_ITERS": str(RECIPE["val_iterations"]), "VADICE_SEED": str(RECIPE["seed"]),
-               "VADICE_VAL_MIRRORING": "0", "VADICE_TORCH_THREADS": str(RECIPE["threads"])}
+               "nnUNet_n_proc_DA": "0", OPTIONS_ENV: str(options)}
         subprocess.run([str(Path(sys.executable).with_name("nnUNetv2_train")), str(DEMO_DATASET_ID), "3d_fullres", "0",
                         "-tr", "nnUNetTrainerBudget", "-p", "vadiceCPUSmallPlans", "-device", "cpu", "--c"],
                        env=env, check=True)
@@ -100,8 +106,9 @@ def export(work: Path, dest: Path) -> dict:
             "vadice train 990 --loss baseline --fold 0 --preset cpu-small --device cpu --iterations 1500 "
             "--epochs 30 --val-iterations 5 --no-val-mirroring --seed 0 --threads 2",
             *[f"nnUNetv2_train 990 3d_fullres 0 -tr nnUNetTrainerBudget -p vadiceCPUSmallPlans -device cpu --c "
-              f"(VADICE_EPOCHS={e}, VADICE_ITERS_PER_EPOCH=50, VADICE_VAL_ITERS=5, VADICE_SEED=0, "
-              "VADICE_VAL_MIRRORING=0, VADICE_TORCH_THREADS=2, nnUNet_n_proc_DA=0, nnUNet_compile=f)"
+              f"(VADICE_TRAINER_OPTIONS=options_{e}.json: {{\"epochs\": {e}, \"iterations_per_epoch\": 50, "
+              "\"val_iterations\": 5, \"seed\": 0, \"val_mirroring\": false, \"torch_threads\": 2}; "
+              "nnUNet_n_proc_DA=0, nnUNet_compile=f)"
               for e in RECIPE["continued_to_epochs"]],
             "python bench/make_demo_weights.py --work WORK --export-only",
         ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from unittest import mock
 
@@ -38,7 +39,8 @@ def test_every_setup_starts_from_the_one_warm_start_checkpoint(demo_run):
     for unit in units:
         info = json.loads(unit.read_text())
         assert info["warm_start_sha256"] == warm_sha
-        assert f"VADICE_WARM_START={warm[0]}" in info["command"]
+        options = re.search(r"VADICE_TRAINER_OPTIONS=(\S+)", info["command"]).group(1)
+        assert json.loads(Path(options).read_text())["warm_start"] == str(warm[0])
         log = (out / "run" / "logs" / unit.name.replace(".json", ".log")).read_text()
         # The trainer's own log line, written after load_state_dict(strict=True): the weights really went in.
         assert f"vadice warm start: all network weights from {warm[0]}" in log

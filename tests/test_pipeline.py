@@ -22,8 +22,7 @@ from vadice.io import Geometry, read_mask, read_nifti, write_nifti
 
 pytestmark = pytest.mark.slow
 
-NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer",
-               "VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED", "VADICE_VAL_MIRRORING")
+NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
 EXPERIMENT_ARGS = ["--folds", "0,1", "--setups", "baseline,dual", "--preset", "cpu-small", "--device", "cpu",
                    "--iterations", "2", "--val-iterations", "1", "--no-val-mirroring"]
 

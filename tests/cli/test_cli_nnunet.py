@@ -164,37 +164,93 @@ def test_plan_passes_options(monkeypatch, tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().out
 
 
-def test_warm_start_demo_names_the_shipped_weights_from_any_folder(monkeypatch, tmp_path, capsys):
-    """`--warm-start demo` trains from src/vadice/demo_weights/baseline_fold0.pth, whatever the working folder."""
-    import hashlib
-
-    import vadice
-
-    shipped = Path(vadice.__file__).parent / "demo_weights" / "baseline_fold0.pth"
-    recorded = json.loads(shipped.with_suffix(".json").read_text())["sha256"]
+def _planned_dataset(tmp_path: Path) -> Path:
+    """A raw dataset with cpu-small plans and a (empty) preprocessed folder: enough for `vadice train`'s checks."""
     folder = _raw_dataset(tmp_path)
     pre = tmp_path / "nnUNet_preprocessed" / folder.name
     (pre / "nnUNetPlans_3d_fullres").mkdir(parents=True)
     (pre / "vadiceCPUSmallPlans.json").write_text(json.dumps(
         {"configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres"}}}))
+    return folder
+
+
+def _fake_training(monkeypatch) -> dict:
+    """Replace nnU-Net's training subprocess; returns what it was given (argv, env, total_epochs)."""
     seen = {}
 
     def fake_run(argv, env, log_path, total_epochs, progress, echo, desc):
-        seen.update(env)
+        seen.update(argv=argv, env=env, total_epochs=total_epochs)
         (log_path.parent / "checkpoint_final.pth").write_bytes(b"w")
         return 0, ""
 
     monkeypatch.setattr(nntrain, "_run_logged", fake_run)
+    return seen
+
+
+def test_warm_start_demo_names_the_shipped_weights_from_any_folder(monkeypatch, tmp_path, capsys):
+    """`--warm-start demo` trains from src/vadice/demo_weights/baseline_fold0.pth, whatever the working folder."""
+    import hashlib
+
+    import vadice
+    from vadice.nnunet.trainer_options import read
+
+    shipped = Path(vadice.__file__).parent / "demo_weights" / "baseline_fold0.pth"
+    recorded = json.loads(shipped.with_suffix(".json").read_text())["sha256"]
+    folder = _planned_dataset(tmp_path)
+    seen = _fake_training(monkeypatch)
     monkeypatch.chdir(tmp_path)  # no src/vadice/demo_weights below the working folder
     assert main(["-q", "train", str(folder), "--loss", "baseline", "--fold", "0", "--preset", "cpu-small",
                  "--device", "cpu", "--warm-start", "demo", "--results", str(tmp_path / "res")]) == 0
-    used = Path(seen["VADICE_WARM_START"])
+    used = Path(read(seen["env"]["VADICE_TRAINER_OPTIONS"]).warm_start)
     assert used.resolve() == shipped.resolve()
     assert hashlib.sha256(used.read_bytes()).hexdigest() == recorded
     settings = json.loads((tmp_path / "res" / folder.name / "nnUNetTrainerBudget__vadiceCPUSmallPlans__3d_fullres"
                            / "fold_0" / "vadice_train.json").read_text())
     assert settings["warm_start_sha256"] == recorded
-    assert "VADICE_WARM_START" not in settings["budget"]
+    assert settings["budget"] == {}
+
+
+def test_a_run_recorded_by_an_older_version_resumes(monkeypatch, tmp_path):
+    """vadice_train.json as versions before the trainer options file wrote it (the budget as the VADICE_*
+    variables, values as strings) still matches the same arguments: the run resumes, its record unchanged."""
+    import vadice
+    from vadice.io import sha256_file
+    from vadice.nnunet.trainer_options import TrainerOptions, read
+
+    folder = _planned_dataset(tmp_path)
+    plans = tmp_path / "nnUNet_preprocessed" / folder.name / "vadiceCPUSmallPlans.json"
+    shipped = Path(vadice.__file__).parent / "demo_weights" / "baseline_fold0.pth"
+    fold_dir = tmp_path / "res" / folder.name / "nnUNetTrainerBudget__vadiceCPUSmallPlans__3d_fullres" / "fold_0"
+    fold_dir.mkdir(parents=True)
+    old_record = (
+        '{\n  "budget": {\n    "VADICE_EPOCHS": "2",\n    "VADICE_ITERS_PER_EPOCH": "10",\n    "VADICE_SEED": "3",'
+        '\n    "VADICE_VAL_ITERS": "1",\n    "VADICE_VAL_MIRRORING": "0"\n  },\n  "configuration": "3d_fullres",'
+        '\n  "fold": 0,\n  "plans": "vadiceCPUSmallPlans",\n  "plans_sha256": "%s",\n  "trainer": "nnUNetTrainerBudget",'
+        '\n  "warm_start_sha256": "%s"\n}' % (sha256_file(plans), sha256_file(shipped)))
+    (fold_dir / "vadice_train.json").write_text(old_record)
+    (fold_dir / "checkpoint_latest.pth").write_bytes(b"x")  # interrupted
+    seen = _fake_training(monkeypatch)
+    args = ["-q", "train", str(folder), "--loss", "baseline", "--fold", "0", "--preset", "cpu-small", "--device",
+            "cpu", "--iterations", "20", "--epochs", "2", "--val-iterations", "1", "--no-val-mirroring",
+            "--warm-start", "demo", "--threads", "1", "--results", str(tmp_path / "res"), "--resume"]
+    assert main(args + ["--seed", "4"]) == 2 and not seen  # another seed is another run: refused
+    assert main(args + ["--seed", "3"]) == 0
+    assert "--c" in seen["argv"] and seen["total_epochs"] == 2
+    assert (fold_dir / "vadice_train.json").read_text() == old_record
+    options = fold_dir / "vadice_trainer_options.json"
+    assert seen["env"]["VADICE_TRAINER_OPTIONS"] == str(options)
+    assert read(options) == TrainerOptions(epochs=2, iterations_per_epoch=10, val_iterations=1, seed=3,
+                                           val_mirroring=False, torch_threads=1, warm_start=str(shipped.resolve()))
+
+
+def test_train_drops_an_inherited_options_file(monkeypatch, tmp_path):
+    folder = _planned_dataset(tmp_path)
+    seen = _fake_training(monkeypatch)
+    monkeypatch.setenv("VADICE_TRAINER_OPTIONS", str(tmp_path / "stale.json"))
+    assert main(["-q", "train", str(folder), "--loss", "baseline", "--fold", "0", "--preset", "cpu-small",
+                 "--device", "cpu", "--results", str(tmp_path / "res")]) == 0
+    assert "VADICE_TRAINER_OPTIONS" not in seen["env"] and seen["total_epochs"] == 1000
+    assert not list((tmp_path / "res").rglob("vadice_trainer_options.json"))
 
 
 def test_warm_start_that_is_no_file_is_one_line(tmp_path, capsys, monkeypatch):

@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("nnunetv2")
 
 # the tiny planned dataset and its lesion ids, built once for this module (fixtures of test_trainers)
-from test_trainers import DATASET_ID, NAME, _trainer, lesions, nnunet_env  # noqa: E402,F401
+from test_trainers import DATASET_ID, NAME, _trainer, lesions, nnunet_env, use_options  # noqa: E402,F401
 
 COMPARATORS = {"blob": "nnUNetTrainerBlob", "cc-dicece": "nnUNetTrainerCCDiceCE", "catmil": "nnUNetTrainerCATMIL"}
 
@@ -44,11 +44,11 @@ def test_every_loss_is_an_experiment_setup_with_a_report_label():
 
 
 @pytest.mark.parametrize("loss", sorted(COMPARATORS))
-def test_train_step_on_a_real_batch(nnunet_env, lesions, monkeypatch, loss):
+def test_train_step_on_a_real_batch(nnunet_env, lesions, monkeypatch, tmp_path, loss):
     from vadice.losses import BlobDiceCELoss, CATMILLoss, CCDiceCELoss
     from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
-    monkeypatch.setenv("VADICE_SEED", "4")
+    use_options(monkeypatch, tmp_path, seed=4)
     tr = _trainer(nnunet_env, COMPARATORS[loss], patch=(12, 24, 24))
     tr.initialize()
     assert isinstance(tr.loss, DeepSupervisionLesionLoss)
@@ -66,10 +66,10 @@ def test_train_step_on_a_real_batch(nnunet_env, lesions, monkeypatch, loss):
     assert np.isfinite(val["loss"]) and val["tp_hard"].shape == (2,)
 
 
-def test_cc_regions_are_computed_once_and_ride_with_the_ids(nnunet_env, lesions, monkeypatch):
+def test_cc_regions_are_computed_once_and_ride_with_the_ids(nnunet_env, lesions, monkeypatch, tmp_path):
     from vadice.nnunet.lesion_cache import REGION_SUFFIX
 
-    monkeypatch.setenv("VADICE_SEED", "5")
+    use_options(monkeypatch, tmp_path, seed=5)
     tr = _trainer(nnunet_env, "nnUNetTrainerCCDiceCE", patch=(12, 24, 24))
     tr.initialize()
     files = {p.name: p.stat().st_mtime_ns for p in lesions.glob(f"*{REGION_SUFFIX}")}
@@ -98,8 +98,8 @@ def test_cc_regions_are_computed_once_and_ride_with_the_ids(nnunet_env, lesions,
     assert total > 0 and agree / total > 0.9
 
 
-def test_catmil_warm_up_follows_the_epoch_and_uses_case_sizes(nnunet_env, lesions, monkeypatch):
-    monkeypatch.setenv("VADICE_CATMIL_WARMUP_EPOCHS", "4")
+def test_catmil_warm_up_follows_the_epoch_and_uses_case_sizes(nnunet_env, lesions, monkeypatch, tmp_path):
+    use_options(monkeypatch, tmp_path, catmil_warmup_epochs=4)
     tr = _trainer(nnunet_env, "nnUNetTrainerCATMIL", patch=(12, 24, 24))
     tr.initialize()
     loss = tr.loss.loss
@@ -148,11 +148,13 @@ def train_and_predict(nnunet_env, tmp_path, trainer: str):
     """
     from vadice.io import read_mask
     from vadice.nnunet import trainer_dir
+    from vadice.nnunet.trainer_options import TrainerOptions, write
 
     binary = Path(sys.executable).parent
-    env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "VADICE_EPOCHS": "1",
-           "VADICE_ITERS_PER_EPOCH": "2", "VADICE_VAL_ITERS": "1", "VADICE_SEED": "0", "VADICE_VAL_MIRRORING": "0",
-           "VADICE_TORCH_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_results": str(tmp_path / "res")}
+    options = write(tmp_path / "options.json", TrainerOptions(epochs=1, iterations_per_epoch=2, val_iterations=1,
+                                                              seed=0, val_mirroring=False, torch_threads=1))
+    env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "VADICE_TRAINER_OPTIONS": str(options),
+           "nnUNet_n_proc_DA": "0", "nnUNet_results": str(tmp_path / "res")}
 
     def run(cmd):
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)  # loaded 2-core runners
@@ -178,4 +180,6 @@ def test_nnunet_trains_and_predicts_with_the_comparator(nnunet_env, lesions, tmp
     """Plain nnUNetv2_train / nnUNetv2_predict with the trainer found through nnUNet_extTrainer."""
     out, pred = train_and_predict(nnunet_env, tmp_path, COMPARATORS[loss])
     assert json.loads((out / "vadice_loss.json").read_text())["loss"] == loss
+    logs = "".join(p.read_text() for p in out.glob("training_log_*.txt"))
+    assert "vadice schedule: 1 epochs x 2 iterations, 1 validation iterations, seed 0" in logs
     assert pred.shape == (16, 56, 56) and set(np.unique(pred).tolist()) <= {0, 1, 2}

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("nnunetv2")
 
 from test_comparator_trainers import train_and_predict  # noqa: E402
-from test_trainers import _trainer, lesions, nnunet_env  # noqa: E402,F401
+from test_trainers import _trainer, lesions, nnunet_env, use_options  # noqa: E402,F401
 
 TRAINER = "nnUNetTrainerVADualFP"
 
@@ -32,12 +32,12 @@ def test_registered_and_found_by_nnunet(monkeypatch):
     assert "dual-fp" in KNOWN_SETUPS and "dual-fp" not in SETUPS and "false-positive" in training_loss("dual-fp")
 
 
-def test_loss_is_va_dual_plus_the_term_at_every_scale(nnunet_env, lesions, monkeypatch):
+def test_loss_is_va_dual_plus_the_term_at_every_scale(nnunet_env, lesions, monkeypatch, tmp_path):
     from vadice.losses import VolumeAwareDiceCELoss
     from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
     from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss
 
-    monkeypatch.setenv("VADICE_SEED", "3")
+    use_options(monkeypatch, tmp_path, seed=3)
     tr = _trainer(nnunet_env, TRAINER, patch=(12, 24, 24))
     tr.initialize()
     assert isinstance(tr.loss, DeepSupervisionLesionLoss)

@@ -67,11 +67,12 @@ def test_plan_train_each_trainer_and_predict(tmp_path):
 
     raw, pre, res = tmp_path / "raw", tmp_path / "pre", tmp_path / "res"
     _write_dataset(raw)
+    # the trainer options file as a user writes it by hand (docs/nnunet.md)
+    options = tmp_path / "options.json"
+    options.write_text('{"epochs": 1, "iterations_per_epoch": 2, "val_iterations": 1, "seed": 0}\n')
     env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(res),
            "nnUNet_extTrainer": str(trainer_dir()), "nnUNet_compile": "f", "nnUNet_def_n_proc": "1",
-           "VADICE_EPOCHS": "1", "VADICE_ITERS_PER_EPOCH": "2", "VADICE_VAL_ITERS": "1", "VADICE_SEED": "0",
-           "OMP_NUM_THREADS": "2"}
-    env.pop("VADICE_VA_CONFIG", None)
+           "VADICE_TRAINER_OPTIONS": str(options), "OMP_NUM_THREADS": "2"}
 
     # planning: vadice's CPU preset (reduced width, labelled as such) plus lesion labelling
     script = ("import sys; from vadice.nnunet.plan import plan; "
@@ -93,6 +94,7 @@ def test_plan_train_each_trainer_and_predict(tmp_path):
         assert (out / "checkpoint_final.pth").is_file()
         logs = "".join(p.read_text() for p in out.glob("training_log_*.txt"))
         assert "vadice schedule: 1 epochs x 2 iterations, 1 validation iterations, seed 0" in logs
+        assert json.loads((out / "vadice_trainer_options.json").read_text()) == json.loads(options.read_text())
         if trainer != BUDGET_TRAINER:
             record = json.loads((out / "vadice_va.json").read_text())
             assert record["trainer"] == trainer

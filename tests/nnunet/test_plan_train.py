@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def write_tiny_dataset(raw_root: Path, dataset_id: int = TINY_ID, n_cases: int =
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for var in NNUNET_VARS + paths.BUDGET_ENV:
+    for var in NNUNET_VARS + ("VADICE_TRAINER_OPTIONS",):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -145,18 +146,17 @@ def test_resolve_dataset_ambiguous_id(tmp_path, monkeypatch):
 
 def test_build_env_for_cpu(tmp_path):
     other = str(tmp_path / "other_trainers")
-    base = {"nnUNet_extTrainer": other, "VADICE_EPOCHS": "7", "PATH": "/bin"}
+    base = {"nnUNet_extTrainer": other, "VADICE_TRAINER_OPTIONS": "/stale.json", "PATH": "/bin"}
     env = paths.build_env(paths.NNUNetPaths(tmp_path / "r", tmp_path / "p", tmp_path / "o"), "cpu",
-                           {"VADICE_SEED": "3"}, base=base)
+                           tmp_path / "options.json", base=base)
     assert env["nnUNet_extTrainer"].split(os.pathsep) == [str(trainer_dir()), other]
     assert env["nnUNet_raw"] == str(tmp_path / "r") and env["nnUNet_results"] == str(tmp_path / "o")
     assert env["nnUNet_compile"] == "f" and env["nnUNet_n_proc_DA"] == "0"
-    assert "VADICE_EPOCHS" not in env  # inherited budget variables never leak into a run
-    assert env["VADICE_SEED"] == "3" and env["PATH"] == "/bin"
+    assert env["VADICE_TRAINER_OPTIONS"] == str(tmp_path / "options.json") and env["PATH"] == "/bin"
     assert 1 <= int(env["nnUNet_def_n_proc"]) <= 8
-    # idempotent: our directory is not added twice
+    # idempotent: our directory is not added twice; an inherited options file never leaks into a run
     again = paths.build_env(paths.NNUNetPaths(), "cpu", base=env)
-    assert again["nnUNet_extTrainer"] == env["nnUNet_extTrainer"]
+    assert again["nnUNet_extTrainer"] == env["nnUNet_extTrainer"] and "VADICE_TRAINER_OPTIONS" not in again
 
 
 def test_build_env_for_cuda_keeps_nnunet_defaults():
@@ -164,15 +164,22 @@ def test_build_env_for_cuda_keeps_nnunet_defaults():
     assert "nnUNet_compile" not in env and env["nnUNet_n_proc_DA"] == "12"
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({}, {}),
-    ({"iterations": 2}, {"VADICE_EPOCHS": "1", "VADICE_ITERS_PER_EPOCH": "2"}),
-    ({"iterations": 300, "epochs": 3}, {"VADICE_EPOCHS": "3", "VADICE_ITERS_PER_EPOCH": "100"}),
-    ({"epochs": 5}, {"VADICE_EPOCHS": "5"}),
-    ({"val_iterations": 1, "seed": 0}, {"VADICE_VAL_ITERS": "1", "VADICE_SEED": "0"}),
+@pytest.mark.parametrize("kwargs, options, recorded", [
+    ({}, {}, {}),
+    ({"iterations": 2}, {"epochs": 1, "iterations_per_epoch": 2}, {"VADICE_EPOCHS": "1", "VADICE_ITERS_PER_EPOCH": "2"}),
+    ({"iterations": 300, "epochs": 3}, {"epochs": 3, "iterations_per_epoch": 100},
+     {"VADICE_EPOCHS": "3", "VADICE_ITERS_PER_EPOCH": "100"}),
+    ({"epochs": 5}, {"epochs": 5}, {"VADICE_EPOCHS": "5"}),
+    ({"val_iterations": 1, "seed": 0}, {"val_iterations": 1, "seed": 0}, {"VADICE_VAL_ITERS": "1", "VADICE_SEED": "0"}),
+    ({"val_mirroring": False}, {"val_mirroring": False}, {"VADICE_VAL_MIRRORING": "0"}),
 ])
-def test_budget_env(kwargs, expected):
-    assert nntrain.budget_env(**kwargs) == expected
+def test_budget_options_and_their_record(kwargs, options, recorded):
+    """The budget as trainer options, and as vadice_train.json records it (the names older versions wrote)."""
+    made = nntrain.budget_options(**kwargs)
+    assert made.to_json() == options
+    assert nntrain.budget_record(made) == recorded
+    # threads and the warm start are not part of the recorded budget
+    assert nntrain.budget_record(replace(made, torch_threads=1, warm_start="/w.pth")) == recorded
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -181,9 +188,9 @@ def test_budget_env(kwargs, expected):
     ({"epochs": 1.5}, "epochs must be a positive integer"),
     ({"seed": -1}, "seed must be a non-negative integer"),
 ])
-def test_budget_env_errors(kwargs, message):
+def test_budget_options_errors(kwargs, message):
     with pytest.raises(InputError, match=message):
-        nntrain.budget_env(**kwargs)
+        nntrain.budget_options(**kwargs)
 
 
 def test_trainer_for_each_setup_comes_from_the_registry():
@@ -197,18 +204,19 @@ def test_trainer_for_each_setup_comes_from_the_registry():
 
 def test_plain_command_lists_what_plain_nnunet_needs(tmp_path):
     ref = paths.DatasetRef(12, "Dataset012_X", paths.NNUNetPaths(tmp_path / "r", tmp_path / "p", tmp_path / "o"))
-    env = paths.build_env(ref.paths, "cpu", {"VADICE_EPOCHS": "1"}, base={})
+    env = paths.build_env(ref.paths, "cpu", tmp_path / "o" / "vadice_trainer_options.json", base={})
     cmd = nntrain.plain_command(ref, "nnUNetTrainerVADual", "vadiceCPUSmallPlans", 0, "cpu", 1, True, env)
     assert cmd.endswith("nnUNetv2_train 12 3d_fullres 0 -tr nnUNetTrainerVADual -p vadiceCPUSmallPlans "
                         "-device cpu --c")
-    for word in (f"nnUNet_extTrainer={trainer_dir()}", "nnUNet_compile=f", "VADICE_EPOCHS=1",
+    for word in (f"nnUNet_extTrainer={trainer_dir()}", "nnUNet_compile=f",
+                 f"VADICE_TRAINER_OPTIONS={tmp_path / 'o' / 'vadice_trainer_options.json'}",
                  f"nnUNet_results={tmp_path / 'o'}"):
         assert word in cmd
     gpu = nntrain.plain_command(ref, "nnUNetTrainer", "nnUNetResEncUNetMPlans", "all", "cuda", 4, False,
                                paths.build_env(ref.paths, "cuda", base={}))
     assert gpu.endswith("nnUNetv2_train 12 3d_fullres all -tr nnUNetTrainer -p nnUNetResEncUNetMPlans "
                         "-device cuda -num_gpus 4")
-    assert "nnUNet_extTrainer" not in gpu and "nnUNet_compile" not in gpu
+    assert "nnUNet_extTrainer" not in gpu and "nnUNet_compile" not in gpu and "VADICE" not in gpu
 
 
 def test_epoch_lines_are_recognised():
@@ -455,7 +463,12 @@ def test_train_resume_and_predict_keep_geometry(planned, tmp_path):
     assert first.model_dir == results / folder.name / "nnUNetTrainerBudget__vadiceCPUSmallPlans__3d_fullres"
     assert first.command.endswith(f"nnUNetv2_train {TINY_ID} 3d_fullres 0 -tr nnUNetTrainerBudget "
                                   "-p vadiceCPUSmallPlans -device cpu --c")
-    assert "VADICE_ITERS_PER_EPOCH=2" in first.command and "VADICE_EPOCHS=1" in first.command
+    options_file = first.fold_dir / "vadice_trainer_options.json"
+    assert f"VADICE_TRAINER_OPTIONS={options_file}" in first.command
+    assert json.loads(options_file.read_text()) == {"epochs": 1, "iterations_per_epoch": 2, "val_iterations": 1,
+                                                    "seed": 0, "torch_threads": 1}
+    assert json.loads((first.fold_dir / "vadice_train.json").read_text())["budget"] == {
+        "VADICE_EPOCHS": "1", "VADICE_ITERS_PER_EPOCH": "2", "VADICE_VAL_ITERS": "1", "VADICE_SEED": "0"}
     log_text = first.log_file.read_text()
     assert "Epoch 0" in log_text and "1 epochs x 2 iterations" in log_text
 

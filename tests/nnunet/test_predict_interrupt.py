@@ -19,7 +19,6 @@ import SimpleITK as sitk
 
 from test_plan_train import NNUNET_VARS, write_tiny_dataset  # tests/nnunet is on sys.path under pytest
 
-from vadice.nnunet.paths import BUDGET_ENV
 from vadice.nnunet.plan import plan
 from vadice.nnunet.train import train
 
@@ -30,7 +29,7 @@ pytestmark = pytest.mark.slow
 def model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("interrupt")
     folder = write_tiny_dataset(root / "nnUNet_raw", dataset_id=986)
-    saved = {k: os.environ.pop(k) for k in NNUNET_VARS + BUDGET_ENV if k in os.environ}
+    saved = {k: os.environ.pop(k) for k in NNUNET_VARS if k in os.environ}
     try:
         plan(folder, preset="cpu-small", num_processes=1, progress=False, fingerprint_samples=100_000)
         result = train(folder, loss="baseline", fold=0, preset="cpu-small", device="cpu", iterations=2,

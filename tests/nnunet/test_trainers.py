@@ -57,8 +57,7 @@ def nnunet_env(tmp_path_factory):
            "nnUNet_results": str(root / "res"), "nnUNet_n_proc_DA": "1", "nnUNet_compile": "f",
            "nnUNet_def_n_proc": "1"}
     with mock.patch.dict(os.environ, env):  # restores the whole environment after the module
-        for k in ("VADICE_VA_CONFIG", "VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED"):
-            os.environ.pop(k, None)
+        os.environ.pop("VADICE_TRAINER_OPTIONS", None)
         # nnU-Net 2.8 reads its roots from the environment on each use
         write_tiny_raw_dataset(root / "raw", NAME)
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
@@ -216,24 +215,78 @@ def _trainer(nnunet_env, cls_name, patch=None, continuing: bool = False):
     return cls(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
 
 
-def test_schedule_and_seed_from_environment(nnunet_env, monkeypatch):
-    monkeypatch.setenv("VADICE_EPOCHS", "3")
-    monkeypatch.setenv("VADICE_ITERS_PER_EPOCH", "7")
-    monkeypatch.setenv("VADICE_VAL_ITERS", "2")
-    monkeypatch.setenv("VADICE_SEED", "5")
+def use_options(monkeypatch, tmp_path, **options) -> Path:
+    """Point ``VADICE_TRAINER_OPTIONS`` at a file holding ``options``, as ``vadice train`` does."""
+    from vadice.nnunet.trainer_options import OPTIONS_ENV, TrainerOptions, write
+
+    path = write(tmp_path / "trainer_options.json", TrainerOptions(**options))
+    monkeypatch.setenv(OPTIONS_ENV, str(path))
+    return path
+
+
+def test_schedule_and_seed_from_the_options_file(nnunet_env, monkeypatch, tmp_path):
+    use_options(monkeypatch, tmp_path, epochs=3, iterations_per_epoch=7, val_iterations=2, seed=5,
+                val_mirroring=False)
     tr = _trainer(nnunet_env, "nnUNetTrainerBudget")
     assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (3, 7, 2)
+    assert tr.vadice_seed == 5 and tr.vadice_val_mirroring is False
     assert set(tr.my_init_kwargs) == {"plans", "configuration", "fold", "dataset_json", "device"}
     a = torch.rand(3)
     _trainer(nnunet_env, "nnUNetTrainerBudget")
     assert torch.equal(a, torch.rand(3))
-    for var in ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED"):
-        monkeypatch.delenv(var)
+    use_options(monkeypatch, tmp_path, seed=6)  # another seed, other numbers
+    _trainer(nnunet_env, "nnUNetTrainerBudget")
+    assert not torch.equal(a, torch.rand(3))
+    monkeypatch.delenv("VADICE_TRAINER_OPTIONS")
     tr = _trainer(nnunet_env, "nnUNetTrainerBudget")
     assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (1000, 250, 50)
-    monkeypatch.setenv("VADICE_EPOCHS", "zero")
-    with pytest.raises(ValueError, match="VADICE_EPOCHS"):
+    assert tr.vadice_seed is None and tr.vadice_val_mirroring is True
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epochs": "zero"}))
+    monkeypatch.setenv("VADICE_TRAINER_OPTIONS", str(bad))
+    with pytest.raises(ValueError, match=f"^{bad}: epochs: must be an integer >= 1"):
         _trainer(nnunet_env, "nnUNetTrainerBudget")
+
+
+def test_variables_of_older_versions_change_nothing(nnunet_env, monkeypatch):
+    """The VADICE_* variables vadice's trainers read before the options file are ignored, stale or not."""
+    stale = {"VADICE_EPOCHS": "3", "VADICE_ITERS_PER_EPOCH": "7", "VADICE_VAL_ITERS": "2", "VADICE_SEED": "5",
+             "VADICE_VAL_MIRRORING": "0", "VADICE_TORCH_THREADS": "zero", "VADICE_WARM_START": "/nowhere.pth",
+             "VADICE_CATMIL_WARMUP_EPOCHS": "4", "VADICE_VA_CONFIG": "/nowhere.json"}
+    for key, value in stale.items():
+        monkeypatch.setenv(key, value)
+    for name in ("nnUNetTrainerBudget", "nnUNetTrainerVA", "nnUNetTrainerCATMIL"):
+        tr = _trainer(nnunet_env, name)
+        assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (1000, 250, 50)
+        assert tr.vadice_seed is None and tr.vadice_val_mirroring is True and tr.vadice_options_file is None
+    assert tr.loss_options["warmup_epochs"] == 50
+    assert _trainer(nnunet_env, "nnUNetTrainerVA").va_options_source == "defaults (dual preset)"
+
+
+def test_options_a_trainer_does_not_read_are_refused(nnunet_env, monkeypatch, tmp_path):
+    path = use_options(monkeypatch, tmp_path, seed=1, va={"gamma": 0.5})
+    for name in ("nnUNetTrainerVADual", "nnUNetTrainerBudget", "nnUNetTrainerCATMIL"):
+        with pytest.raises(ValueError, match=f"^{path}: va: not an option of {name} "):
+            _trainer(nnunet_env, name)
+    path = use_options(monkeypatch, tmp_path, catmil_warmup_epochs=2)
+    with pytest.raises(ValueError, match=f"^{path}: catmil_warmup_epochs: not an option of nnUNetTrainerVA "):
+        _trainer(nnunet_env, "nnUNetTrainerVA")
+
+
+def test_the_options_are_copied_into_the_output_folder(nnunet_env, lesions, monkeypatch, tmp_path):
+    from vadice.nnunet.trainer_options import OPTIONS_FILE, read
+
+    use_options(monkeypatch, tmp_path, seed=4, iterations_per_epoch=3, va={"preset": "selective-ln"})
+    tr = _trainer(nnunet_env, "nnUNetTrainerVA")
+    record = Path(tr.output_folder) / OPTIONS_FILE
+    record.unlink(missing_ok=True)
+    tr.initialize()
+    assert read(record) == tr.vadice_options and tr.vadice_options.va == {"preset": "selective-ln"}
+    # the options file in the output folder itself (what `vadice train` writes) stays as it is
+    monkeypatch.setenv("VADICE_TRAINER_OPTIONS", str(record))
+    before = record.stat().st_mtime_ns
+    _trainer(nnunet_env, "nnUNetTrainerVA").initialize()
+    assert record.stat().st_mtime_ns == before
 
 
 def test_budget_trainer_keeps_nnunet_loss(nnunet_env, lesions):
@@ -267,10 +320,10 @@ def test_preset_trainers_build_va_loss(nnunet_env, lesions, name, labels):
 def test_generic_trainer_reads_options_file_and_absolute_reference(nnunet_env, lesions, tmp_path, monkeypatch):
     from vadice.nnunet.lesion_cache import load_lesion_table
 
-    cfg = tmp_path / "va.json"
-    cfg.write_text(json.dumps({"preset": "selective-ln", "mode": "absolute", "gamma": 0.5, "r_max": 4}))
-    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
+    cfg = use_options(monkeypatch, tmp_path, va={"preset": "selective-ln", "mode": "absolute", "gamma": 0.5,
+                                                 "r_max": 4})
     tr = _trainer(nnunet_env, "nnUNetTrainerVA")
+    assert tr.va_options_source == str(cfg)
     tr.initialize()
     dc = tr.loss.loss.dc
     assert (dc.va_labels, dc.mode, dc.gamma, dc.r_max) == ((2,), "absolute", 0.5, 4.0)
@@ -278,21 +331,42 @@ def test_generic_trainer_reads_options_file_and_absolute_reference(nnunet_env, l
     table = load_lesion_table(lesions)
     vols = np.concatenate([table.volumes[c][table.lesion_labels[c] == 2] for c in tr_keys])
     assert dc.v_ref[2] == pytest.approx(np.median(vols))
-    cfg.write_text(json.dumps({"gama": 1}))
-    with pytest.raises(ValueError, match="unknown VA option"):
+    cfg.write_text(json.dumps({"va": {"gama": 1}}))
+    with pytest.raises(ValueError, match=f"^{cfg}: va.gama: unknown VA option"):
         _trainer(nnunet_env, "nnUNetTrainerVA")
 
 
+def test_generic_trainer_falls_back_to_the_va_file_beside_the_plans(nnunet_env, monkeypatch, tmp_path):
+    """No ``va`` in the options file (or no options file): ``vadice_va.json`` next to the plans, if there is one."""
+    beside = nnunet_env["pre"] / "vadice_va.json"
+    beside.write_text(json.dumps({"preset": "selective-ln", "gamma": 0.5}))
+    try:
+        for options in (None, {"seed": 1}):
+            if options is None:
+                monkeypatch.delenv("VADICE_TRAINER_OPTIONS", raising=False)
+            else:
+                use_options(monkeypatch, tmp_path, **options)
+            tr = _trainer(nnunet_env, "nnUNetTrainerVA")
+            assert tr.va_options_source == str(beside)
+            assert tr.va_options["va_labels"] == (2,) and tr.va_options["gamma"] == 0.5
+        use_options(monkeypatch, tmp_path, va={})  # an empty va object: the dual preset, not the file
+        assert _trainer(nnunet_env, "nnUNetTrainerVA").va_options == {"va_labels": (1, 2)}
+        beside.write_text(json.dumps({"gama": 1}))
+        monkeypatch.delenv("VADICE_TRAINER_OPTIONS")
+        with pytest.raises(ValueError, match=f"^{beside}: gama: unknown VA option"):
+            _trainer(nnunet_env, "nnUNetTrainerVA")
+    finally:
+        beside.unlink()
+
+
 def test_resuming_with_changed_va_options_is_refused(nnunet_env, lesions, tmp_path, monkeypatch):
-    cfg = tmp_path / "va.json"
-    cfg.write_text(json.dumps({"preset": "dual", "gamma": 1.0}))
-    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
+    use_options(monkeypatch, tmp_path, va={"preset": "dual", "gamma": 1.0})
     _trainer(nnunet_env, "nnUNetTrainerVA").initialize()
     _trainer(nnunet_env, "nnUNetTrainerVA", continuing=True).initialize()  # same options: resumes
-    cfg.write_text(json.dumps({"preset": "dual", "gamma": 0.5}))
+    use_options(monkeypatch, tmp_path, va={"preset": "dual", "gamma": 0.5})
     with pytest.raises(RuntimeError, match=r"resuming with different VA settings \(options\)"):
         _trainer(nnunet_env, "nnUNetTrainerVA", continuing=True).initialize()
-    cfg.write_text(json.dumps({"preset": "selective-ln", "gamma": 1.0}))
+    use_options(monkeypatch, tmp_path, va={"preset": "selective-ln", "gamma": 1.0})
     with pytest.raises(RuntimeError, match="resuming with different VA settings"):
         _trainer(nnunet_env, "nnUNetTrainerVA", continuing=True).initialize()
     # a fresh (not resumed) run with new options is a new run: it records them
@@ -345,9 +419,7 @@ def test_va_baseline_path_equals_nnunet_loss(nnunet_env, lesions, tmp_path, monk
     """With M = ∅ the whole VA path (ids, volumes, deep supervision) gives nnU-Net's DC+CE value."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    cfg = tmp_path / "va.json"
-    cfg.write_text(json.dumps({"preset": "baseline"}))
-    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
+    use_options(monkeypatch, tmp_path, va={"preset": "baseline"})
     tr = _trainer(nnunet_env, "nnUNetTrainerVA", patch=(16, 32, 32))
     tr.initialize()
     reference = nnUNetTrainer._build_loss(tr)
@@ -364,9 +436,9 @@ def test_va_baseline_path_equals_nnunet_loss(nnunet_env, lesions, tmp_path, monk
     torch.testing.assert_close(g_ours, g_theirs)
 
 
-def test_batches_carry_whole_case_volumes(nnunet_env, lesions, monkeypatch):
+def test_batches_carry_whole_case_volumes(nnunet_env, lesions, monkeypatch, tmp_path):
     """Ids in a training batch index the case table; a lesion cut by the patch keeps its case volume and weight."""
-    monkeypatch.setenv("VADICE_SEED", "3")
+    use_options(monkeypatch, tmp_path, seed=3)
     tr = _trainer(nnunet_env, "nnUNetTrainerVADual", patch=(12, 24, 24))
     tr.initialize()
     dl, _ = tr.get_dataloaders()
@@ -459,8 +531,7 @@ def test_va_trainer_composes_with_nnunet_variants(nnunet_env, lesions, monkeypat
     class VADualSegOrd5(nnUNetTrainerVADual, nnUNetTrainer_DASegOrd0, nnUNetTrainer_5epochs):
         pass
 
-    for var in ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS"):
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("VADICE_TRAINER_OPTIONS", raising=False)
     plans = json.loads((nnunet_env["pre"] / f"{nnunet_env['plans_id']}.json").read_text())
     plans["continue_training"] = False
     plans["configurations"]["3d_fullres"]["patch_size"] = [12, 24, 24]
@@ -477,34 +548,31 @@ def test_va_trainer_composes_with_nnunet_variants(nnunet_env, lesions, monkeypat
     assert np.isfinite(out["loss"])
 
 
-def test_torch_threads_is_a_trainer_option(nnunet_env, monkeypatch):
+def test_torch_threads_is_a_trainer_option(nnunet_env, monkeypatch, tmp_path):
     before = torch.get_num_threads()
     try:
-        monkeypatch.setenv("VADICE_TORCH_THREADS", "1")
+        use_options(monkeypatch, tmp_path, torch_threads=1)
         torch.set_num_threads(2)  # what nnUNetv2_train does on CPU before it builds the trainer
         _trainer(nnunet_env, "nnUNetTrainerBudget")
         assert torch.get_num_threads() == 1
-        monkeypatch.setenv("VADICE_TORCH_THREADS", "0")
-        with pytest.raises(ValueError, match="VADICE_TORCH_THREADS must be >= 1"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"torch_threads": 0}))
+        monkeypatch.setenv("VADICE_TRAINER_OPTIONS", str(bad))
+        with pytest.raises(ValueError, match=f"^{bad}: torch_threads: must be an integer >= 1"):
             _trainer(nnunet_env, "nnUNetTrainerBudget")
     finally:
         torch.set_num_threads(before)
 
 
-def test_options_file_names_a_weighting_and_explicit_keys_override_it(tmp_path):
-    from vadice.nnunet.trainers import read_va_options
+def test_options_file_names_a_weighting_and_explicit_keys_override_it():
+    from vadice.nnunet.trainers import expand_va_options
 
-    cfg = tmp_path / "va.json"
-    cfg.write_text(json.dumps({"preset": "selective-ln", "weighting": "equal-mass"}))
-    opts = read_va_options(cfg)
+    opts = expand_va_options({"preset": "selective-ln", "weighting": "equal-mass"})
     assert opts["va_labels"] == (2,) and opts["r_min"] is None and opts["r_max"] is None
-    cfg.write_text(json.dumps({"weighting": "equal-mass", "r_max": 50}))
-    assert read_va_options(cfg)["r_max"] == 50 and read_va_options(cfg)["r_min"] is None
+    opts = expand_va_options({"weighting": "equal-mass", "r_max": 50, "v_ref": {"2": 30.0}})
+    assert opts["r_max"] == 50 and opts["r_min"] is None and opts["v_ref"] == {2: 30.0}
     # no weighting named: the options stay what they were (runs recorded before weightings existed resume)
-    assert read_va_options(None) == {"va_labels": (1, 2)}
-    cfg.write_text(json.dumps({"weighting": "flat"}))
-    with pytest.raises(ValueError, match="unknown weighting 'flat'"):
-        read_va_options(cfg)
+    assert expand_va_options(None) == expand_va_options({}) == {"va_labels": (1, 2)}
 
 
 def _va_reference():
@@ -524,10 +592,7 @@ def test_va_deep_supervision_equals_independent_per_scale_sum(nnunet_env, lesion
     from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 
     ref = _va_reference()
-    cfg = tmp_path / "va.json"
-    cfg.write_text(json.dumps({"preset": "dual", "mode": mode}))
-    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
-    monkeypatch.setenv("VADICE_SEED", "1")
+    use_options(monkeypatch, tmp_path, seed=1, va={"preset": "dual", "mode": mode})
     tr = _trainer(nnunet_env, "nnUNetTrainerVA", patch=(12, 24, 24))
     tr.initialize()
     labels, ids, volumes = tr.lesion_inputs(next(tr.get_dataloaders()[0]))
@@ -559,10 +624,7 @@ def test_va_deep_supervision_equals_independent_per_scale_sum(nnunet_env, lesion
 
 
 def test_absolute_mode_training_step_updates_the_network(nnunet_env, lesions, tmp_path, monkeypatch):
-    cfg = tmp_path / "va.json"
-    cfg.write_text(json.dumps({"preset": "dual", "mode": "absolute"}))
-    monkeypatch.setenv("VADICE_VA_CONFIG", str(cfg))
-    monkeypatch.setenv("VADICE_SEED", "2")
+    use_options(monkeypatch, tmp_path, seed=2, va={"preset": "dual", "mode": "absolute"})
     tr = _trainer(nnunet_env, "nnUNetTrainerVA", patch=(12, 24, 24))
     tr.initialize()
     assert tr.loss.loss.dc.mode == "absolute" and tr.loss.loss.dc.v_ref == tr.va_v_ref
@@ -640,11 +702,13 @@ def test_2d_configuration_trains_and_predicts_with_a_va_trainer(nnunet_env, tmp_
     # a 2-D configuration keeps the case's slice spacing: volumes in mm³ as in 3-D (same resampled grid here)
     assert table.lesion_tables(["case00"])[0] and table.configuration == "2d"
 
+    from vadice.nnunet.trainer_options import TrainerOptions, write
+
     binary = Path(sys.executable).parent
-    env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "VADICE_EPOCHS": "1",
-           "VADICE_ITERS_PER_EPOCH": "2", "VADICE_VAL_ITERS": "1", "VADICE_SEED": "0", "VADICE_VAL_MIRRORING": "0",
-           "VADICE_TORCH_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_results": str(tmp_path / "res")}
-    env.pop("VADICE_VA_CONFIG", None)
+    options = write(tmp_path / "options.json", TrainerOptions(epochs=1, iterations_per_epoch=2, val_iterations=1,
+                                                              seed=0, val_mirroring=False, torch_threads=1))
+    env = {**os.environ, "nnUNet_extTrainer": str(trainer_dir()), "VADICE_TRAINER_OPTIONS": str(options),
+           "nnUNet_n_proc_DA": "0", "nnUNet_results": str(tmp_path / "res")}
 
     def run(cmd):
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
@@ -655,6 +719,7 @@ def test_2d_configuration_trains_and_predicts_with_a_va_trainer(nnunet_env, tmp_
     out = tmp_path / "res" / NAME / f"nnUNetTrainerVADual__{nnunet_env['plans_id']}__2d" / "fold_0"
     assert (out / "checkpoint_final.pth").is_file()
     assert json.loads((out / "vadice_va.json").read_text())["options"]["va_labels"] == [1, 2]
+    assert (out / "vadice_trainer_options.json").read_text() == options.read_text()
     (tmp_path / "in").mkdir()
     image = nnunet_env["root"] / "raw" / NAME / "imagesTr" / "case01_0000.nii.gz"
     (tmp_path / "in" / image.name).symlink_to(image)

@@ -6,6 +6,7 @@ for importing torch/nnunetv2. The submodules, by job:
 - :mod:`~vadice.nnunet.paths`: nnU-Net's roots, dataset names, subprocess environment, devices;
 - :mod:`~vadice.nnunet.plan`: planning and preprocessing (resumable);
 - :mod:`~vadice.nnunet.train`: training in a subprocess (budget, log, resume checks);
+- :mod:`~vadice.nnunet.trainer_options`: the one options file of vadice's trainers (``VADICE_TRAINER_OPTIONS``);
 - :mod:`~vadice.nnunet.inference`: :class:`~vadice.nnunet.inference.Predictor`, a model loaded once;
 - :mod:`~vadice.nnunet.lesion_cache`: whole-case lesion ids labelled once per case, and the
   :class:`~vadice.nnunet.lesion_cache.LesionTable` every reader of ``lesions.json`` goes through;
@@ -21,8 +22,6 @@ from pathlib import Path
 
 # Trainer names live in vadice.registry (SETUPS, BUDGET_TRAINER). The volume-aware trainers, for tests and docs:
 VA_TRAINERS = ("nnUNetTrainerVA", "nnUNetTrainerVADual", "nnUNetTrainerVASelectiveLN", "nnUNetTrainerVADualFP")
-# Torch CPU threads of the training process, read by the vadice trainers (nnUNetv2_train sets one per core).
-THREADS_ENV = "VADICE_TORCH_THREADS"
 
 
 def trainer_dir() -> Path:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from vadice.losses import BlobDiceCELoss, CATMILLoss, CCDiceCELoss
-from vadice.nnunet.trainers import ENV_CATMIL_WARMUP, env_int, nnUNetTrainerLesions
+from vadice.nnunet.trainer_options import BUDGET_OPTIONS, TrainerOptions
+from vadice.nnunet.trainers import nnUNetTrainerLesions
 
 
 class _ComparatorTrainer(nnUNetTrainerLesions):
@@ -88,20 +89,24 @@ class nnUNetTrainerCATMIL(_ComparatorTrainer):
     """Component-adaptive Tversky + MIL (arXiv 2604.08015) on top of nnU-Net's Dice+CE.
 
     Lesion weights use whole-case voxel counts from the lesion table. The Tversky weight
-    warms up linearly over ``warmup_epochs`` (paper: 50; ``VADICE_CATMIL_WARMUP_EPOCHS``
+    warms up linearly over ``warmup_epochs`` (paper: 50; the trainer option ``catmil_warmup_epochs``
     overrides it, e.g. for short budgets); the trainer sets the epoch at each epoch start.
     """
 
     loss_name = "catmil"
     loss_options = {"lambda_cat": 0.1, "lambda_mil": 0.2, "warmup_epochs": 50, "catmil_labels": None}
 
+    vadice_option_names = BUDGET_OPTIONS + ("catmil_warmup_epochs",)
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        warmup = env_int(ENV_CATMIL_WARMUP, 0)
-        if warmup is not None:
-            self.loss_options = {**self.loss_options, "warmup_epochs": warmup}
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._lesion_sizes = None
+
+    def _use_options(self, options: TrainerOptions) -> None:
+        super()._use_options(options)
+        if options.catmil_warmup_epochs is not None:
+            self.loss_options = {**self.loss_options, "warmup_epochs": options.catmil_warmup_epochs}
 
     def _load_lesion_table(self):
         table = super()._load_lesion_table()

@@ -25,14 +25,12 @@ from typing import Any, Callable, Iterator, TypeVar
 from vadice import registry
 from vadice.io import InputError
 from vadice.nnunet import trainer_dir
+from vadice.nnunet.trainer_options import OPTIONS_ENV
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONFIGURATION = "3d_fullres"
-# The training budget variables vadice's trainers read; build_env drops inherited ones.
-BUDGET_ENV = ("VADICE_EPOCHS", "VADICE_ITERS_PER_EPOCH", "VADICE_VAL_ITERS", "VADICE_SEED", "VADICE_VAL_MIRRORING",
-              "VADICE_WARM_START")
 
 _PATH_VARS = {"raw": "nnUNet_raw", "preprocessed": "nnUNet_preprocessed", "results": "nnUNet_results"}
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_\S+$")
@@ -167,7 +165,7 @@ def with_ext_trainer(existing: str | None) -> str:
     return os.pathsep.join([ours] + [p for p in parts if os.path.abspath(p) != os.path.abspath(ours)])
 
 
-def build_env(paths: NNUNetPaths, device: str = "cuda", budget: dict[str, str] | None = None,
+def build_env(paths: NNUNetPaths, device: str = "cuda", options_file: str | os.PathLike | None = None,
               base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for an nnU-Net subprocess.
 
@@ -176,12 +174,12 @@ def build_env(paths: NNUNetPaths, device: str = "cuda", budget: dict[str, str] |
     2.8.1's trainer already skips compile there) and runs augmentation in the training process
     (``nnUNet_n_proc_DA=0``: worker processes only compete with torch for a few cores)
     unless the caller set it. ``nnUNet_def_n_proc`` (validation export workers, nnU-Net
-    default 8) is capped at the CPU count. ``VADICE_*`` budget variables come only
-    from ``budget``: inherited ones are dropped so a run is defined by its arguments.
+    default 8) is capped at the CPU count. ``VADICE_TRAINER_OPTIONS`` (vadice's trainer options
+    file, :mod:`vadice.nnunet.trainer_options`) comes only from ``options_file``: an inherited one
+    is dropped so a run is defined by its arguments.
     """
     env = dict(os.environ if base is None else base)
-    for key in BUDGET_ENV:
-        env.pop(key, None)
+    env.pop(OPTIONS_ENV, None)
     env.update(paths.env())
     env["nnUNet_extTrainer"] = with_ext_trainer(env.get("nnUNet_extTrainer"))
     if device != "cuda":
@@ -189,7 +187,8 @@ def build_env(paths: NNUNetPaths, device: str = "cuda", budget: dict[str, str] |
         env.setdefault("nnUNet_n_proc_DA", "0")
     env.setdefault("nnUNet_def_n_proc", str(max(1, min(8, os.cpu_count() or 1))))
     env["PYTHONUNBUFFERED"] = "1"
-    env.update(budget or {})
+    if options_file is not None:
+        env[OPTIONS_ENV] = str(options_file)
     return env
 
 

@@ -4,7 +4,10 @@
 trainers need, logs its output, shows epochs as a progress bar, refuses to
 overwrite or silently redo finished work, and reports the equivalent plain
 nnU-Net command. The trainer behind each set-up comes from
-:mod:`vadice.registry`.
+:mod:`vadice.registry`. The budget, seed, threads and warm start reach vadice's
+trainers through one options file in the fold folder
+(``vadice_trainer_options.json``, :mod:`vadice.nnunet.trainer_options`), whose
+path the subprocess gets in ``VADICE_TRAINER_OPTIONS``.
 """
 
 from __future__ import annotations
@@ -17,16 +20,14 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 from vadice import registry
 from vadice.io import InputError, sha256_file, write_text
-from vadice.nnunet import THREADS_ENV
 from vadice.nnunet.paths import (
-    BUDGET_ENV,
     CONFIGURATION,
     DatasetRef,
     NNUNetError,
@@ -36,6 +37,7 @@ from vadice.nnunet.paths import (
     resolve_dataset,
 )
 from vadice.nnunet.plan import load_state
+from vadice.nnunet.trainer_options import OPTIONS_ENV, OPTIONS_FILE, TrainerOptions, write as write_options
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def train_entry() -> None:
 
     nnU-Net finds vadice's trainers through ``nnUNet_extTrainer`` (set by
     :func:`build_env`); the torch thread count is a trainer option
-    (``VADICE_TORCH_THREADS``, read by vadice's trainers), so nothing is patched.
+    (``torch_threads`` in the options file), so nothing is patched.
     """
     import nnunetv2.run.run_training as rt
 
@@ -132,9 +134,9 @@ def _positive(name: str, value) -> int | None:
     return value
 
 
-def budget_env(iterations: int | None = None, epochs: int | None = None, val_iterations: int | None = None,
-               seed: int | None = None, val_mirroring: bool = True) -> dict[str, str]:
-    """Map a training budget onto the ``VADICE_*`` variables our trainers read.
+def budget_options(iterations: int | None = None, epochs: int | None = None, val_iterations: int | None = None,
+                   seed: int | None = None, val_mirroring: bool = True) -> TrainerOptions:
+    """Map a training budget onto the options of vadice's trainers.
 
     ``iterations`` is the total number of training iterations: with ``epochs`` E it is
     split into E epochs of iterations/E (it must divide evenly); alone it is one epoch
@@ -148,22 +150,30 @@ def budget_env(iterations: int | None = None, epochs: int | None = None, val_ite
     val_iterations = _positive("val_iterations", val_iterations)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise InputError(None, f"seed must be a non-negative integer, got {seed!r}")
-    env = {}
+    per_epoch = None
     if iterations is not None:
-        n_epochs = epochs or 1
-        if iterations % n_epochs:
-            raise InputError(None, f"iterations ({iterations}) must be a multiple of epochs ({n_epochs})")
-        env["VADICE_EPOCHS"] = str(n_epochs)
-        env["VADICE_ITERS_PER_EPOCH"] = str(iterations // n_epochs)
-    elif epochs is not None:
-        env["VADICE_EPOCHS"] = str(epochs)
-    if val_iterations is not None:
-        env["VADICE_VAL_ITERS"] = str(val_iterations)
-    if seed is not None:
-        env["VADICE_SEED"] = str(seed)
-    if not val_mirroring:
-        env["VADICE_VAL_MIRRORING"] = "0"
-    return env
+        epochs = epochs or 1
+        if iterations % epochs:
+            raise InputError(None, f"iterations ({iterations}) must be a multiple of epochs ({epochs})")
+        per_epoch = iterations // epochs
+    return TrainerOptions(epochs=epochs, iterations_per_epoch=per_epoch, val_iterations=val_iterations, seed=seed,
+                          val_mirroring=bool(val_mirroring))
+
+
+# vadice_train.json records the budget under the names of the environment variables that carried it before
+# the options file, values as strings: runs recorded by older versions resume. Record name -> option.
+_RECORDED_BUDGET = {"VADICE_EPOCHS": "epochs", "VADICE_ITERS_PER_EPOCH": "iterations_per_epoch",
+                    "VADICE_VAL_ITERS": "val_iterations", "VADICE_SEED": "seed"}
+
+
+def budget_record(options: TrainerOptions) -> dict[str, str]:
+    """The ``budget`` of ``vadice_train.json``: the schedule, seed and mirroring of ``options`` (threads and the
+    warm start are not in it; the warm start is recorded by its SHA-256)."""
+    record = {name: str(getattr(options, key)) for name, key in _RECORDED_BUDGET.items()
+              if getattr(options, key) is not None}
+    if not options.val_mirroring:
+        record["VADICE_VAL_MIRRORING"] = "0"
+    return record
 
 
 def check_folds(folds: Sequence[int | str], preprocessed_dir: Path | None) -> None:
@@ -210,7 +220,7 @@ def plain_command(ref: DatasetRef, trainer: str, plans_identifier: str, fold, de
         names.append("nnUNet_extTrainer")
     if device != "cuda":
         names += ["nnUNet_compile", "nnUNet_n_proc_DA"]
-    names += [k for k in BUDGET_ENV if k in env]
+    names.append(OPTIONS_ENV)
     words = [f"{k}={shlex.quote(env[k])}" for k in names if k in env]
     words += ["nnUNetv2_train", str(ref.id), configuration, str(fold), "-tr", trainer, "-p", plans_identifier,
               "-device", device]
@@ -250,7 +260,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
         fold: 0-4 (nnU-Net 5-fold split, or splits_final.json) or 'all'.
         preset: plans preset used by :func:`plan`.
         device: 'cuda', 'cpu' or 'mps'.
-        iterations, epochs, val_iterations, seed, val_mirroring: budget (see :func:`budget_env`).
+        iterations, epochs, val_iterations, seed, val_mirroring: budget (see :func:`budget_options`).
         resume: continue an interrupted run from its latest checkpoint.
         num_gpus: nnU-Net DDP training on this many GPUs (``-num_gpus``).
         results_dir: overrides ``nnUNet_results`` (one per seed/budget keeps runs apart).
@@ -260,12 +270,12 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
         raw, preprocessed: roots overriding ``nnUNet_raw`` / ``nnUNet_preprocessed``.
         threads: torch CPU threads in the training process (default: nnU-Net's, one per
             core); 1 is much faster on a machine shared with other jobs. A trainer option
-            (``VADICE_TORCH_THREADS``) of vadice's trainers: with it, the baseline runs
+            (``torch_threads``) of vadice's trainers: with it, the baseline runs
             ``nnUNetTrainerBudget`` (nnU-Net's trainer, loss untouched).
         warm_start: ``"demo"`` (the demo's shipped common baseline, :data:`DEMO_WEIGHTS`) or an nnU-Net
             checkpoint whose network weights (segmentation heads included)
             a new training starts from, with a fresh optimiser and schedule (our trainers'
-            ``VADICE_WARM_START``; the baseline then runs as nnUNetTrainerBudget). Recorded by
+            ``warm_start`` option; the baseline then runs as nnUNetTrainerBudget). Recorded by
             SHA-256 in ``vadice_train.json``; a resumed run continues from its own checkpoint.
         save_probabilities: nnU-Net's ``--npz``: the final validation also writes ``<case>.npz`` (key
             ``probabilities``, float32 C×Z×Y×X) and ``<case>.pkl`` beside each held-out label map. Not a
@@ -284,12 +294,12 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     if len(folds) != 1:
         raise InputError(None, f"train takes one fold at a time, got {fold!r}")
     fold = folds[0]
-    budget = budget_env(iterations, epochs, val_iterations, seed, val_mirroring)
+    options = budget_options(iterations, epochs, val_iterations, seed, val_mirroring)
     if warm_start is not None:
         warm_start = resolve_warm_start(warm_start)
-        budget["VADICE_WARM_START"] = str(warm_start)
-    threads = _positive("threads", threads)
-    trainer = _trainer_for(loss, bool(budget) or threads is not None)
+    options = replace(options, warm_start=None if warm_start is None else str(warm_start),
+                      torch_threads=_positive("threads", threads))
+    trainer = _trainer_for(loss, bool(options.given()))
     if not isinstance(num_gpus, int) or isinstance(num_gpus, bool):
         raise InputError(None, f"num_gpus must be an integer, got {num_gpus!r}")
     ref = resolve_dataset(dataset, raw=raw, preprocessed=preprocessed, results=results_dir)
@@ -320,15 +330,12 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
     fold_dir = model_dir / f"fold_{fold}"
     log_path = Path(log_file) if log_file is not None else fold_dir / "vadice_train.log"
     settings = {"trainer": trainer, "plans": spec.plans_identifier, "plans_sha256": sha256_file(plans_file),
-                "configuration": CONFIGURATION, "fold": fold, "budget": budget}
+                "configuration": CONFIGURATION, "fold": fold, "budget": budget_record(options)}
     if warm_start is not None:
         # The path may differ between machines; the content defines the run.
-        settings["budget"] = {k: v for k, v in budget.items() if k != "VADICE_WARM_START"}
         settings["warm_start_sha256"] = sha256_file(warm_start)
-    env = build_env(ref.paths, device, budget)
-    env.pop(THREADS_ENV, None)
-    if threads is not None:
-        env[THREADS_ENV] = str(threads)
+    options_file = fold_dir / OPTIONS_FILE if options.given() else None
+    env = build_env(ref.paths, device, options_file)
     command = plain_command(ref, trainer, spec.plans_identifier, fold, device, num_gpus, resume, env,
                             save_probabilities=save_probabilities)
 
@@ -351,6 +358,8 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
 
     fold_dir.mkdir(parents=True, exist_ok=True)
     write_text(recorded_path, json.dumps(settings, indent=2, sort_keys=True))
+    if options_file is not None:
+        write_options(options_file, options)
     argv = [sys.executable, "-c", _TRAIN_ENTRY, str(ref.id), CONFIGURATION, str(fold), "-tr", trainer,
             "-p", spec.plans_identifier, "-device", device]
     if num_gpus > 1:
@@ -359,7 +368,7 @@ def train(dataset, loss: str = "baseline", fold: int | str = 0, preset: str = "r
         argv.append("--c")
     if save_probabilities:
         argv.append("--npz")
-    total_epochs = int(budget.get("VADICE_EPOCHS", 1000))  # nnU-Net's default schedule: 1000 epochs
+    total_epochs = options.epochs or 1000  # nnU-Net's default schedule: 1000 epochs
     log.info("training %s fold %s with %s; nnU-Net's output: %s", ref.name, fold, trainer, log_path)
     log.debug("equivalent plain nnU-Net command:\n  %s", command)  # the caller prints it with the result
     start = time.monotonic()

@@ -8,23 +8,20 @@ must pickle into data-loader workers live in :mod:`vadice.nnunet.datasets` and
 :mod:`vadice.nnunet.augmentation`.
 
 - ``nnUNetTrainerBudget``: nnU-Net's nnUNetTrainer, loss untouched; only the
-  schedule and seed can be set (environment variables below). For short
-  baseline runs; full-length baselines use nnU-Net's own ``nnUNetTrainer``.
+  schedule and seed can be set (options below). For short baseline runs;
+  full-length baselines use nnU-Net's own ``nnUNetTrainer``.
 - ``nnUNetTrainerVADual`` (VA on labels 1 and 2), ``nnUNetTrainerVASelectiveLN``
   (VA on label 2 only): fixed presets of :mod:`vadice.losses`.
-- ``nnUNetTrainerVA``: options from a JSON file named by ``VADICE_VA_CONFIG``,
-  else ``vadice_va.json`` next to the plans; defaults to the dual preset.
+- ``nnUNetTrainerVA``: VA options from the options file's ``va`` object, else
+  ``vadice_va.json`` next to the plans; defaults to the dual preset.
 - ``nnUNetTrainerLesions``: the base of every trainer whose loss needs lesion ids;
   the comparator trainers built on it (blob, CC-DiceCE, CATMIL) live in
   :mod:`vadice.nnunet.comparator_trainers`.
 
-Environment (read in ``__init__``; unset means nnU-Net's default):
-``VADICE_EPOCHS``, ``VADICE_ITERS_PER_EPOCH``, ``VADICE_VAL_ITERS``,
-``VADICE_SEED``, ``VADICE_VAL_MIRRORING``, ``VADICE_TORCH_THREADS`` (torch
-CPU threads of the training process; CPU devices only), ``VADICE_WARM_START`` (an
-nnU-Net checkpoint whose network weights, segmentation heads included, a new
-training starts from; read in ``initialize``), ``VADICE_CATMIL_WARMUP_EPOCHS``
-(CATMIL's Tversky warm-up length).
+Options (schedule, seed, torch threads, warm start, ...) come from the one JSON file that
+``VADICE_TRAINER_OPTIONS`` names (:mod:`vadice.nnunet.trainer_options`), read once in
+``__init__`` (the warm start is loaded in ``initialize``); without it, nnU-Net's defaults.
+A trainer copies the options it trained with into its output folder (``vadice_trainer_options.json``).
 """
 
 from __future__ import annotations
@@ -40,38 +37,22 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from vadice.losses import PRESETS, WEIGHTINGS, VolumeAwareDiceCELoss, median_lesion_volumes
 from vadice.losses.fp_components import FalsePositiveComponentLoss, WithFalsePositiveTerm
-from vadice.nnunet import THREADS_ENV
 from vadice.nnunet.augmentation import lesion_training_transforms
 from vadice.nnunet.datasets import lesion_dataset_class
 from vadice.nnunet.lesion_cache import lesion_folder, load_lesion_table, preprocess_regions
 from vadice.nnunet.lesion_loss import DeepSupervisionLesionLoss, LesionLoss
+from vadice.nnunet.trainer_options import (
+    BUDGET_OPTIONS,
+    OPTIONS_FILE,
+    TrainerOptions,
+    from_environment,
+    read_va,
+    write,
+)
 
-ENV_EPOCHS = "VADICE_EPOCHS"
-ENV_ITERS = "VADICE_ITERS_PER_EPOCH"
-ENV_VAL_ITERS = "VADICE_VAL_ITERS"
-ENV_SEED = "VADICE_SEED"
-ENV_VAL_MIRRORING = "VADICE_VAL_MIRRORING"
-ENV_VA_CONFIG = "VADICE_VA_CONFIG"
-ENV_WARM_START = "VADICE_WARM_START"
-ENV_CATMIL_WARMUP = "VADICE_CATMIL_WARMUP_EPOCHS"
 # Two different files that happen to share a name (kept: existing runs and docs use it):
 VA_OPTIONS_FILE = "vadice_va.json"  # input: VA options next to the plans, read by nnUNetTrainerVA
 VA_RECORD_FILE = "vadice_va.json"   # output: what a VA trainer trained with, in the fold's output folder
-
-VA_OPTION_KEYS = ("preset", "weighting", "va_labels", "gamma", "mode", "v_ref", "v_min_mm3", "r_min", "r_max")
-
-
-def env_int(name: str, minimum: int) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"environment variable {name} must be >= {minimum}, got {value}")
-    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -87,40 +68,60 @@ def seed_everything(seed: int) -> None:
 
 
 class nnUNetTrainerBudget(nnUNetTrainer):
-    """nnU-Net's trainer with the schedule and seed taken from the environment; loss untouched."""
+    """nnU-Net's trainer with the schedule and seed taken from the options file; loss untouched."""
+
+    # the options of vadice.nnunet.trainer_options this trainer reads; it refuses a file that sets others
+    vadice_option_names: tuple[str, ...] = BUDGET_OPTIONS
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        epochs, iters, val_iters = env_int(ENV_EPOCHS, 1), env_int(ENV_ITERS, 1), env_int(ENV_VAL_ITERS, 1)
-        seed = env_int(ENV_SEED, 0)
-        if epochs is not None:
-            self.num_epochs = epochs
-        if iters is not None:
-            self.num_iterations_per_epoch = iters
-        if val_iters is not None:
-            self.num_val_iterations_per_epoch = val_iters
-        if seed is not None:
-            seed_everything(seed + self.local_rank)
-        self.vadice_seed = seed
-        threads = env_int(THREADS_ENV, 1)
-        if threads is not None and self.device.type == "cpu":
+        options, self.vadice_options_file = from_environment()
+        unread = [name for name in options.given() if name not in self.vadice_option_names]
+        if unread:
+            raise ValueError(f"{self.vadice_options_file}: {', '.join(unread)}: not an option of "
+                             f"{type(self).__name__} (it reads {', '.join(self.vadice_option_names)})")
+        self._use_options(options)
+
+    def _use_options(self, options: TrainerOptions) -> None:
+        """Apply the options read in ``__init__`` (a subclass applies its own after these)."""
+        self.vadice_options = options
+        if options.epochs is not None:
+            self.num_epochs = options.epochs
+        if options.iterations_per_epoch is not None:
+            self.num_iterations_per_epoch = options.iterations_per_epoch
+        if options.val_iterations is not None:
+            self.num_val_iterations_per_epoch = options.val_iterations
+        if options.seed is not None:
+            seed_everything(options.seed + self.local_rank)
+        self.vadice_seed = options.seed
+        if options.torch_threads is not None and self.device.type == "cpu":
             # nnUNetv2_train sets one torch thread per core on CPU before building the trainer; on a
             # machine shared with other jobs that oversubscribes the cores, so the trainer may lower it.
-            torch.set_num_threads(threads)
+            torch.set_num_threads(options.torch_threads)
         # Test-time mirroring multiplies the final validation's inference by up to 8; short
         # budgets (CPU demo, GPU smoke run) switch it off for every set-up alike.
-        self.vadice_val_mirroring = env_int(ENV_VAL_MIRRORING, 0) != 0
+        self.vadice_val_mirroring = options.val_mirroring
         self.print_to_log_file(
             f"vadice schedule: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, "
-            f"{self.num_val_iterations_per_epoch} validation iterations, seed {seed}"
+            f"{self.num_val_iterations_per_epoch} validation iterations, seed {options.seed}"
             + ("" if self.vadice_val_mirroring else ", final validation without test-time mirroring"))
+        if self.vadice_options_file is not None:
+            self.print_to_log_file(f"vadice trainer options ({self.vadice_options_file}): {options.to_json()}")
 
     def initialize(self):
         super().initialize()
-        path = os.environ.get(ENV_WARM_START, "").strip()
-        if path:
-            self._load_warm_start(Path(path))
+        self._record_options()
+        if self.vadice_options.warm_start is not None:
+            self._load_warm_start(Path(self.vadice_options.warm_start))
+
+    def _record_options(self) -> None:
+        """Copy the options file into the output folder (unless it is that file): what this run trained with."""
+        if self.vadice_options_file is None or self.local_rank != 0 or self.output_folder is None:
+            return
+        record = Path(self.output_folder) / OPTIONS_FILE
+        if not (record.is_file() and record.samefile(self.vadice_options_file)):
+            write(record, self.vadice_options)
 
     def _load_warm_start(self, path: Path) -> None:
         """Every network weight from ``path`` (segmentation heads included), optimiser and schedule fresh.
@@ -131,11 +132,11 @@ class nnUNetTrainerBudget(nnUNetTrainer):
         loads its own checkpoint after this and so continues from where it stopped.
         """
         if not path.is_file():
-            raise FileNotFoundError(f"{ENV_WARM_START}={path}: no such checkpoint file")
+            raise FileNotFoundError(f"warm_start {path}: no such checkpoint file ({self.vadice_options_file})")
         saved = torch.load(path, map_location=self.device, weights_only=False)
         weights = saved.get("network_weights") if isinstance(saved, dict) else None
         if weights is None:
-            raise ValueError(f"{ENV_WARM_START}={path}: not an nnU-Net checkpoint (no 'network_weights')")
+            raise ValueError(f"warm_start {path}: not an nnU-Net checkpoint (no 'network_weights')")
         net = self.network.module if self.is_ddp else self.network
         net = getattr(net, "_orig_mod", net)  # torch.compile wraps the module
         net.load_state_dict(weights, strict=True)  # another architecture fails here, naming the keys
@@ -154,40 +155,21 @@ class nnUNetTrainerBudget(nnUNetTrainer):
             self.inference_allowed_mirroring_axes = axes
 
 
-def read_va_options(path: str | os.PathLike | None) -> dict:
-    """Options of :class:`nnUNetTrainerVA` from a JSON file (``None``: the dual preset's defaults).
+def expand_va_options(given: dict | None) -> dict:
+    """Options of :class:`nnUNetTrainerVA` from the VA options given (``None``: the dual preset's defaults).
 
-    Keys (all optional): ``preset`` ("dual", "selective-ln", "baseline"),
-    ``weighting`` ("bounded", the loss's defaults, or "equal-mass": no
+    Keys (all optional, checked by :func:`vadice.nnunet.trainer_options.check_va`): ``preset`` ("dual",
+    "selective-ln", "baseline"), ``weighting`` ("bounded", the loss's defaults, or "equal-mass": no
     clipping; see :data:`vadice.losses.WEIGHTINGS`), ``va_labels``, ``gamma``,
     ``mode`` ("mass"/"absolute"), ``v_ref`` (mm³, number or {label: mm³};
     absolute mode defaults to the median lesion volume per label over the
     fold's training cases), ``v_min_mm3``, ``r_min``, ``r_max`` (null =
     unbounded). Explicit keys override the weighting's values.
-
-    Raises:
-      ValueError: unreadable file, unknown key, preset or weighting (the loss validates values).
     """
-    if path is None:
-        raw = {}
-    else:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read VA options ({exc})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: VA options must be a JSON object")
-        unknown = sorted(set(raw) - set(VA_OPTION_KEYS))
-        if unknown:
-            raise ValueError(f"{path}: unknown VA option(s) {unknown}; known: {list(VA_OPTION_KEYS)}")
-    preset = raw.get("preset", "dual")
-    if preset not in PRESETS:
-        raise ValueError(f"{path}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    raw = given or {}
     weighting = raw.get("weighting")
-    if weighting is not None and weighting not in WEIGHTINGS:
-        raise ValueError(f"{path}: unknown weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
     # a named weighting is spelled out, so the run's record says which bounds were used
-    options = {**PRESETS[preset], **(WEIGHTINGS[weighting] if weighting else {}),
+    options = {**PRESETS[raw.get("preset", "dual")], **(WEIGHTINGS[weighting] if weighting else {}),
                **{k: v for k, v in raw.items() if k not in ("preset", "weighting")}}
     if isinstance(options.get("v_ref"), dict):
         options["v_ref"] = {int(k): v for k, v in options["v_ref"].items()}
@@ -360,13 +342,17 @@ class nnUNetTrainerVA(nnUNetTrainerLesions):
     """nnU-Net trainer with the volume-aware Dice + CE loss on whole-case lesion volumes.
 
     Requires :func:`vadice.nnunet.lesion_cache.preprocess_instances` to have run
-    for the plans and configuration. Options: see :func:`read_va_options`.
+    for the plans and configuration. Options: see :func:`expand_va_options`.
     """
 
     va_preset: str | None = None  # fixed preset in subclasses; None: read the options file
     provenance_file = VA_RECORD_FILE
     provenance_what = "VA"
     provenance_keys = ("trainer", "options", "v_ref_mm3", "connectivity")
+
+    @property
+    def vadice_option_names(self) -> tuple[str, ...]:
+        return BUDGET_OPTIONS + (("va",) if self.va_preset is None else ())
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -380,11 +366,13 @@ class nnUNetTrainerVA(nnUNetTrainerLesions):
     def _read_options(self) -> tuple[dict, str]:
         if self.va_preset is not None:
             return dict(PRESETS[self.va_preset]), f"preset {self.va_preset}"
-        path = os.environ.get(ENV_VA_CONFIG, "").strip() or None
-        if path is None and self.preprocessed_dataset_folder_base is not None:
+        if self.vadice_options.va is not None:
+            return expand_va_options(self.vadice_options.va), str(self.vadice_options_file)
+        if self.preprocessed_dataset_folder_base is not None:
             candidate = Path(self.preprocessed_dataset_folder_base) / VA_OPTIONS_FILE
-            path = str(candidate) if candidate.is_file() else None
-        return read_va_options(path), (path or "defaults (dual preset)")
+            if candidate.is_file():
+                return expand_va_options(read_va(candidate)), str(candidate)
+        return expand_va_options(None), "defaults (dual preset)"
 
     # -------------------------------------------------------------- lesion table
 
