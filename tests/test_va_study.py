@@ -1,7 +1,7 @@
 """bench/va_study.py without training: table C read from a hand-made froc_comparison.json, the start rules, and the
 analysis (collect, +pp arms fitted out-of-fold and applied to the test set, tables, figures, report, resumption)
 on an experiment whose training and inference are replaced (test_experiment_testset.py's ``study`` fixture).
-The recipe end to end is the slow test in test_bench_recipes.py."""
+The recipe end to end is test_va_study_recipe.py."""
 
 from __future__ import annotations
 
