@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: test demo venv clean
+.PHONY: test test-recipes demo venv clean
 
 venv: $(STAMP)
 
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
+# The study recipes' tiny end-to-end runs (marker "recipe": ~30 min on 2 cores, each trains a dozen nnU-Net
+# units) run in CI after `make test`, and before a study is tagged; `make test` is the everyday suite.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30 -m "not recipe"
+
+test-recipes: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 -m recipe
 
 demo: $(STAMP)
 	$(VENV)/bin/vadice demo --out $(DEMO_OUT)

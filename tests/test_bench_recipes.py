@@ -209,6 +209,7 @@ def test_experiment_evaluate_pools_the_units_cases_and_reuses_only_when_asked(tm
 
 
 @pytest.mark.slow
+@pytest.mark.recipe
 def test_study_and_bench_recipes_end_to_end_with_a_tiny_budget(tmp_path):
     """The study's ``--tiny`` recipe (6 cases, 2 seeds, 2 iterations per phase), then the bench on it: warm starts
     shared per seed, the study's units adopted, the comparators and dual-fp trained, post-processing fitted on

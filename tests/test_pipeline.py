@@ -23,7 +23,7 @@ from vadice.io import Geometry, read_mask, read_nifti, write_nifti
 pytestmark = pytest.mark.slow
 
 NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
-EXPERIMENT_ARGS = ["--folds", "0,1", "--setups", "baseline,dual", "--preset", "cpu-small", "--device", "cpu",
+EXPERIMENT_ARGS = ["--folds", "0", "--setups", "baseline,dual", "--preset", "cpu-small", "--device", "cpu",
                    "--iterations", "2", "--val-iterations", "1", "--no-val-mirroring"]
 
 
@@ -73,14 +73,14 @@ def uninterrupted(dataset):
 def test_experiment_writes_every_stage(uninterrupted):
     run = uninterrupted
     manifest = json.loads((run / "manifest.json").read_text())
-    assert set(manifest["units"]) == {f"{s}__fold{f}__seed0" for s in ("baseline", "dual") for f in (0, 1)}
+    assert set(manifest["units"]) == {f"{s}__fold0__seed0" for s in ("baseline", "dual")}
     assert all(len(u["checkpoint_sha256"]) == 64 for u in manifest["units"].values())
     assert manifest["plans"]["identifier"] == "vadiceCPUSmallPlans" and manifest["cpu_preset"] is True
     assert manifest["versions"]["nnunetv2"].startswith("2.8")
-    # pooled out-of-fold predictions: the validation cases of folds 0 and 1, nothing else
+    # out-of-fold predictions: fold 0's validation cases, nothing else
     splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / "Dataset977_Pipeline" / "splits_final.json")
                         .read_text())
-    expected = sorted(splits[0]["val"] + splits[1]["val"])
+    expected = sorted(splits[0]["val"])
     for setup in ("baseline", "dual"):
         got = sorted(p.name[:-7] for p in (run / "predictions" / setup / "seed_0").glob("*.nii.gz"))
         assert got == expected
@@ -145,15 +145,15 @@ def test_unit_and_collect_modes(dataset, uninterrupted):
     run = root / "run_c"
     res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--collect"], env)
     assert res.returncode == 2 and "no experiment run here" in res.stderr and not run.exists()
-    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--unit", "dual:1"], env)
+    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--unit", "dual:0"], env)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert [p.name for p in (run / "units").iterdir()] == ["dual__fold1__seed0.json"]
+    assert [p.name for p in (run / "units").iterdir()] == ["dual__fold0__seed0.json"]
     assert not (run / "evaluation").exists()
     res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--collect"], env)
     assert res.returncode == 2 and res.stdout == "" and len(res.stderr.strip().splitlines()) == 1
-    assert "3 unit(s) not finished" in res.stderr and "--unit baseline:0:0" in res.stderr
-    assert "dual:1:0" not in res.stderr
-    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--unit", "lasso:1"], env)
+    assert "1 unit(s) not finished" in res.stderr and "--unit baseline:0:0" in res.stderr
+    assert "dual:0:0" not in res.stderr
+    res = _cli(["experiment", str(folder), "--out", str(run), *EXPERIMENT_ARGS, "--unit", "lasso:0"], env)
     assert res.returncode == 2 and "SETUP:FOLD" in res.stderr
 
 
