@@ -119,35 +119,46 @@ def evidence_table(comparison: dict, metrics=TABLE_METRICS, runs: list[str] | No
     return "\n".join(lines)
 
 
-def figures(run_dir: Path, out: Path) -> list[Path]:
-    """Sensitivity by node size per set-up (seed spread) and GTVn precision vs sensitivity per seed."""
+def figures(run_dir: Path, out: Path, which: str = "oof", runs: list[str] | None = None,
+            prefix: str = "study") -> list[Path]:
+    """Sensitivity by node size per set-up (seed spread) and GTVn precision vs sensitivity per seed.
+
+    Args:
+      run_dir: the experiment run folder.
+      out: where the two PNGs go (``<prefix>_sensitivity_by_size.png``, ``<prefix>_precision_vs_sensitivity.png``).
+      which: the evaluations of the out-of-fold predictions (``"oof"``) or of the test set (``"test"``).
+      runs: the evaluated names shown (set-ups or post-processed arms); default the set's comparison's runs.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vadice.testset import set_dir
+
     evals = {}
-    for summary in sorted((run_dir / "evaluation").glob("*/seed_*/summary.json")):
+    for summary in sorted((run_dir / set_dir(which, "evaluation")).glob("*/seed_*/summary.json")):
         setup, seed = summary.parent.parent.name, int(summary.parent.name.split("_")[1])
         evals.setdefault(setup, {})[seed] = json.loads(summary.read_text())["labels"]["GTVn"]
-    setups = list(json.loads((run_dir / "comparison" / "comparison.json").read_text())["runs"])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    setups = list(runs or json.loads((run_dir / set_dir(which, "comparison") / "comparison.json").read_text())["runs"])
+    step = min(0.22, 0.8 / len(setups))
+    fig, ax = plt.subplots(figsize=(7 if len(setups) <= 3 else 9, 4))
     for i, setup in enumerate(setups):
         per_seed = [[b["sensitivity"] for b in s["size_stratified_sensitivity"]] for s in evals[setup].values()]
         bins = [b["bin"] for b in next(iter(evals[setup].values()))["size_stratified_sensitivity"]]
-        x = [j + (i - 1) * 0.22 for j in range(len(bins))]
+        x = [j + (i - (len(setups) - 1) / 2) * step for j in range(len(bins))]
         for vals in per_seed:
             ax.scatter(x, [float("nan") if v is None else v for v in vals], s=14, color=f"C{i}", alpha=0.6)
         means = [sum(v for v in col if v is not None) / max(1, sum(v is not None for v in col))
                  if any(v is not None for v in col) else float("nan") for col in zip(*per_seed)]
-        ax.plot(x, means, "_", ms=18, mew=2, color=f"C{i}", label=setup)
+        ax.plot(x, means, "_", ms=18 if len(setups) <= 3 else 10, mew=2, color=f"C{i}", label=setup)
     ax.set_xticks(range(len(bins)), bins)
     ax.set_xlabel("GTVn lesion volume")
     ax.set_ylabel("lesion sensitivity (dots: seeds, bar: mean)")
     ax.set_ylim(-0.05, 1.05)
     ax.legend()
     fig.tight_layout()
-    size_png = out / "study_sensitivity_by_size.png"
+    size_png = out / f"{prefix}_sensitivity_by_size.png"
     fig.savefig(size_png, dpi=110)
     plt.close(fig)
 
@@ -159,9 +170,9 @@ def figures(run_dir: Path, out: Path) -> list[Path]:
     ax.set_ylabel("GTVn lesion precision")
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
-    ax.legend(title="one point per seed")
+    ax.legend(title="one point per seed", fontsize=8 if len(setups) > 3 else None)
     fig.tight_layout()
-    pr_png = out / "study_precision_vs_sensitivity.png"
+    pr_png = out / f"{prefix}_precision_vs_sensitivity.png"
     fig.savefig(pr_png, dpi=110)
     plt.close(fig)
     return [size_png, pr_png]

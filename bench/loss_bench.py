@@ -121,38 +121,32 @@ def training_cases(exp) -> list[str]:
 
 
 def post_processed(exp, setup: str, seed: int, progress: bool) -> Path:
-    """Fit the minimum component volumes on fold 0's training-case predictions; apply them to the held-out ones.
+    """Fit the minimum component volumes on fold 0's training-case predictions; apply them to the held-out ones
+    (:func:`vadice.postprocess.arm.post_processed_arm`).
 
     Returns the folder of post-processed held-out predictions (``predictions/<setup>+pp/seed_<S>``).
     """
-    from vadice.postprocess.fit import fit_postprocessing
+    from vadice.experiment import Unit
     from vadice.nnunet.inference import predict
     from vadice.nnunet.paths import resolve_dataset
-    from vadice.postprocess import apply_to_folder, load_postprocessing, save_postprocessing
+    from vadice.postprocess.arm import post_processed_arm
 
     out = exp.prediction_dir(f"{setup}+pp", seed)
     if out.is_dir():
         return out
-    from vadice.experiment import Unit
-
     info = json.loads(exp.marker(Unit(setup, 0, seed)).read_text())
     work = exp.run_dir / "postprocessing" / setup / f"seed_{seed}"
     train_pred = work / "training_predictions"
-    images = resolve_dataset(exp.settings.dataset).raw_dir / "imagesTr"
+    raw = resolve_dataset(exp.settings.dataset).raw_dir
     cases = training_cases(exp)
     todo = [c for c in cases if not (train_pred / f"{c}.nii.gz").is_file()]
     if todo:
-        predict(info["model_dir"], [str(images / f"{c}_0000.nii.gz") for c in todo], train_pred,
+        predict(info["model_dir"], [str(raw / "imagesTr" / f"{c}_0000.nii.gz") for c in todo], train_pred,
                 folds=(0,), device="cpu", use_mirroring=False, progress=progress)
-    pp_file = work / "postprocessing.json"
-    if not pp_file.is_file():
-        gt = resolve_dataset(exp.settings.dataset).raw_dir / "labelsTr"
-        pp = fit_postprocessing({"train": {c: train_pred / f"{c}.nii.gz" for c in cases}}, gt,
-                                objective=PP_OBJECTIVE, source={"setup": setup, "seed": seed,
-                                                                "model_dir": info["model_dir"]})
-        save_postprocessing(pp, pp_file)
-    apply_to_folder(load_postprocessing(pp_file), exp.prediction_dir(setup, seed), out, pp_path=pp_file)
-    return out
+    return post_processed_arm({c: train_pred / f"{c}.nii.gz" for c in cases}, raw / "labelsTr",
+                              exp.prediction_dir(setup, seed), out, work / "postprocessing.json",
+                              objective=PP_OBJECTIVE, group="train",
+                              source={"setup": setup, "seed": seed, "model_dir": info["model_dir"]})
 
 
 def evaluate_all(exp, runs: list[str]) -> tuple[dict, dict[str, dict]]:

@@ -337,11 +337,12 @@ class Experiment(TestSetMixin):
 
     # ---- evaluation ---------------------------------------------------------------------
     def collect(self, tolerances=(2.0,), connectivity: int = 26, workers: int = 1, pair_by: str = "case",
-                which: str | None = None) -> dict:
+                which: str | None = None, size_bins_ml: Sequence[float] | None = None, reuse: bool = False) -> dict:
         """Evaluate every set-up and seed, compare, for each set of predictions: ``which`` is ``"oof"``
         (the pooled out-of-fold predictions), ``"test"`` (the test set, predicted here first; resumable)
         or ``"both"``; ``None``: both with a test set, else out-of-fold. With probabilities, also the FROC
-        of every set-up and seed (:meth:`froc_dirs`).
+        of every set-up and seed (:meth:`froc_dirs`). ``size_bins_ml`` and ``reuse`` (keep finished
+        evaluations and FROC folders: a resumed study) as :meth:`evaluate`.
 
         Returns:
           ``{"sets": {which: {"evaluations", "comparison", "label"}}}`` plus the first set's
@@ -357,11 +358,11 @@ class Experiment(TestSetMixin):
             if name == "test":
                 self.predict_test_set()
             evaluations = self.evaluate(self.settings.setups, tolerances=tolerances, connectivity=connectivity,
-                                        workers=workers, which=name)
+                                        workers=workers, which=name, size_bins_ml=size_bins_ml, reuse=reuse)
             comparison = compare_seeded(evaluations, self.settings.setups, self.run_dir / set_dir(name, "comparison"),
                                         pair_by=pair_by, spread_file=self.run_dir / set_dir(name, "spread"))
             if self.settings.probabilities:
-                self.compute_froc(name, self.set_gt_dir(name), connectivity=connectivity)
+                self.compute_froc(name, self.set_gt_dir(name), connectivity=connectivity, reuse=reuse)
                 self.compare_froc(name, paired=comparison["result"]["settings"]["seed_pairing"]["paired"])
             n = n_patients(self.test_cases() if name == "test" else self._pooled_cases())
             per_set[name] = {"evaluations": evaluations, "comparison": comparison, "label": set_label(name, n)}

@@ -281,13 +281,17 @@ class TestSetMixin:
         return {setup: {seed: self.run_dir / set_dir(which, "froc") / setup / f"seed_{seed}"
                         for seed in self.settings.seeds} for setup in self.settings.setups}
 
-    def compute_froc(self, which: str, gt_dir: Path, connectivity: int = 26) -> dict[str, dict[int, Path]]:
-        """FROC of every set-up and seed of a set against ``gt_dir`` (:func:`vadice.metrics.froc.froc_folders`)."""
+    def compute_froc(self, which: str, gt_dir: Path, connectivity: int = 26,
+                     reuse: bool = False) -> dict[str, dict[int, Path]]:
+        """FROC of every set-up and seed of a set against ``gt_dir`` (:func:`vadice.metrics.froc.froc_folders`);
+        ``reuse`` keeps a folder that already has its ``summary.json``."""
         from vadice.metrics.froc_io import froc_folders
 
         folders = self.froc_dirs(which)
         for setup, seeds in folders.items():
             for seed, out in seeds.items():
+                if reuse and (out / "summary.json").is_file():
+                    continue
                 froc_folders(gt_dir, self.set_prediction_dir(which, setup, seed), out, labels=dict(registry.LABELS),
                              connectivity=connectivity, progress=self.progress)
         return folders
