@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The answerable study of the VA loss (issue 21): one command, resumable, its table pasted unchanged.
 
-The design is the one dict ``DESIGN`` below (provisional until docs/evidence.md §4 declares it; change it only
-there and here, before the run). In words:
+The design is the one dict ``DESIGN`` below, declared in docs/evidence.md §4 (commit acfbb56) before any result;
+it does not change once the run has started. In words:
 
 * training cohort: ``vadice synth --profile clinical --size neck``, 50 patients, cohort seed 7301; nnU-Net's
   5-fold split, fold 0 only (40 training, 10 validation = out-of-fold patients);
