@@ -24,7 +24,8 @@ result; written in docs/evidence.md, section 3):
   closest (most of the 3 x seeds conditions met; ties by the smaller total shortfall).
 
 Writes OUT/bench.md (table, goal verdict, command, wall time, machine), OUT/bench_precision_vs_sensitivity.png,
-OUT/comparison/. Resumable: finished units, fitted files and evaluations are kept.
+and, in the bench's run folder, comparison/ (all configurations), comparison_paired/<name>/ (each against its
+reference) and comparison_pp/. Resumable: finished units, fitted files and evaluations are kept.
 
 Usage:
     .venv/bin/python bench/cpu_study.py --out runs/cpu_study              # first (the study)
@@ -153,12 +154,14 @@ def evaluate_all(exp, runs: list[str]) -> tuple[dict, dict[str, dict]]:
     """Evaluate every run name and seed with the bench's size bins; compare against the baseline.
 
     Post-processed runs (``<setup>+pp``) have ``baseline+pp`` as their reference wherever it is among ``runs``:
-    their Δs come from the comparison ``comparison/pp`` and from their per-configuration comparisons.
+    their Δs come from the comparison ``comparison_pp`` and from their per-configuration comparisons. Each
+    comparison has its own folder beside ``comparison`` (never inside it: a folder ``vadice compare`` replaces
+    may hold only its own files), so that a resumed bench compares again into the same places.
 
     Returns:
       ``(comparison, paired, pp)``: the comparison of all runs against the baseline (its per-seed values feed
       the goal rule and the figure; its Δs of post-processed runs are not shown), per configuration its
-      comparison with its reference alone (``comparison/paired/<name>``; see ``PAIRED_METRICS``), and the
+      comparison with its reference alone (``comparison_paired/<name>``; see ``PAIRED_METRICS``), and the
       comparison of the post-processed runs against ``baseline+pp`` (None without it).
     """
     from vadice.experiment import compare_seeded
@@ -170,14 +173,16 @@ def evaluate_all(exp, runs: list[str]) -> tuple[dict, dict[str, dict]]:
         if name == PP_REFERENCE:
             continue
         ref = reference(name, runs)
-        folder = exp.run_dir / "comparison" / "paired" / name
-        compare_seeded({r: evaluations[r] for r in (ref, name)}, [ref, name], folder)
+        folder = exp.run_dir / "comparison_paired" / name
+        compare_seeded({r: evaluations[r] for r in (ref, name)}, [ref, name], folder,
+                       spread_file=folder.parent / f"{name}.seed_spread.json")
         paired[name] = json.loads((folder / "comparison.json").read_text())
     pp = None
     pp_runs = [PP_REFERENCE] + [r for r in runs if r.endswith(PP_SUFFIX) and r != PP_REFERENCE]
     if PP_REFERENCE in runs and len(pp_runs) > 1:
-        compare_seeded({r: evaluations[r] for r in pp_runs}, pp_runs, exp.run_dir / "comparison" / "pp")
-        pp = json.loads((exp.run_dir / "comparison" / "pp" / "comparison.json").read_text())
+        compare_seeded({r: evaluations[r] for r in pp_runs}, pp_runs, exp.run_dir / "comparison_pp",
+                       spread_file=exp.run_dir / "seed_spread_pp.json")
+        pp = json.loads((exp.run_dir / "comparison_pp" / "comparison.json").read_text())
     return json.loads((exp.run_dir / "comparison" / "comparison.json").read_text()), paired, pp
 
 

@@ -155,6 +155,8 @@ def test_tables_and_figures_from_a_real_comparison(tmp_path):
                 write_nifti(pred * (setup != "silent"), MASK_GEOM, exp.prediction_dir(setup, seed) / f"{c}.nii.gz")
     comparison, paired, pp = loss_bench.evaluate_all(exp, runs)
     assert sorted(paired) == ["blob", "dual", "silent"] and pp is None
+    # a resumed bench compares again into the same folders: each must still hold only its own files
+    assert loss_bench.evaluate_all(exp, runs) == (comparison, paired, pp)
 
     # GTVp HD95 across all four is blank (no case where all four predicted a tumour); paired with the baseline
     # it is there.
