@@ -25,7 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
-from vadice.io import InputError, is_nifti, sha256_file, strip_nifti_suffix
+from vadice.io import InputError, sha256_file
+from vadice.metrics.pairs import list_cases
 from vadice.postprocess.apply import PostProcessing, apply_to_folder, load_postprocessing, save_postprocessing
 from vadice.postprocess.fit import DEFAULT_OBJECTIVE, _truth_file, fit_postprocessing
 
@@ -81,7 +82,9 @@ def post_processed_arm(
         raise InputError(pp_file, f"was fitted on {len(pp.cases)} other case(s) than the {len(cases)} given; "
                          "remove it to fit again")
     if apply_truth_dir is not None:
-        pp = other_patients_cleared(pp, _label_maps(apply_dir), Path(apply_truth_dir))
+        # a missing apply_dir is left to apply_to_folder, which names it
+        cases_applied = list(list_cases(apply_dir)) if Path(apply_dir).is_dir() else []
+        pp = other_patients_cleared(pp, cases_applied, Path(apply_truth_dir))
     apply_to_folder(pp, apply_dir, out_dir, pp_path=pp_file)
     return out_dir
 
@@ -104,11 +107,3 @@ def other_patients_cleared(pp: PostProcessing, cases, truth_dir: Path) -> PostPr
     other = {c for c in shared
              if sha256_file(_truth_file(truth_dir, c)) != sha256_file(_truth_file(Path(fit_truth), c))}
     return replace(pp, cases=tuple(c for c in pp.cases if c not in other)) if other else pp
-
-
-def _label_maps(folder) -> list[str]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []  # apply_to_folder names the missing folder
-    return [strip_nifti_suffix(p.name) for p in folder.iterdir()
-            if p.is_file() and not p.name.startswith(".") and is_nifti(p.name)]
