@@ -78,7 +78,8 @@ def run(out: Path, design: dict, progress: bool = True) -> dict:
 
 
 def _fmt(v, digits=3) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
+    """A table cell: undefined values (None, NaN) as a dash."""
+    return "—" if v is None or v != v else f"{v:.{digits}f}"
 
 
 def delta_cell(row: dict, run: str) -> str:

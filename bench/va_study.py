@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cpu_study  # noqa: E402  (evidence_table, figures, machine_text)
+import cpu_study  # noqa: E402  (evidence_table, figures, machine_text, table cells)
+from cpu_study import _fmt  # noqa: E402
 import loss_bench  # noqa: E402  (the 1 ml size bins, the HD95 table)
 
 DESIGN = dict(
@@ -201,10 +202,6 @@ def analyse(exp, design: dict, progress: bool = True, workers: int = 1) -> dict:
     return result
 
 
-def _f(v, digits: int = 3) -> str:
-    return "—" if v is None or v != v else f"{v:.{digits}f}"
-
-
 def froc_table(froc: dict) -> str:
     """Table C from a ``froc_comparison.json`` (:func:`vadice.metrics.froc_compare.compare_froc`), as written:
     per view (all nodes, nodes in the size view) and set-up, ΔCPM against the reference with its CI, per-seed Δ
@@ -221,16 +218,17 @@ def froc_table(froc: dict) -> str:
     for view, blocks in froc["views"].items():
         name = f"{froc['label']} all" if view == "all" else f"{froc['label']} {view}"
         own = blocks[ref]["operating_point"]
-        point = f"{_f(own['sensitivity'])}, {_f(own['fp_per_patient'], 2)}, {_f(own['precision'])}"
+        point = f"{_fmt(own['sensitivity'])}, {_fmt(own['fp_per_patient'], 2)}, {_fmt(own['precision'])}"
         for setup, b in blocks.items():
             if setup == ref:
                 continue
             d, at = b["delta_cpm"], b["at_reference_point"]
-            delta = (f"{_f(d['diff'])} [{_f(d['low'])}, {_f(d['high'])}]; {', '.join(_f(x) for x in d['seed_diffs'])}; "
+            seeds = ", ".join(_fmt(x) for x in d["seed_diffs"])
+            delta = (f"{_fmt(d['diff'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]; {seeds}; "
                      f"{d['n_agree']}/{len(d['seed_diffs'])} agree; {d['verdict']}")
-            lines.append(f"| {name} | {setup} | {_f(blocks[ref]['pooled']['cpm'])} | {_f(b['pooled']['cpm'])} | "
-                         f"{delta} | {point} | {_f(at['precision_at_sensitivity'])} ({_f(at['threshold'], 2)}) | "
-                         f"{_f(at['sensitivity_at_fp'])} |")
+            lines.append(f"| {name} | {setup} | {_fmt(blocks[ref]['pooled']['cpm'])} | {_fmt(b['pooled']['cpm'])} | "
+                         f"{delta} | {point} | {_fmt(at['precision_at_sensitivity'])} ({_fmt(at['threshold'], 2)}) | "
+                         f"{_fmt(at['sensitivity_at_fp'])} |")
     return "\n".join(lines)
 
 
@@ -246,7 +244,7 @@ def pp_fits_table(exp, design: dict) -> str:
         for seed in exp.settings.seeds:
             pp = load_postprocessing(pp_file(exp, setup, seed))
             vol = {n: pp.min_volume_mm3[v] for n, v in pp.labels.items()}
-            lines.append(f"| {setup}{PP} | {seed} | {_f(vol.get('GTVp'), 0)} | {_f(vol.get('GTVn'), 0)} | "
+            lines.append(f"| {setup}{PP} | {seed} | {_fmt(vol.get('GTVp'), 0)} | {_fmt(vol.get('GTVn'), 0)} | "
                          f"{len(pp.cases)} | {len(pp.seen(test_cases))} |")
     return "\n".join(lines)
 
