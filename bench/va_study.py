@@ -24,8 +24,17 @@ reference, table C (matched FROC operating points, read from the experiment's fr
 (FROC of the test set, sensitivity by node size per arm) and OUT/run/report_test.html. Every step is skipped when
 its output exists, so a stopped run resumes where it stopped.
 
+Seed by seed (a machine that keeps nothing between sessions): ``--seed S --state DIR`` runs seed S's piece alone
+(its warm start and set-ups, the test set predicted, both sets evaluated, FROC folders, +pp arms; nothing compared,
+no result printed) and exports what later steps read to DIR/seed_<S> (bench/study_state.py: no checkpoints, no
+probabilities); ``--state DIR`` without ``--seed`` restores every seed's piece into an emptied --out and combines
+them without training or predicting, after checking that every piece ran this design from this commit in this
+--out folder, on the cohorts and plans made again here. The tables are those of the study run in one go.
+
 Usage:
     .venv/bin/python bench/va_study.py --out runs/va_study               # the study
+    .venv/bin/python bench/va_study.py --out /work/va_study --seed 0 --state studies/va_study   # one seed's piece
+    .venv/bin/python bench/va_study.py --out /work/va_study --state studies/va_study            # combine
     .venv/bin/python bench/va_study.py --out /tmp/va_tiny --tiny         # the recipe in a few minutes
 """
 
@@ -65,10 +74,13 @@ START_FILE = "va_study_start.json"
 
 
 def code_describe(root: Path | None = None) -> str | None:
-    """``git describe --always --dirty`` of the checkout holding this script (None outside git)."""
+    """``git describe --always --dirty --abbrev=40`` of the checkout holding this script (None outside git): the
+    full commit (with an annotated tag's name in front), so that pieces run in sessions whose clones lack the tag
+    or abbreviate hashes differently still name the same version."""
     root = root or Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+        return subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=40"],
+                              capture_output=True,
                               text=True, check=True).stdout.strip() or None
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -111,8 +123,9 @@ def experiment_settings(out: Path, dataset: Path, design: dict):
         test_set=str(out / "test_cohort"), probabilities=design["probabilities"])
 
 
-def run(out: Path, design: dict, progress: bool = True, workers: int = 1) -> tuple:
-    """Run (or resume) the study in ``out``: cohorts, training, then :func:`analyse`."""
+def open_study(out: Path, design: dict, progress: bool = True):
+    """The cohorts, the converted and planned dataset and the experiment of the study in ``out`` (idempotent:
+    every piece and the combining step make them again from the design)."""
     from vadice.data.hntsmrg import convert
     from vadice.data.synth import generate_cohort
     from vadice.demo import set_nnunet_roots
@@ -127,8 +140,50 @@ def run(out: Path, design: dict, progress: bool = True, workers: int = 1) -> tup
                       progress=progress)
     exp = Experiment.open(out / "run", experiment_settings(out, dataset, design), progress=progress)
     exp.prepare(fingerprint_samples=1_000_000)
-    exp.run_units()
-    return exp, analyse(exp, design, progress, workers)
+    return exp
+
+
+def run(out: Path, design: dict, progress: bool = True, workers: int = 1, pieces: list[dict] = ()) -> tuple:
+    """Run (or resume) the study in ``out``: cohorts, training, then :func:`analyse`. With ``pieces`` (restored
+    by :func:`study_state.restore_state`), nothing is trained or predicted: the pieces' inputs and plans are
+    checked against the ones made here, and their evaluation and FROC folders are compared.
+
+    Raises:
+      SystemExit: a piece made on other cohorts or plans, or a unit that no piece finished.
+    """
+    exp = open_study(out, design, progress)
+    if pieces:
+        check_pieces(out, exp, pieces)
+    else:
+        exp.run_units()
+    return exp, analyse(exp, design, progress, workers, predict=not pieces)
+
+
+def run_piece(out: Path, design: dict, seed: int, progress: bool = True, workers: int = 1):
+    """One seed of the study in ``out`` (its warm start, its set-ups, its test-set predictions, evaluations, FROC
+    folders and +pp arms), nothing compared: see :func:`analyse_piece`."""
+    exp = open_study(out, design, progress)
+    exp.run_units([u for u in exp.settings.units() if u.seed == seed])
+    analyse_piece(exp, design, seed, progress, workers)
+    return exp
+
+
+def check_pieces(out: Path, exp, pieces: list[dict]) -> None:
+    """The restored pieces were made on the cohorts and plans made again here, and together finish every unit.
+
+    Raises:
+      SystemExit: they were not, or they do not.
+    """
+    import study_state
+
+    study_state.check_inputs(out, pieces)
+    plans = exp.plan.plans_sha256
+    for piece in pieces:
+        if piece["plans_sha256"] != plans:
+            raise SystemExit(f"va_study: seed {piece['seed']}'s piece was trained on other plans "
+                             f"({piece['plans_sha256'][:12]} here {plans[:12]})")
+    if missing := exp.missing():
+        raise SystemExit("va_study: no piece finished " + ", ".join(str(u) for u in missing))
 
 
 def pp_arm_on_test_set(exp, setup: str, seed: int, objective: str, progress: bool = False) -> Path:
@@ -164,8 +219,24 @@ def _compare(evaluations: dict, runs: list[str], out_dir: Path, spread: Path) ->
     return json.loads((out_dir / "comparison.json").read_text())
 
 
-def analyse(exp, design: dict, progress: bool = True, workers: int = 1) -> dict:
+def analyse_piece(exp, design: dict, seed: int, progress: bool = True, workers: int = 1) -> None:
+    """What :func:`analyse` computes per seed, for one seed: the test set predicted, both sets evaluated, their
+    FROC folders, the +pp arms fitted, applied and evaluated. Resumable; reads and prints no result."""
+    setups, pp_runs = list(exp.settings.setups), [f"{s}{PP}" for s in design["pp_setups"]]
+    exp.predict_test_set(seeds=[seed])
+    for which in ("oof", "test"):
+        exp.evaluate(setups, workers=workers, which=which, size_bins_ml=design["size_bins_ml"], reuse=True,
+                     seeds=[seed])
+        exp.compute_froc(which, exp.set_gt_dir(which), reuse=True, seeds=[seed])
+    for setup in design["pp_setups"]:
+        pp_arm_on_test_set(exp, setup, seed, design["pp_objective"], progress)
+    exp.evaluate(pp_runs, size_bins_ml=design["size_bins_ml"], reuse=True, which="test", workers=workers,
+                 seeds=[seed])
+
+
+def analyse(exp, design: dict, progress: bool = True, workers: int = 1, predict: bool = True) -> dict:
     """Collect both sets (1 ml size bins, FROC), build the +pp arms, compare, report; every step resumable.
+    ``predict=False``: the test set is not predicted (pieces restored with their evaluation and FROC folders).
 
     Returns:
       ``{"raw_test", "raw_oof", "pp_test", "paired", "froc_test"}``: the comparisons of the raw arms (test set,
@@ -175,7 +246,7 @@ def analyse(exp, design: dict, progress: bool = True, workers: int = 1) -> dict:
     from vadice.experiment import build_report
     from vadice.testset import set_dir
 
-    exp.collect(which="both", size_bins_ml=design["size_bins_ml"], reuse=True, workers=workers)
+    exp.collect(which="both", size_bins_ml=design["size_bins_ml"], reuse=True, workers=workers, predict=predict)
     setups = list(exp.settings.setups)
     pp_runs = [f"{s}{PP}" for s in design["pp_setups"]]
     for setup in design["pp_setups"]:
@@ -287,22 +358,61 @@ def figures(exp, design: dict, out: Path, result: dict) -> list[Path]:
     return [froc] + cpu_study.figures(exp.run_dir, out, which="test", runs=runs, prefix="va_study_test")
 
 
-def header(design: dict, tiny: bool, command: str, start: dict, exp, minutes: float) -> str:
+def header(design: dict, tiny: bool, command: str, start: dict, exp, minutes: float, pieces: list[dict] = ()) -> str:
     version = code_describe()
     run_code = json.loads((exp.run_dir / "manifest.json").read_text()).get("code_version") or {}
     dirty = " (started dirty, allowed by --allow-dirty)" if start.get("allow_dirty") else ""
-    return (f"# vadice VA study ({'tiny recipe check' if tiny else 'study'})\n\n"
+    text = (f"# vadice VA study ({'tiny recipe check' if tiny else 'study'})\n\n"
             f"design: {json.dumps(design)}\n\ncommand: `{command}`\n\n"
             f"code version: started from `{start['code_version']}` at {start['started_utc']}{dirty}; this "
             f"invocation `{version}`; the run's manifest: commit {str(run_code.get('commit'))[:12]}, dirty "
             f"{run_code.get('dirty')}\n\nwall time of this invocation: {minutes:.1f} min (a resumed run counts only "
             f"its own part); machine: {cpu_study.machine_text()}")
+    if pieces:
+        text += ("\n\nrun seed by seed, one piece per seed (bench/study_state.py), combined here without training or "
+                 "predicting:\n\n| seed | code | started (UTC) | wall time of its last invocation | machine |\n"
+                 "|---|---|---|---|---|\n" + "\n".join(
+                     f"| {p['seed']} | `{p['code_version']}` | {p['started_utc']} | {p['minutes']:.1f} min | "
+                     f"{p['machine']} |" for p in sorted(pieces, key=lambda p: p["seed"])))
+    return text
+
+
+def piece_states(state: Path, design: dict) -> list[Path]:
+    """Every design seed's exported piece under ``state`` (``seed_<S>``).
+
+    Raises:
+      SystemExit: a seed without a piece.
+    """
+    missing = [s for s in design["seeds"] if not (state / f"seed_{s}").is_dir()]
+    if missing:
+        raise SystemExit(f"va_study: {state} has no piece of seed(s) {missing}; run them with --seed first")
+    return [state / f"seed_{s}" for s in design["seeds"]]
+
+
+def check_piece_records(pieces: list[dict], design: dict, out: Path) -> None:
+    """Pieces of one study: this design, one code version (this checkout's), this study folder.
+
+    Raises:
+      SystemExit: they are not.
+    """
+    norm = json.loads(json.dumps(design))
+    version = code_describe()
+    for p in pieces:
+        what = (("design", p["design"] != norm), ("code version", p["code_version"] != version),
+                ("study folder (the units' markers name its paths)", p["out"] != str(out)))
+        for name, differs in what:
+            if differs:
+                raise SystemExit(f"va_study: seed {p['seed']}'s piece has another {name} than this invocation")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="study folder (resumed if it holds an unfinished study)")
     p.add_argument("--tiny", action="store_true", help="the same recipe with 6 + 4 cases, 2 seeds, 2 iterations")
+    p.add_argument("--seed", type=int, help="run one seed's piece only (trained, predicted, evaluated; nothing "
+                   "compared or printed); with --state, export it to STATE/seed_<S>")
+    p.add_argument("--state", type=Path, help="folder of exported pieces: with --seed, where the piece goes; "
+                   "without, restore every seed's piece into --out and combine them (nothing trained)")
     p.add_argument("--allow-dirty", action="store_true", help="start a study from a checkout with uncommitted "
                    "changes (recorded)")
     p.add_argument("--workers", type=int, default=1, help="evaluation workers (no effect on the numbers)")
@@ -312,15 +422,37 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     command = shlex.join(["bench/va_study.py"] + list(sys.argv[1:] if argv is None else argv))
     start = time.time()
-    record = check_start(out, design, args.tiny, args.allow_dirty, command)
-    exp, result = run(out, design, progress=not args.quiet, workers=args.workers)
-    pngs = figures(exp, design, out, result)
-    minutes = (time.time() - start) / 60
-    text = (header(design, args.tiny, command, record, exp, minutes) + "\n\n" + markdown(exp, design, result)
-            + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
-            + "\n\nReport of the test set (raw arms): run/report_test.html\n")
+    import study_state
     from vadice.io import write_text
 
+    if args.seed is not None:
+        if args.seed not in design["seeds"]:
+            raise SystemExit(f"va_study: seed {args.seed} is not one of the design's {list(design['seeds'])}")
+        dest = None if args.state is None else args.state.resolve() / f"seed_{args.seed}"
+        if dest is not None and dest.exists():
+            raise SystemExit(f"va_study: {dest} exists: seed {args.seed}'s piece was exported already")
+        record = check_start(out, design, args.tiny, args.allow_dirty, command)
+        exp = run_piece(out, design, args.seed, progress=not args.quiet, workers=args.workers)
+        minutes = (time.time() - start) / 60
+        print(f"va_study: seed {args.seed}'s piece finished ({minutes:.1f} min of this invocation)")
+        if dest is not None:
+            piece = {"seed": args.seed, "design": json.loads(json.dumps(design)), "code_version": code_describe(),
+                     "out": str(out), "started_utc": record["started_utc"], "command": command,
+                     "minutes": round(minutes, 1), "machine": cpu_study.machine_text(),
+                     "plans_sha256": exp.plan.plans_sha256}
+            print(f"va_study: exported to {study_state.export_state(out, dest, piece)}")
+        return 0
+    pieces = []
+    if args.state is not None:
+        pieces = study_state.restore_state(piece_states(args.state.resolve(), design), out)
+        check_piece_records(pieces, design, out)
+    record = check_start(out, design, args.tiny, args.allow_dirty, command)
+    exp, result = run(out, design, progress=not args.quiet, workers=args.workers, pieces=pieces)
+    pngs = figures(exp, design, out, result)
+    minutes = (time.time() - start) / 60
+    text = (header(design, args.tiny, command, record, exp, minutes, pieces) + "\n\n" + markdown(exp, design, result)
+            + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
+            + "\n\nReport of the test set (raw arms): run/report_test.html\n")
     write_text(out / "study.md", text)
     print(text)
     return 0

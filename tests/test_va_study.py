@@ -126,3 +126,71 @@ def test_analysis_builds_pp_arms_out_of_fold_tables_and_resumes(study, monkeypat
     FakePredictor.built, FakePredictor.cases = [], []
     again = va_study.analyse(exp, design, progress=False)
     assert FakePredictor.built == [] and va_study.markdown(exp, design, again) == text
+
+
+def test_seed_by_seed_pieces_restored_elsewhere_combine_to_the_one_go_tables(study, monkeypatch):
+    """Each seed run alone in its own folder (as on machines that keep nothing), exported, restored into a third
+    folder and combined without predicting: the tables are those of the same study run in one go."""
+    import study_state
+
+    settings = replace(study.settings, setups=("baseline", "dual", "selective-ln"), seeds=(0, 1))
+    design = va_study.TINY
+    exp = _open(study.tmp / "all" / "run", settings)
+    exp.run_units()
+    text = va_study.markdown(exp, design, va_study.analyse(exp, design, progress=False))
+
+    state = study.tmp / "state"
+    for seed in (0, 1):
+        root = study.tmp / f"piece{seed}"
+        piece = _open(root / "run", settings)
+        piece.run_units([u for u in settings.units() if u.seed == seed])
+        va_study.analyse_piece(piece, design, seed, progress=False)
+        assert not list((root / "run").glob("comparison*")) and not (root / "run" / "report_test.html").exists()
+        assert sorted(p.name for p in (root / "run" / "evaluation_test").glob("*/seed_*")) == [f"seed_{seed}"] * 6
+        study_state.export_state(root, state / f"seed_{seed}", {"seed": seed})
+        kept = json.loads((state / f"seed_{seed}" / "piece.json").read_text())["files"]
+        assert not [f for f in kept if f.endswith((".npz", ".pth", ".pkl")) and not f.endswith("/counts.npz")]
+        assert f"run/froc_test/dual/seed_{seed}/summary.json" in kept
+        assert f"run/predictions_test/dual+pp/seed_{seed}/HNTS_007_preRT.nii.gz" in kept
+        assert f"run/postprocessing/dual/seed_{seed}/postprocessing.json" in kept
+
+    combined = study.tmp / "combined"
+    pieces = study_state.restore_state([state / "seed_0", state / "seed_1"], combined)
+    assert [p["seed"] for p in pieces] == [0, 1]
+    again = _open(combined / "run", settings)
+    again.prepare_test_set()
+    assert again.missing() == []
+
+    def redo(*a, **k):
+        raise AssertionError("redone")
+
+    for target in ("vadice.metrics.evaluate.evaluate_folders", "vadice.metrics.froc_io.froc_folders",
+                   "vadice.postprocess.arm.fit_postprocessing", "vadice.postprocess.arm.apply_to_folder"):
+        monkeypatch.setattr(target, redo)
+    FakePredictor.built = []
+    result = va_study.analyse(again, design, progress=False, predict=False)
+    assert FakePredictor.built == [] and va_study.markdown(again, design, result) == text
+    assert (combined / "run" / "report_test.html").is_file()
+
+
+def test_va_study_refuses_pieces_that_do_not_belong_together(tmp_path, monkeypatch):
+    monkeypatch.setattr(va_study, "code_describe", lambda root=None: "va-study-2")
+    state = tmp_path / "state"
+    (state / "seed_0").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"no piece of seed\(s\) \[1, 2\]"):
+        va_study.piece_states(state, va_study.DESIGN)
+    out = tmp_path / "out"
+    good = {"seed": 1, "design": json.loads(json.dumps(va_study.DESIGN)), "code_version": "va-study-2",
+            "out": str(out)}
+    va_study.check_piece_records([good], va_study.DESIGN, out)
+    for key, value, what in (("design", {**good["design"], "warm": 10}, "design"),
+                             ("code_version", "va-study-2-dirty", "code version"),
+                             ("out", "/elsewhere", "study folder")):
+        with pytest.raises(SystemExit, match=f"seed 1's piece has another {what}"):
+            va_study.check_piece_records([{**good, key: value}], va_study.DESIGN, out)
+    with pytest.raises(SystemExit, match="seed 5 is not one of the design's"):
+        va_study.main(["--out", str(out), "--seed", "5"])
+    (state / "seed_2").mkdir()
+    with pytest.raises(SystemExit, match="seed_2 exists: seed 2's piece was exported already"):
+        va_study.main(["--out", str(out), "--seed", "2", "--state", str(state)])
+    assert not out.exists()

@@ -337,12 +337,15 @@ class Experiment(TestSetMixin):
 
     # ---- evaluation ---------------------------------------------------------------------
     def collect(self, tolerances=(2.0,), connectivity: int = 26, workers: int = 1, pair_by: str = "case",
-                which: str | None = None, size_bins_ml: Sequence[float] | None = None, reuse: bool = False) -> dict:
+                which: str | None = None, size_bins_ml: Sequence[float] | None = None, reuse: bool = False,
+                predict: bool = True) -> dict:
         """Evaluate every set-up and seed, compare, for each set of predictions: ``which`` is ``"oof"``
         (the pooled out-of-fold predictions), ``"test"`` (the test set, predicted here first; resumable)
         or ``"both"``; ``None``: both with a test set, else out-of-fold. With probabilities, also the FROC
         of every set-up and seed (:meth:`froc_dirs`). ``size_bins_ml`` and ``reuse`` (keep finished
-        evaluations and FROC folders: a resumed study) as :meth:`evaluate`.
+        evaluations and FROC folders: a resumed study) as :meth:`evaluate`. ``predict=False`` skips predicting
+        the test set: a study assembled from per-seed pieces whose evaluation and FROC folders are final (its
+        models and probabilities stayed on the machines that ran the pieces; with ``reuse`` nothing reads them).
 
         Returns:
           ``{"sets": {which: {"evaluations", "comparison", "label"}}}`` plus the first set's
@@ -355,7 +358,7 @@ class Experiment(TestSetMixin):
         sets = self.sets(which)
         per_set = {}
         for name in sets:
-            if name == "test":
+            if name == "test" and predict:
                 self.predict_test_set()
             evaluations = self.evaluate(self.settings.setups, tolerances=tolerances, connectivity=connectivity,
                                         workers=workers, which=name, size_bins_ml=size_bins_ml, reuse=reuse)
@@ -371,7 +374,7 @@ class Experiment(TestSetMixin):
 
     def evaluate(self, names: Sequence[str], tolerances=(2.0,), connectivity: int = 26, workers: int = 1,
                  size_bins_ml: Sequence[float] | None = None, reuse: bool = False,
-                 which: str = "oof") -> dict[str, dict[int, Path]]:
+                 which: str = "oof", seeds: Sequence[int] | None = None) -> dict[str, dict[int, Path]]:
         """Evaluate ``predictions/<name>/seed_<s>`` for every name and seed against the pooled ground truth
         (``which="test"``: ``predictions_test/`` against the test set's truth, into ``evaluation_test/``).
 
@@ -381,6 +384,7 @@ class Experiment(TestSetMixin):
           reuse: keep an evaluation folder that already has its ``summary.json`` (a resumed bench);
             ``collect`` re-evaluates so that changed metric settings always take effect.
           which: ``"oof"`` or ``"test"``.
+          seeds: only these seeds (one seed's piece of a study run seed by seed); ``None``: every seed.
 
         Returns:
           ``{name: {seed: evaluation folder}}``, ready for :func:`compare_seeded`.
@@ -394,7 +398,7 @@ class Experiment(TestSetMixin):
         extra = {} if size_bins_ml is None else {"size_bins_ml": tuple(size_bins_ml)}
         evaluations: dict[str, dict[int, Path]] = {}
         for name in names:
-            for seed in self.settings.seeds:
+            for seed in self.settings.seeds if seeds is None else seeds:
                 out = self.set_evaluation_dir(which, name, seed)
                 if not (reuse and (out / "summary.json").is_file()):
                     evaluate_folders(gt_dir, self.set_prediction_dir(which, name, seed), out,
@@ -410,11 +414,16 @@ class Experiment(TestSetMixin):
         return self._link_ground_truth(self._pooled_cases())
 
     def _pooled_cases(self) -> list[str]:
+        """The out-of-fold cases, read from the finished units' markers (a seed's piece has only its own)."""
         per_setup = {}
         for unit in self.settings.units():
+            if not self.is_done(unit):
+                continue
             info = json.loads(self.marker(unit).read_text())
             per_setup.setdefault((unit.setup, unit.seed), set()).update(info["cases"])
         sets = list(per_setup.values())
+        if not sets:
+            raise InputError(self.run_dir, "no finished unit: nothing was predicted out of fold yet")
         if any(s != sets[0] for s in sets):
             raise InputError(self.run_dir, "set-ups/seeds predicted different case sets; the folds differ")
         return sorted(sets[0])

@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -213,8 +214,9 @@ class TestSetMixin:
             raise InputError(self.run_dir / "units", f"{setup} seed {seed}: folds in different model folders")
         return Path(dirs.pop())
 
-    def predict_test_set(self) -> dict[str, dict[int, Path]]:
-        """Predict the test set with every set-up and seed (one model load each; resumable per case).
+    def predict_test_set(self, seeds: Sequence[int] | None = None) -> dict[str, dict[int, Path]]:
+        """Predict the test set with every set-up and seed (one model load each; resumable per case);
+        ``seeds``: only these (one seed's piece of a study run seed by seed).
 
         Returns:
           ``{setup: {seed: prediction folder}}``.
@@ -225,7 +227,7 @@ class TestSetMixin:
         if dataset is None:
             raise InputError(self.run_dir, "this run has no test set (start it with --test-set DIR)")
         folders: dict[str, dict[int, Path]] = {}
-        for seed in self.settings.seeds:
+        for seed in self.settings.seeds if seeds is None else seeds:
             for setup in self.settings.setups:
                 out = self.set_prediction_dir("test", setup, seed)
                 predict(dataset / "imagesTr", out, self.unit_model_dir(setup, seed), folds=self.settings.folds,
@@ -281,15 +283,17 @@ class TestSetMixin:
         return {setup: {seed: self.run_dir / set_dir(which, "froc") / setup / f"seed_{seed}"
                         for seed in self.settings.seeds} for setup in self.settings.setups}
 
-    def compute_froc(self, which: str, gt_dir: Path, connectivity: int = 26,
-                     reuse: bool = False) -> dict[str, dict[int, Path]]:
+    def compute_froc(self, which: str, gt_dir: Path, connectivity: int = 26, reuse: bool = False,
+                     seeds: Sequence[int] | None = None) -> dict[str, dict[int, Path]]:
         """FROC of every set-up and seed of a set against ``gt_dir`` (:func:`vadice.metrics.froc.froc_folders`);
-        ``reuse`` keeps a folder that already has its ``summary.json``."""
+        ``reuse`` keeps a folder that already has its ``summary.json``; ``seeds``: only these."""
         from vadice.metrics.froc_io import froc_folders
 
         folders = self.froc_dirs(which)
-        for setup, seeds in folders.items():
-            for seed, out in seeds.items():
+        for setup, per_seed in folders.items():
+            for seed, out in per_seed.items():
+                if seeds is not None and seed not in seeds:
+                    continue
                 if reuse and (out / "summary.json").is_file():
                     continue
                 froc_folders(gt_dir, self.set_prediction_dir(which, setup, seed), out, labels=dict(registry.LABELS),
