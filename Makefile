@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-# The study recipes' tiny end-to-end runs (marker "recipe": ~30 min on 2 cores, each trains a dozen nnU-Net
+# The study recipes' tiny end-to-end runs (marker "recipe": ~40 min on 2 cores, each trains a dozen nnU-Net
 # units) run in CI after `make test`, and before a study is tagged; `make test` is the everyday suite.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30 -m "not recipe"
