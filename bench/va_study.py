@@ -389,20 +389,36 @@ def piece_states(state: Path, design: dict) -> list[Path]:
     return [state / f"seed_{s}" for s in design["seeds"]]
 
 
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution and its version (lower-case names) but the installers (pip, setuptools,
+    wheel: ``make venv`` upgrades pip): what a piece trained with. Pieces run on fresh machines whose ``make venv``
+    takes the newest release in each range, so they are compared in full."""
+    from importlib import metadata
+
+    return dict(sorted((d.metadata["Name"].lower(), d.version) for d in metadata.distributions()
+                       if d.metadata["Name"] and d.metadata["Name"].lower() not in ("pip", "setuptools", "wheel")))
+
+
 def check_piece_records(pieces: list[dict], design: dict, out: Path) -> None:
-    """Pieces of one study: this design, one code version (this checkout's), this study folder.
+    """Pieces of one study: this design, one code version (this checkout's), this study folder, and the packages
+    installed here.
 
     Raises:
       SystemExit: they are not.
     """
     norm = json.loads(json.dumps(design))
-    version = code_describe()
+    version, packages = code_describe(), installed_packages()
     for p in pieces:
         what = (("design", p["design"] != norm), ("code version", p["code_version"] != version),
                 ("study folder (the units' markers name its paths)", p["out"] != str(out)))
         for name, differs in what:
             if differs:
                 raise SystemExit(f"va_study: seed {p['seed']}'s piece has another {name} than this invocation")
+        if diff := sorted(k for k in set(packages) | set(p["packages"]) if packages.get(k) != p["packages"].get(k)):
+            k = diff[0]
+            raise SystemExit(f"va_study: seed {p['seed']}'s piece ran with other packages ({len(diff)}, e.g. {k} "
+                             f"{p['packages'].get(k)} there, {packages.get(k)} here): install the study's lock file "
+                             "(studies/va_study/README.md)")
 
 
 def main(argv=None) -> int:
@@ -439,7 +455,7 @@ def main(argv=None) -> int:
             piece = {"seed": args.seed, "design": json.loads(json.dumps(design)), "code_version": code_describe(),
                      "out": str(out), "started_utc": record["started_utc"], "command": command,
                      "minutes": round(minutes, 1), "machine": cpu_study.machine_text(),
-                     "plans_sha256": exp.plan.plans_sha256}
+                     "plans_sha256": exp.plan.plans_sha256, "packages": installed_packages()}
             print(f"va_study: exported to {study_state.export_state(out, dest, piece)}")
         return 0
     pieces = []

@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -180,14 +181,19 @@ def test_va_study_refuses_pieces_that_do_not_belong_together(tmp_path, monkeypat
     with pytest.raises(SystemExit, match=r"no piece of seed\(s\) \[1, 2\]"):
         va_study.piece_states(state, va_study.DESIGN)
     out = tmp_path / "out"
+    packages = va_study.installed_packages()
+    assert packages["numpy"] == np.__version__ and packages["torch"].startswith("2.")
     good = {"seed": 1, "design": json.loads(json.dumps(va_study.DESIGN)), "code_version": "va-study-2",
-            "out": str(out)}
+            "out": str(out), "packages": packages}
     va_study.check_piece_records([good], va_study.DESIGN, out)
     for key, value, what in (("design", {**good["design"], "warm": 10}, "design"),
                              ("code_version", "va-study-2-dirty", "code version"),
                              ("out", "/elsewhere", "study folder")):
         with pytest.raises(SystemExit, match=f"seed 1's piece has another {what}"):
             va_study.check_piece_records([{**good, key: value}], va_study.DESIGN, out)
+    with pytest.raises(SystemExit, match=r"ran with other packages \(2, e\.g\. numpy 1\.0 there, .* here\)"):
+        va_study.check_piece_records([{**good, "packages": {**packages, "numpy": "1.0", "zz-extra": "1"}}],
+                                     va_study.DESIGN, out)
     with pytest.raises(SystemExit, match="seed 5 is not one of the design's"):
         va_study.main(["--out", str(out), "--seed", "5"])
     (state / "seed_2").mkdir()

@@ -29,6 +29,7 @@ def test_va_study_tiny_seed_by_seed_pieces_combine(tmp_path, capsys):
         assert not (out / "study.md").exists()
         piece = json.loads((state / f"seed_{seed}" / "piece.json").read_text())
         assert piece["seed"] == seed and piece["out"] == str(out.resolve())
+        assert piece["packages"] == va_study.installed_packages()
         assert not [f for f in piece["files"] if f.endswith((".pth", ".pkl"))]
     printed = capsys.readouterr().out
     assert "piece finished" in printed and "GTVn" not in printed  # a piece shows no result
