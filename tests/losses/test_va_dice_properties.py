@@ -271,7 +271,9 @@ def test_6_cut_lesion_keeps_its_case_weight(mode, seed, shape, data):
             ratio_cut = (a_cut[0] / cut_w[inst[crop] == k][0]).item()
             assert ratio_cut == pytest.approx(ratio_full, rel=1e-5)
         if not others:
-            assert torch.all(a_cut == 1.0)
+            # alone in its label the pool renormalises to 1 up to float32 rounding (0.99999994 seen once, in a
+            # fresh clone's make test under xdist on 2026-12-05; 1.0 exactly when run alone)
+            assert torch.allclose(a_cut, torch.ones_like(a_cut), rtol=0, atol=1e-6)
     # The patch-level fallback sees a smaller lesion and weights it up: the border bias case volumes remove.
     if mode == "absolute":
         fallback = loss.voxel_weights(y[crop])[inst[crop] == a]
